@@ -1,0 +1,59 @@
+//! Limits, defaults, protocol numbers and flag bits.
+
+/// Address family tags used in keys (not the kernel's AF_* values, which differ between the two sides' headers).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_IPV6_FRAG: u8 = 44;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+pub const IPV4_HDR_LEN: usize = 20;
+pub const IPV6_HDR_LEN: usize = 40;
+
+/// Backend id 0 means "unset": a ring entry of 0 has no backend, and id 0 is never allocated.
+pub const BACKEND_ID_NONE: u32 = 0;
+
+/// Each VIP owns two ring slots; userspace writes the inactive one, then flips `VipMeta::ring_slot` (one 4-byte
+/// map write), so a packet sees either the whole old table or the whole new one.
+pub const RING_SLOTS_PER_VIP: u32 = 2;
+
+/// Maglev table size M. A prime, per the paper; 65537 keeps the per-backend share error under 1% for 100 backends.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Upper bound of a VIP's ring size; the ring map reserves `2 * max_vips * max_ring_size` entries.
+pub const DEFAULT_MAX_RING_SIZE: u32 = 65537;
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// New flows per second per CPU before the flow table stops taking inserts (0 = no cap).
+pub const DEFAULT_NEW_FLOW_CAP: u32 = 0;
+/// How long a cached `bpf_fib_lookup` answer for a backend is trusted.
+pub const NEXTHOP_CACHE_TTL_NS: u64 = 1_000_000_000;
+/// Length of the new-flow rate window.
+pub const NEW_FLOW_WINDOW_NS: u64 = 1_000_000_000;
+
+/// `VipMeta::flags`: forward by rewriting the destination MAC only (L2 DSR) instead of IP-in-IP encapsulation.
+pub const VIP_F_L2DSR: u32 = 1 << 0;
+/// `VipMeta::flags`: fragments are forwarded by the 3-tuple hash (src, dst, proto). Such a VIP is stateless: every
+/// packet, fragment or not, is hashed on the 3-tuple so all pieces of a datagram reach the same backend.
+pub const VIP_F_FRAG_HASH3: u32 = 1 << 1;
+/// `VipMeta::flags`: this `(addr, port 0, proto)` entry exists only to give fragments of a port-specific VIP a
+/// policy; it is not a wildcard VIP and never matches an unfragmented packet.
+pub const VIP_F_FRAG_ONLY: u32 = 1 << 2;
+
+/// `Backend::flags`: the backend is healthy. Flows pinned to an inactive backend are re-chosen from the ring.
+pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+
+/// `GlobalConfig::flags`: answer over-MTU packets with ICMP too-big (else counted drop).
+pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
+
+/// XDP verdicts, as the kernel numbers them.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;

@@ -1,0 +1,67 @@
+//! Indices of the per-CPU verdict/reason counters (`LB_COUNTERS`). Every packet the programs see lands in exactly
+//! one verdict counter; the reason tells an operator why.
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident = $metric:literal ),+ $(,)?) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $( $(#[$doc])* $name ),+ }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name),+];
+            /// Stable snake_case name used in metrics, `lbctl stats` and JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$name => $metric),+ }
+            }
+        }
+    };
+}
+
+counters! {
+    /// `lb_xdp`: ARP, LLDP and every other non-IP ethertype.
+    PassNotIp = "pass_not_ip",
+    /// `lb_xdp`: IP traffic whose destination is not a VIP.
+    PassNotVip = "pass_not_vip",
+    /// `lb_xdp`: too short or inconsistent to tell whether it is for a VIP (truncated Ethernet, VLAN or IP header);
+    /// the kernel gets it untouched and applies its own checks.
+    PassMalformed = "pass_malformed",
+    /// `lb_xdp`: for a VIP address but not steerable (IPv6 extension headers other than Fragment, ICMP other than
+    /// too-big, a second VLAN tag, a protocol other than TCP/UDP).
+    PassUnsupported = "pass_unsupported",
+    /// `lb_xdp`: forwarded out of the ingress interface.
+    Tx = "tx",
+    /// `lb_xdp`: forwarded through the devmap to another interface.
+    Redirect = "redirect",
+    /// `lb_xdp`: a VIP packet with a truncated or invalid TCP/UDP/ICMP header.
+    DropMalformed = "drop_malformed",
+    /// `lb_xdp`: a fragment for a VIP whose fragment policy is `drop`.
+    DropFragment = "drop_fragment",
+    /// `lb_xdp`: the VIP's ring has no backend for this hash, or the backend entry is unset.
+    DropNoBackend = "drop_no_backend",
+    /// `lb_xdp`: `bpf_fib_lookup` found no route or no neighbour for the backend.
+    DropNoRoute = "drop_no_route",
+    /// `lb_xdp`: `bpf_xdp_adjust_head`/`_tail` failed.
+    DropAdjustFailed = "drop_adjust_failed",
+    /// `lb_xdp`: would exceed the MTU after encapsulation and no ICMP answer is possible (IPv4 without DF, ICMP itself,
+    /// or ICMP answers disabled).
+    DropOverMtu = "drop_over_mtu",
+    /// `lb_xdp`: answered with ICMP fragmentation-needed / ICMPv6 packet-too-big (sent with `XDP_TX`).
+    IcmpTooBigSent = "icmp_too_big_sent",
+    /// `lb_xdp`: an inbound ICMP too-big about a VIP flow, steered to that flow's backend (also counted in Tx/Redirect).
+    IcmpSteered = "icmp_steered",
+    /// `lb_xdp`: a fragment forwarded by the 3-tuple hash (also counted in Tx/Redirect).
+    FragmentHashed = "fragment_hashed",
+    /// `lb_xdp`: a new flow forwarded by hash without a flow-table insert because the per-CPU rate cap was reached.
+    NewFlowCapped = "new_flow_capped",
+    /// `lb_decap`: an IP-in-IP packet for a local tunnel address and a served VIP, decapsulated and passed up.
+    DecapOk = "decap_ok",
+    /// `lb_decap`: not an IP-in-IP packet for this host (passed untouched).
+    DecapPassNotTunnel = "decap_pass_not_tunnel",
+    /// `lb_decap`: IP-in-IP for this host but the inner destination is not a served VIP (passed untouched).
+    DecapPassNotVip = "decap_pass_not_vip",
+    /// `lb_decap`: IP-in-IP for this host with a truncated inner header (dropped).
+    DecapDropMalformed = "decap_drop_malformed",
+}
+
+/// Length of `LB_COUNTERS`.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -1,0 +1,39 @@
+//! Names of the maps and programs in the `lb-ebpf` object. Userspace looks maps up, sizes and pins them by these.
+
+/// `HashMap<VipKey, VipMeta>`: the virtual services.
+pub const VIPS: &str = "LB_VIPS";
+/// `Array<u32>` of `2 * max_vips * max_ring_size` backend ids: two Maglev ring slots per VIP (double buffer).
+pub const RING: &str = "LB_RING";
+/// `Array<Backend>` indexed by [`crate::BackendId`]; id 0 is never used.
+pub const BACKENDS: &str = "LB_BACKENDS";
+/// `LruHashMap<FlowKey, FlowState>`: connection tracking.
+pub const FLOWS: &str = "LB_FLOWS";
+/// `Array<GlobalConfig>` with one entry.
+pub const CONFIG: &str = "LB_CONFIG";
+/// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+pub const COUNTERS: &str = "LB_COUNTERS";
+/// `PerCpuArray<VipStats>` indexed by `VipMeta::vip_id`.
+pub const VIP_STATS: &str = "LB_VIP_STATS";
+/// `PerCpuArray<BackendStats>` indexed by backend id.
+pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
+/// `PerCpuArray<RateWindow>` with one entry: the new-flow rate cap's window on this CPU.
+pub const NEW_FLOW_RATE: &str = "LB_NEW_FLOW_RATE";
+/// `PerCpuArray<NextHop>` indexed by backend id: a short-lived cache of `bpf_fib_lookup` results.
+pub const NEXTHOP_CACHE: &str = "LB_NEXTHOP_CACHE";
+/// `DevMapHash` keyed by ifindex: the interfaces `XDP_REDIRECT` may send to.
+pub const TX_PORTS: &str = "LB_TX_PORTS";
+/// `HashMap<AddrKey, u32>` for `lb_decap`: VIP addresses this backend serves.
+pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
+/// `HashMap<AddrKey, u32>` for `lb_decap`: this host's own tunnel endpoint addresses.
+pub const DECAP_LOCAL: &str = "LB_DECAP_LOCAL";
+
+/// The balancer program.
+pub const PROG_LB: &str = "lb_xdp";
+/// The backend-side decapsulation program.
+pub const PROG_DECAP: &str = "lb_decap";
+/// A bare `XDP_PASS`, for the peer of a veth that receives native `XDP_TX`/`XDP_REDIRECT` frames.
+pub const PROG_PASS: &str = "lb_pass";
+/// Benchmark floor: parse Ethernet + IPv4, swap MACs, `XDP_TX`.
+pub const PROG_FLOOR: &str = "lb_floor";
+/// Benchmark calibration: returns `XDP_PASS` without touching the packet.
+pub const PROG_EMPTY: &str = "lb_empty";
