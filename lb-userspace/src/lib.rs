@@ -1,1 +1,12 @@
-//! lb-userspace library.
+//! The userspace of the balancer: everything `lbd` and `lbctl` are made of, as a library so that the tests, the
+//! lab and the benchmarks drive exactly the code operators run.
+
+pub mod dataplane;
+
+pub mod config;
+pub mod control;
+pub mod health;
+pub mod maglev;
+pub mod metrics;
+pub mod simulate;
+pub mod state;
