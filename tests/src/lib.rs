@@ -1,1 +1,4 @@
-//! Shared test support.
+//! Shared test support: network namespaces, packet builders, the reference model of the dataplane and the fixture
+//! table run against the real program.
+
+pub mod netns;
