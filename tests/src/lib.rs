@@ -2,3 +2,4 @@
 //! table run against the real program.
 
 pub mod netns;
+pub mod packets;
