@@ -249,7 +249,7 @@ impl Ip {
 
     fn v4(&self, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         assert!(opts.len() <= 40, "IPv4 options longer than 40 bytes");
