@@ -1,1 +1,335 @@
-//! (in progress)
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016), weighted the way Katran does it.
+//!
+//! Every backend walks its own permutation of the `m` table slots (`offset + j * skip mod m`, both derived from two
+//! hashes of the backend's stable name) and takes the next free slot of its permutation on each of its turns. The
+//! unweighted paper gives every backend one turn per round; here a backend accumulates its weight each round and
+//! takes a turn per `max_weight` accumulated, so its share of the table is proportional to its weight while the
+//! turns of different backends stay interleaved (which is what keeps the disruption of a change small).
+//!
+//! The result depends only on the set of `(id, weight, name)` triples and `m`: input order, host, process and Rust
+//! version do not matter, so balancers with the same config build the same table.
+
+use lb_common::{BACKEND_ID_NONE, BackendId};
+
+/// Builds a table of `m` entries (`m` should be prime, or some permutations do not cover the table; the builder
+/// still terminates and fills every slot). Backends with weight 0 get no entry; with no weighted backend every entry
+/// is [`BACKEND_ID_NONE`].
+pub fn build(backends: &[(BackendId, u32, &str)], m: u32) -> Vec<BackendId> {
+    let m_usize = m as usize;
+    let mut table = vec![BACKEND_ID_NONE; m_usize];
+    if m == 0 {
+        return table;
+    }
+    let mut live: Vec<&(BackendId, u32, &str)> = backends.iter().filter(|b| b.1 > 0).collect();
+    if live.is_empty() {
+        return table;
+    }
+    // Turn order decides ties, so fix it independently of how the caller listed the backends.
+    live.sort_by(|a, b| a.2.cmp(b.2).then(a.0.cmp(&b.0)));
+
+    let max_weight = live.iter().map(|b| b.1).max().unwrap_or(1) as u64;
+    struct Walker {
+        id: BackendId,
+        weight: u64,
+        offset: u64,
+        skip: u64,
+        next: u64,
+        credit: u64,
+    }
+    let m64 = m as u64;
+    let mut walkers: Vec<Walker> = live
+        .iter()
+        .map(|b| {
+            let offset = name_hash(b.2, OFFSET_SEED) % m64;
+            let skip = if m > 1 {
+                name_hash(b.2, SKIP_SEED) % (m64 - 1) + 1
+            } else {
+                1
+            };
+            Walker {
+                id: b.0,
+                weight: b.1 as u64,
+                offset,
+                skip,
+                next: 0,
+                credit: 0,
+            }
+        })
+        .collect();
+
+    let mut filled = 0usize;
+    // A free-slot cursor for the rare case where a permutation is exhausted (only possible with a non-prime `m`).
+    let mut scan = 0usize;
+    loop {
+        for w in walkers.iter_mut() {
+            w.credit += w.weight;
+            while w.credit >= max_weight {
+                w.credit -= max_weight;
+                let slot = loop {
+                    if w.next >= m64 {
+                        while table[scan] != BACKEND_ID_NONE {
+                            scan += 1;
+                        }
+                        break scan;
+                    }
+                    let c = ((w.offset + w.next * w.skip) % m64) as usize;
+                    w.next += 1;
+                    if table[c] == BACKEND_ID_NONE {
+                        break c;
+                    }
+                };
+                table[slot] = w.id;
+                filled += 1;
+                if filled == m_usize {
+                    return table;
+                }
+            }
+        }
+    }
+}
+
+const OFFSET_SEED: u64 = 0x6d61_676c_6576_3031; // "maglev01"
+const SKIP_SEED: u64 = 0x6d61_676c_6576_3032; // "maglev02"
+
+/// FNV-1a over the name, seeded, then a SplitMix64 finaliser: stable forever (unlike `std`'s hashers, whose output
+/// may change between Rust releases), and the finaliser spreads nearby names (`10.0.0.1`, `10.0.0.2`) apart.
+fn name_hash(name: &str, seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Whether `n` is prime (ring sizes must be).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3u32;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const M: u32 = 65537;
+
+    fn names(n: u32) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+            .collect()
+    }
+
+    fn equal(names: &[String]) -> Vec<(BackendId, u32, &str)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32 + 1, 100, n.as_str()))
+            .collect()
+    }
+
+    fn counts(table: &[BackendId]) -> HashMap<BackendId, usize> {
+        let mut c = HashMap::new();
+        for &id in table {
+            *c.entry(id).or_insert(0) += 1;
+        }
+        c
+    }
+
+    fn changed(a: &[BackendId], b: &[BackendId]) -> f64 {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64
+    }
+
+    #[test]
+    fn empty_and_zero_weight_give_unset_entries() {
+        assert!(build(&[], 7).iter().all(|&id| id == BACKEND_ID_NONE));
+        assert!(
+            build(&[(1, 0, "a"), (2, 0, "b")], 7)
+                .iter()
+                .all(|&id| id == BACKEND_ID_NONE)
+        );
+        assert_eq!(build(&[(1, 5, "a")], 0).len(), 0);
+        assert_eq!(build(&[(9, 1, "a")], 1), vec![9]);
+    }
+
+    #[test]
+    fn equal_backends_hold_floor_or_ceil_of_m_over_n() {
+        for n in [1u32, 2, 3, 7, 100, 1000] {
+            let names = names(n);
+            let table = build(&equal(&names), M);
+            let c = counts(&table);
+            assert_eq!(c.len(), n as usize, "n={n}: every backend present");
+            let (lo, hi) = ((M / n) as usize, M.div_ceil(n) as usize);
+            for (id, k) in c {
+                assert!(
+                    k == lo || k == hi,
+                    "n={n}: backend {id} holds {k}, want {lo} or {hi}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_shares_follow_weights() {
+        let names = names(6);
+        let weights = [1000u32, 500, 250, 100, 10, 1];
+        let bs: Vec<_> = names
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (n, w))| (i as u32 + 1, w, n.as_str()))
+            .collect();
+        let table = build(&bs, M);
+        let c = counts(&table);
+        let total: u32 = weights.iter().sum();
+        for (id, w, _) in &bs {
+            let want = M as f64 * *w as f64 / total as f64;
+            let got = *c.get(id).unwrap_or(&0) as f64;
+            if want >= 500.0 {
+                let rel = (got - want).abs() / want;
+                assert!(
+                    rel <= 0.02,
+                    "backend {id} weight {w}: {got} entries, want {want:.0} ({:.2}% off)",
+                    rel * 100.0
+                );
+            } else {
+                assert!(got > 0.0, "backend {id} weight {w} got no entry");
+            }
+        }
+    }
+
+    #[test]
+    fn input_order_does_not_matter() {
+        let names = names(10);
+        let mut bs = equal(&names);
+        let a = build(&bs, 251);
+        bs.reverse();
+        assert_eq!(a, build(&bs, 251));
+    }
+
+    /// Pinned: a change here reshuffles every fleet's flows on upgrade, so it must be deliberate.
+    #[test]
+    fn pinned_prefix() {
+        let names = names(3);
+        let table = build(&equal(&names), 13);
+        assert_eq!(table, PINNED, "maglev table changed: {table:?}");
+    }
+    const PINNED: [BackendId; 13] = [3, 2, 2, 1, 3, 1, 3, 2, 2, 1, 1, 1, 3];
+
+    #[test]
+    fn adding_or_removing_one_backend_moves_close_to_the_minimum() {
+        for n in [10u32, 100] {
+            let names = names(n + 1);
+            let all = equal(&names);
+            let before = build(&all[..n as usize], M);
+            let after = build(&all, M);
+            let frac = changed(&before, &after);
+            let minimal = 1.0 / (n + 1) as f64;
+            println!(
+                "n={n}: adding one backend changed {:.4} of the table (minimal {minimal:.4})",
+                frac
+            );
+            assert!(
+                frac < minimal * 2.0,
+                "n={n}: adding moved {frac:.4}, minimal {minimal:.4}"
+            );
+
+            let mut removed = all[..n as usize].to_vec();
+            removed.remove(n as usize / 2);
+            let after = build(&removed, M);
+            let frac = changed(&before, &after);
+            let minimal = 1.0 / n as f64;
+            println!(
+                "n={n}: removing one backend changed {:.4} of the table (minimal {minimal:.4})",
+                frac
+            );
+            assert!(
+                frac < minimal * 2.0,
+                "n={n}: removing moved {frac:.4}, minimal {minimal:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_prime_m_still_fills_every_slot() {
+        let names = names(4);
+        let table = build(&equal(&names), 1000);
+        assert!(table.iter().all(|&id| id != BACKEND_ID_NONE));
+    }
+
+    #[test]
+    fn primality() {
+        let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537) && is_prime(251) && !is_prime(65536) && !is_prime(65535));
+    }
+
+    #[test]
+    fn thousand_backends_build_fast() {
+        let names = names(1000);
+        let bs = equal(&names);
+        let start = std::time::Instant::now();
+        let table = build(&bs, M);
+        let took = start.elapsed();
+        println!("1000 backends, M={M}: {took:?}");
+        assert_eq!(table.len(), M as usize);
+        // The release-mode bound (5 ms) is checked by the benchmark; a debug test build is ~20x slower.
+        assert!(took.as_millis() < 500, "took {took:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn every_slot_holds_a_weighted_backend(
+            weights in proptest::collection::vec(0u32..=1000, 0..20),
+            m in proptest::sample::select(vec![7u32, 13, 251, 1021]),
+        ) {
+            let names = names(weights.len() as u32);
+            let bs: Vec<_> = names.iter().zip(&weights).enumerate()
+                .map(|(i, (n, &w))| (i as u32 + 1, w, n.as_str())).collect();
+            let table = build(&bs, m);
+            prop_assert_eq!(table.len(), m as usize);
+            let weighted: Vec<BackendId> = bs.iter().filter(|b| b.1 > 0).map(|b| b.0).collect();
+            for &id in &table {
+                if weighted.is_empty() {
+                    prop_assert_eq!(id, BACKEND_ID_NONE);
+                } else {
+                    prop_assert!(weighted.contains(&id), "slot holds {} not in {:?}", id, weighted);
+                }
+            }
+            // Deterministic.
+            prop_assert_eq!(table, build(&bs, m));
+        }
+
+        #[test]
+        fn zero_weight_backend_is_like_absent(
+            n in 1u32..15,
+            drained in 0usize..15,
+        ) {
+            let names = names(n + 1);
+            let mut bs = equal(&names);
+            let drained = drained % bs.len();
+            bs[drained].1 = 0;
+            let with = build(&bs, 251);
+            bs.remove(drained);
+            prop_assert_eq!(with, build(&bs, 251));
+        }
+    }
+}
