@@ -31,8 +31,9 @@ pub fn build(backends: &[(BackendId, u32, &str)], m: u32) -> Vec<BackendId> {
     struct Walker {
         id: BackendId,
         weight: u64,
-        offset: u64,
         skip: u64,
+        /// Permutation position: `offset + next * skip mod m`, advanced by addition (no division per probe).
+        cur: u64,
         next: u64,
         credit: u64,
     }
@@ -49,8 +50,8 @@ pub fn build(backends: &[(BackendId, u32, &str)], m: u32) -> Vec<BackendId> {
             Walker {
                 id: b.0,
                 weight: b.1 as u64,
-                offset,
                 skip,
+                cur: offset,
                 next: 0,
                 credit: 0,
             }
@@ -72,8 +73,12 @@ pub fn build(backends: &[(BackendId, u32, &str)], m: u32) -> Vec<BackendId> {
                         }
                         break scan;
                     }
-                    let c = ((w.offset + w.next * w.skip) % m64) as usize;
+                    let c = w.cur as usize;
                     w.next += 1;
+                    w.cur += w.skip;
+                    if w.cur >= m64 {
+                        w.cur -= m64;
+                    }
                     if table[c] == BACKEND_ID_NONE {
                         break c;
                     }
