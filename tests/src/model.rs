@@ -56,6 +56,8 @@ pub struct Outcome {
     pub backend: Option<BackendId>,
     /// The frame as the program leaves it (meaningful for `XDP_TX`/`XDP_REDIRECT`/`XDP_PASS`).
     pub frame: Vec<u8>,
+    /// Left empty by the model; the fixture runner fills it with the flow table after the packet.
+    pub flows_after: HashMap<FlowKey, FlowState>,
 }
 
 pub fn action_name(a: u32) -> &'static str {
@@ -143,6 +145,7 @@ impl ModelState {
             info,
             backend,
             frame: frame.to_vec(),
+            flows_after: HashMap::new(),
         }
     }
 
