@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 
+pub mod attach;
 pub mod config;
 pub mod control;
 pub mod health;
