@@ -1,1 +1,467 @@
-//! (in progress)
+//! The typed map writer: loads the XDP object with the configured map sizes and reads/writes every map through
+//! the `lb-common` types. Attaching programs and pinning links is the daemon's business (see `attach`); this file
+//! only optionally pins maps so that a restarted daemon adopts the running state.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    programs::Xdp,
+};
+use lb_common::{
+    AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig,
+    RING_SLOTS_PER_VIP, VipKey, VipMeta, VipStats, consts, maps,
+};
+
+/// The compiled `lb-ebpf` object, built by `build.rs` through aya-build.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Every map of the object, in the order they are pinned.
+pub const ALL_MAPS: &[&str] = &[
+    maps::VIPS,
+    maps::RING,
+    maps::BACKENDS,
+    maps::FLOWS,
+    maps::CONFIG,
+    maps::COUNTERS,
+    maps::VIP_STATS,
+    maps::BACKEND_STATS,
+    maps::NEW_FLOW_RATE,
+    maps::NEXTHOP_CACHE,
+    maps::TX_PORTS,
+    maps::DECAP_VIPS,
+    maps::DECAP_LOCAL,
+];
+
+/// Every program of the object.
+pub const ALL_PROGRAMS: &[&str] = &[
+    maps::PROG_LB,
+    maps::PROG_DECAP,
+    maps::PROG_PASS,
+    maps::PROG_FLOOR,
+    maps::PROG_EMPTY,
+];
+
+/// The configurable map sizes (`max_entries`), fixed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries of `LB_VIPS`, `LB_VIP_STATS` and `LB_DECAP_VIPS`; VIP ids are `0..max_vips`.
+    pub max_vips: u32,
+    /// Entries of `LB_BACKENDS`, `LB_BACKEND_STATS` and `LB_NEXTHOP_CACHE`; backend ids are `1..max_backends`.
+    pub max_backends: u32,
+    /// Entries of the LRU `LB_FLOWS`.
+    pub flow_table_size: u32,
+    /// Largest ring size of any VIP: the ring stride, `LB_RING` holds `2 * max_vips * max_ring_size` entries.
+    pub max_ring_size: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            max_vips: consts::DEFAULT_MAX_VIPS,
+            max_backends: consts::DEFAULT_MAX_BACKENDS,
+            flow_table_size: consts::DEFAULT_FLOW_TABLE_SIZE,
+            max_ring_size: consts::DEFAULT_MAX_RING_SIZE,
+        }
+    }
+}
+
+impl MapSizes {
+    /// Entries of `LB_RING`.
+    pub fn ring_entries(&self) -> Result<u32> {
+        RING_SLOTS_PER_VIP
+            .checked_mul(self.max_vips)
+            .and_then(|n| n.checked_mul(self.max_ring_size))
+            .with_context(|| {
+                format!(
+                    "{}: 2 * max_vips * max_ring_size overflows u32 ({self:?})",
+                    maps::RING
+                )
+            })
+    }
+}
+
+/// How to load the object.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub sizes: MapSizes,
+    /// Pin every map at `pin_dir/<map name>`; an existing pin is adopted (reused with its contents) instead of
+    /// creating a new map. `None`: the maps live as long as this process (and attached programs).
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// The loaded object: all programs verified and loaded (none attached), all maps created or adopted.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    sizes: MapSizes,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("sizes", &self.sizes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Loads the object and every program into the kernel (the verifier runs here); attaches nothing.
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
+        let s = opts.sizes;
+        ensure!(
+            s.max_vips > 0 && s.max_backends > 1 && s.flow_table_size > 0 && s.max_ring_size > 0,
+            "map sizes must be non-zero (max_backends ≥ 2): {s:?}"
+        );
+        let ring = s.ring_entries()?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::VIPS, s.max_vips)
+            .map_max_entries(maps::VIP_STATS, s.max_vips)
+            .map_max_entries(maps::DECAP_VIPS, s.max_vips)
+            .map_max_entries(maps::RING, ring)
+            .map_max_entries(maps::BACKENDS, s.max_backends)
+            .map_max_entries(maps::BACKEND_STATS, s.max_backends)
+            .map_max_entries(maps::NEXTHOP_CACHE, s.max_backends)
+            .map_max_entries(maps::FLOWS, s.flow_table_size);
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating map pin directory {}", dir.display()))?;
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the lb-ebpf object (map creation)")?;
+        for name in ALL_PROGRAMS {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not XDP"))?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        Ok(Dataplane { ebpf, sizes: s })
+    }
+
+    /// The sizes the maps were created with.
+    pub fn sizes(&self) -> &MapSizes {
+        &self.sizes
+    }
+
+    /// Escape hatch for attaching programs and setting up aya-log.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// One of the loaded XDP programs by name (`lb_common::maps::PROG_*`).
+    pub fn xdp(&mut self, prog: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(prog)
+            .with_context(|| format!("no program {prog}"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not XDP"))
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn array<V: aya::Pod>(&self, name: &str) -> Result<Array<&MapData, V>> {
+        Array::try_from(self.map(name)?).with_context(|| format!("map {name}"))
+    }
+
+    fn array_mut<V: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
+        Array::try_from(self.map_mut(name)?).with_context(|| format!("map {name}"))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<HashMap<&MapData, K, V>> {
+        HashMap::try_from(self.map(name)?).with_context(|| format!("map {name}"))
+    }
+
+    fn hash_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        HashMap::try_from(self.map_mut(name)?).with_context(|| format!("map {name}"))
+    }
+
+    fn percpu<V: aya::Pod>(&self, name: &str) -> Result<PerCpuArray<&MapData, V>> {
+        PerCpuArray::try_from(self.map(name)?).with_context(|| format!("map {name}"))
+    }
+
+    /// Writes `LB_CONFIG[0]`. `ring_stride` must equal `sizes().max_ring_size` (the ring map's layout).
+    pub fn set_config(&mut self, cfg: &GlobalConfig) -> Result<()> {
+        ensure!(
+            cfg.ring_stride == self.sizes.max_ring_size,
+            "{}: ring_stride {} must equal max_ring_size {}",
+            maps::CONFIG,
+            cfg.ring_stride,
+            self.sizes.max_ring_size
+        );
+        self.array_mut::<GlobalConfig>(maps::CONFIG)?
+            .set(0, cfg, 0)
+            .with_context(|| format!("writing {}", maps::CONFIG))
+    }
+
+    /// Reads `LB_CONFIG[0]` (all zero before the first `set_config`).
+    pub fn config(&self) -> Result<GlobalConfig> {
+        self.array(maps::CONFIG)?
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", maps::CONFIG))
+    }
+
+    /// Inserts or replaces a VIP. Prefer [`Dataplane::install_ring`] for a VIP whose ring changes.
+    pub fn upsert_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        ensure!(
+            meta.vip_id < self.sizes.max_vips,
+            "{}: vip_id {} ≥ max_vips {}",
+            maps::VIPS,
+            meta.vip_id,
+            self.sizes.max_vips
+        );
+        self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
+            .insert(key, meta, 0)
+            .with_context(|| format!("inserting into {}", maps::VIPS))
+    }
+
+    /// Removes a VIP; its packets go to the kernel again (`PassNotVip`).
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
+            .remove(key)
+            .with_context(|| format!("removing from {}", maps::VIPS))
+    }
+
+    /// Every VIP in the map.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        self.hash(maps::VIPS)?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("iterating {}", maps::VIPS))
+    }
+
+    fn check_backend_id(&self, id: BackendId) -> Result<()> {
+        ensure!(
+            id != consts::BACKEND_ID_NONE,
+            "{}: backend id 0 is reserved for \"unset\"",
+            maps::BACKENDS
+        );
+        ensure!(
+            id < self.sizes.max_backends,
+            "{}: backend id {id} ≥ max_backends {}",
+            maps::BACKENDS,
+            self.sizes.max_backends
+        );
+        Ok(())
+    }
+
+    /// Writes `LB_BACKENDS[id]` (id 0 is rejected).
+    pub fn set_backend(&mut self, id: BackendId, b: &Backend) -> Result<()> {
+        self.check_backend_id(id)?;
+        self.array_mut::<Backend>(maps::BACKENDS)?
+            .set(id, b, 0)
+            .with_context(|| format!("writing {}[{id}]", maps::BACKENDS))
+    }
+
+    /// Zeroes `LB_BACKENDS[id]`: flows pinned to it re-choose from the ring, and a ring entry still naming it drops.
+    pub fn clear_backend(&mut self, id: BackendId) -> Result<()> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    /// Reads `LB_BACKENDS[id]`.
+    pub fn backend(&self, id: BackendId) -> Result<Backend> {
+        self.check_backend_id(id)?;
+        self.array(maps::BACKENDS)?
+            .get(&id, 0)
+            .with_context(|| format!("reading {}[{id}]", maps::BACKENDS))
+    }
+
+    fn check_ring_meta(&self, meta: &VipMeta) -> Result<()> {
+        ensure!(
+            meta.vip_id < self.sizes.max_vips,
+            "{}: vip_id {} ≥ max_vips {}",
+            maps::RING,
+            meta.vip_id,
+            self.sizes.max_vips
+        );
+        ensure!(
+            meta.ring_size > 0 && meta.ring_size <= self.sizes.max_ring_size,
+            "{}: ring_size {} not in 1..={}",
+            maps::RING,
+            meta.ring_size,
+            self.sizes.max_ring_size
+        );
+        let first = 2 * meta.vip_id;
+        ensure!(
+            meta.ring_slot == first || meta.ring_slot == first + 1,
+            "{}: ring_slot {} is not one of vip {}'s slots ({first}, {})",
+            maps::RING,
+            meta.ring_slot,
+            meta.vip_id,
+            first + 1
+        );
+        Ok(())
+    }
+
+    /// Atomic ring switch: writes `ring` (`len == meta.ring_size`) into the VIP's inactive slot, then flips
+    /// `meta.ring_slot` with one map update, so a packet sees either the whole old ring or the whole new one.
+    /// For a VIP not yet in `LB_VIPS` the ring goes to slot `2 * vip_id` and the VIP is inserted. Returns the meta
+    /// now in the map.
+    pub fn install_ring(
+        &mut self,
+        key: &VipKey,
+        meta: VipMeta,
+        ring: &[BackendId],
+    ) -> Result<VipMeta> {
+        ensure!(
+            ring.len() == meta.ring_size as usize,
+            "{}: ring has {} entries, meta.ring_size is {}",
+            maps::RING,
+            ring.len(),
+            meta.ring_size
+        );
+        let current = match self.hash::<VipKey, VipMeta>(maps::VIPS)?.get(key, 0) {
+            Ok(m) => Some(m),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", maps::VIPS)),
+        };
+        let first = 2 * meta.vip_id;
+        let slot = match current {
+            Some(cur) if cur.vip_id == meta.vip_id && cur.ring_slot == first => first + 1,
+            _ => first,
+        };
+        let new_meta = VipMeta {
+            ring_slot: slot,
+            ..meta
+        };
+        self.check_ring_meta(&new_meta)?;
+        let base = slot * self.sizes.max_ring_size;
+        let mut arr = self.array_mut::<BackendId>(maps::RING)?;
+        for (i, id) in ring.iter().enumerate() {
+            arr.set(base + i as u32, id, 0)
+                .with_context(|| format!("writing {}[{}]", maps::RING, base + i as u32))?;
+        }
+        self.upsert_vip(key, &new_meta)?;
+        Ok(new_meta)
+    }
+
+    /// The active ring of a VIP (`meta.ring_size` entries of slot `meta.ring_slot`).
+    pub fn read_ring(&self, meta: &VipMeta) -> Result<Vec<BackendId>> {
+        self.check_ring_meta(meta)?;
+        let base = meta.ring_slot * self.sizes.max_ring_size;
+        let arr = self.array::<BackendId>(maps::RING)?;
+        (base..base + meta.ring_size)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .with_context(|| format!("reading {}[{i}]", maps::RING))
+            })
+            .collect()
+    }
+
+    /// Lets `lb_xdp` redirect to `ifindex` (an egress interface other than the ingress one).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = DevMapHash::try_from(self.map_mut(maps::TX_PORTS)?)
+            .with_context(|| format!("map {}", maps::TX_PORTS))?;
+        m.insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("inserting ifindex {ifindex} into {}", maps::TX_PORTS))
+    }
+
+    /// Every verdict/reason counter, summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        let arr = self.percpu::<u64>(maps::COUNTERS)?;
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let v = arr
+                    .get(&(c as u32), 0)
+                    .with_context(|| format!("reading {}[{}]", maps::COUNTERS, c.name()))?;
+                Ok((c, v.iter().copied().fold(0u64, u64::wrapping_add)))
+            })
+            .collect()
+    }
+
+    /// A VIP's traffic, summed over CPUs.
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        let v = self
+            .percpu::<VipStats>(maps::VIP_STATS)?
+            .get(&vip_id, 0)
+            .with_context(|| format!("reading {}[{vip_id}]", maps::VIP_STATS))?;
+        Ok(v.iter().fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets.wrapping_add(s.packets),
+            bytes: a.bytes.wrapping_add(s.bytes),
+            new_flows: a.new_flows.wrapping_add(s.new_flows),
+            lru_misses: a.lru_misses.wrapping_add(s.lru_misses),
+        }))
+    }
+
+    /// A backend's traffic, summed over CPUs.
+    pub fn backend_stats(&self, id: BackendId) -> Result<BackendStats> {
+        self.check_backend_id(id)?;
+        let v = self
+            .percpu::<BackendStats>(maps::BACKEND_STATS)?
+            .get(&id, 0)
+            .with_context(|| format!("reading {}[{id}]", maps::BACKEND_STATS))?;
+        Ok(v.iter().fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets.wrapping_add(s.packets),
+            bytes: a.bytes.wrapping_add(s.bytes),
+        }))
+    }
+
+    /// Up to `limit` flow-table entries (iteration order of the kernel's hash table).
+    pub fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowState)>> {
+        self.hash(maps::FLOWS)?
+            .iter()
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("iterating {}", maps::FLOWS))
+    }
+
+    /// Inserts a flow entry (tests preload state with it).
+    pub fn insert_flow(&mut self, k: &FlowKey, v: &FlowState) -> Result<()> {
+        self.hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
+            .insert(k, v, 0)
+            .with_context(|| format!("inserting into {}", maps::FLOWS))
+    }
+
+    /// Empties the flow table.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let mut m = self.hash_mut::<FlowKey, FlowState>(maps::FLOWS)?;
+        let keys = m
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("iterating {}", maps::FLOWS))?;
+        for k in keys {
+            match m.remove(&k) {
+                // The LRU may evict between listing and removal.
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing from {}", maps::FLOWS)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells `lb_decap` that this host serves VIP address `a`.
+    pub fn add_decap_vip(&mut self, a: &AddrKey) -> Result<()> {
+        self.hash_mut::<AddrKey, u32>(maps::DECAP_VIPS)?
+            .insert(a, 1u32, 0)
+            .with_context(|| format!("inserting into {}", maps::DECAP_VIPS))
+    }
+
+    /// Tells `lb_decap` that `a` is one of this host's tunnel endpoint addresses.
+    pub fn add_decap_local(&mut self, a: &AddrKey) -> Result<()> {
+        self.hash_mut::<AddrKey, u32>(maps::DECAP_LOCAL)?
+            .insert(a, 1u32, 0)
+            .with_context(|| format!("inserting into {}", maps::DECAP_LOCAL))
+    }
+}
