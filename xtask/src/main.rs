@@ -1,1 +1,48 @@
-fn main() {}
+//! Project tasks. Orchestration only: xtask must compile before the eBPF toolchain exists, so it never links
+//! lb-userspace or aya; it runs cargo and system tools instead.
+
+mod bench;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Project tasks for the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and runtime tools (idempotent; root).
+    Setup,
+    /// setup, build the binaries, fmt + clippy, then the whole test suite (ends with the runner's summary).
+    Test(test::TestArgs),
+    /// setup, then build and run the one-command lab demo.
+    Demo {
+        /// Extra arguments for `lb-lab demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: dataplane ns/packet per path, or Maglev build time and memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test(args) => test::run(&args),
+        Task::Demo { args } => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask bench dataplane|maglev [--json]`: runs the lb-bench binary of lb-tests (it needs the eBPF object
+//! and the netns helpers, which xtask must not link).
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::cmd::{self, exec, phase};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    what: What,
+    /// Print one JSON object instead of the human table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    /// ns/packet per XDP path next to a floor program (BPF_PROG_TEST_RUN).
+    Dataplane,
+    /// Maglev build time, map memory and lbd RSS.
+    Maglev,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let what = match args.what {
+        What::Dataplane => "dataplane",
+        What::Maglev => "maglev",
+    };
+    if !args.json {
+        phase(&format!("bench {what}"));
+    }
+    let mut c = cmd::cargo();
+    c.current_dir(cmd::workspace_root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-bench",
+        "--",
+        what,
+    ]);
+    if args.json {
+        c.arg("--json");
+        // Keep stdout exactly one JSON object: no command trace.
+        let status = c.status()?;
+        anyhow::ensure!(status.success(), "lb-bench {what} failed ({status})");
+        return Ok(());
+    }
+    exec(&mut c)
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask setup`: the toolchain recipe of TOOLCHAIN.md as an idempotent program. Every step checks first
+//! and says whether it acts or skips, so a second run changes nothing and CI logs show what was installed.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, exec, probe};
+
+/// Debian's compiler and its library source: the only pair that builds `core` for bpfel here (TOOLCHAIN.md).
+const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`.
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// aya-build runs `rustup run <this>`; lb-userspace/build.rs names it.
+const TOOLCHAIN_NAME: &str = "debian-rustc";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    cmd::phase("setup");
+    require_root()?;
+    let mut apt = Apt::default();
+    apt.ensure(RUST_PACKAGES.iter().chain(RUNTIME_PACKAGES))?;
+    // The LLVM that bpf-linker links must be the one Debian's rustc emits bitcode for; ask the compiler.
+    let llvm = llvm_major()?;
+    println!("setup: Debian rustc uses LLVM {llvm}");
+    apt.ensure(&[format!("llvm-{llvm}-dev")])?;
+    link_toolchain()?;
+    bpf_linker(llvm)?;
+    nextest();
+    bpffs()?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    // The euid owns /proc/self; this needs no libc binding.
+    let uid = std::fs::metadata("/proc/self")
+        .context("reading /proc/self")?
+        .uid();
+    if uid != 0 {
+        bail!(
+            "setup must run as root (uid 0, not {uid}): it installs packages, mounts bpffs, and the tests load \
+             XDP programs and create network namespaces. Re-run with sudo or as root."
+        );
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn ensure<S: AsRef<str>>(&mut self, pkgs: impl IntoIterator<Item = S>) -> Result<()> {
+        let missing: Vec<String> = pkgs
+            .into_iter()
+            .map(|p| p.as_ref().to_string())
+            .filter(|p| !installed(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        println!("setup: installing {}", missing.join(" "));
+        if !self.updated {
+            exec(apt_get().args(["update", "-qq"]))?;
+            self.updated = true;
+        }
+        exec(
+            apt_get()
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing),
+        )
+    }
+}
+
+fn apt_get() -> Command {
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn installed(pkg: &str) -> bool {
+    let ok = probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.ends_with("install ok installed"));
+    if ok {
+        println!("setup: {pkg} present");
+    }
+    ok
+}
+
+fn llvm_major() -> Result<u32> {
+    let out = probe(Command::new("/usr/bin/rustc").arg("-vV"))
+        .context("/usr/bin/rustc -vV failed although rustc-web is installed")?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("no `LLVM version: N` line in /usr/bin/rustc -vV:\n{out}"))
+}
+
+fn link_toolchain() -> Result<()> {
+    if let Some(v) = probe(Command::new("rustup").args(["run", TOOLCHAIN_NAME, "rustc", "-V"])) {
+        println!("setup: rustup toolchain {TOOLCHAIN_NAME} present ({v})");
+        return Ok(());
+    }
+    if probe(Command::new("rustup").arg("--version")).is_none() {
+        bail!("rustup is required (the userspace crates build with rustup's stable toolchain)");
+    }
+    println!("setup: registering Debian's rustc with rustup as {TOOLCHAIN_NAME}");
+    exec(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN_NAME, "/usr"]))
+}
+
+fn bpf_linker(llvm: u32) -> Result<()> {
+    let want = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if let Some(v) = probe(Command::new("bpf-linker").arg("--version")) {
+        if v == want {
+            println!("setup: {v} present");
+            return Ok(());
+        }
+        println!("setup: found `{v}`, need {want}");
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about 75 s on 2 cores)"
+    );
+    exec(
+        cmd::cargo()
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm}"),
+            ]),
+    )
+}
+
+fn nextest() {
+    match probe(cmd::cargo().args(["nextest", "--version"])) {
+        Some(v) => println!(
+            "setup: {} present",
+            v.lines().next().unwrap_or("cargo-nextest")
+        ),
+        None => println!(
+            "setup: cargo-nextest absent; `cargo xtask test` will fall back to `cargo test`"
+        ),
+    }
+}
+
+pub fn has_nextest() -> bool {
+    probe(cmd::cargo().args(["nextest", "--version"])).is_some()
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == BPFFS && f[2] == "bpf"
+    });
+    if mounted {
+        println!("setup: bpffs mounted at {BPFFS}");
+        return Ok(());
+    }
+    println!("setup: mounting bpffs at {BPFFS} (lbd pins its maps and link there)");
+    exec(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
