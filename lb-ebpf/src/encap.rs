@@ -1,0 +1,99 @@
+//! Rewrites for the two forwarding modes: IP-in-IP (all four family combinations) and L2 DSR.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    Backend, Counter, FAMILY_V4, GlobalConfig, IPPROTO_IPIP, IPPROTO_IPV6, NextHop, XDP_DROP, csum,
+};
+
+use crate::{
+    parse::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_DF, Ipv4Hdr, Ipv6Hdr, ptr_at},
+    stats::Verdict,
+};
+
+const DROP_ADJUST: Verdict = Verdict::new(XDP_DROP, Counter::DropAdjustFailed);
+/// A drop with nothing to blame but the packet's layout (the verifier's view of the new headers).
+const DROP_MALFORMED: Verdict = Verdict::new(XDP_DROP, Counter::DropMalformed);
+
+/// Outer header length for a backend family.
+#[inline(always)]
+pub fn overhead(backend_family: u8) -> usize {
+    if backend_family == FAMILY_V4 { 20 } else { 40 }
+}
+
+/// L2 DSR: only the Ethernet addresses change (a VLAN tag stays).
+#[inline(always)]
+pub fn rewrite_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_MALFORMED)?;
+    unsafe {
+        (*eth).dst = nh.dmac;
+        (*eth).src = nh.smac;
+    }
+    Ok(())
+}
+
+/// Replaces the L2 header (`l2_len` bytes, VLAN tag included) by Ethernet + an outer IP header towards `be`.
+/// `inner_len` is the frame length minus `l2_len`; `inner_family` picks protocol 4 or 41.
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    l2_len: usize,
+    inner_len: usize,
+    inner_family: u8,
+    be: &Backend,
+    cfg: &GlobalConfig,
+    nh: &NextHop,
+    hash: u32,
+) -> Result<(), Verdict> {
+    let inner_proto = if inner_family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    let outer = overhead(be.family);
+    let delta = l2_len as i32 - (ETH_HLEN + outer) as i32;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+        return Err(DROP_ADJUST);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_MALFORMED)?;
+    unsafe {
+        (*eth).dst = nh.dmac;
+        (*eth).src = nh.smac;
+    }
+    if be.family == FAMILY_V4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_MALFORMED)?;
+        let mut h = Ipv4Hdr {
+            version_ihl: 0x45,
+            tos: 0,
+            tot_len: ((inner_len + 20) as u16).to_be(),
+            id: 0,
+            frag_off: IP_DF,
+            ttl: 64,
+            proto: inner_proto,
+            check: 0,
+            src: cfg.encap_src_v4,
+            dst: be.addr[0],
+        };
+        // SAFETY: Ipv4Hdr is 20 bytes of plain integers, alignment ≥ 2.
+        let words: &[u16; 10] = unsafe { &*(&h as *const Ipv4Hdr as *const [u16; 10]) };
+        h.check = csum::ipv4_header(words);
+        unsafe {
+            (*eth).proto = ETH_P_IPV4;
+            *ip = h;
+        }
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_MALFORMED)?;
+        let label = hash & 0xf_ffff;
+        unsafe {
+            (*eth).proto = ETH_P_IPV6;
+            *ip = Ipv6Hdr {
+                version_tc_flow: [0x60, (label >> 16) as u8, (label >> 8) as u8, label as u8],
+                payload_len: (inner_len as u16).to_be(),
+                next_hdr: inner_proto,
+                hop_limit: 64,
+                src: cfg.encap_src_v6,
+                dst: be.addr,
+            };
+        }
+    }
+    Ok(())
+}

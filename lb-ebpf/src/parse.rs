@@ -1,0 +1,213 @@
+//! Header layouts and the bounds-checked view of the packet. Constants compared against packet fields are
+//! pre-swapped to network order so nothing is byte-swapped per packet on the common path.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrWords, Counter, FAMILY_V4, FAMILY_V6, IPPROTO_ICMPV6, IPPROTO_IPV6_FRAG, IPPROTO_TCP,
+    IPPROTO_UDP, XDP_PASS,
+};
+
+use crate::stats::Verdict;
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const ETH_P_IPV4: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
+/// IPv4 `frag_off` bits: MF and the offset (any fragment) / DF.
+const IP_MF_OFFSET: u16 = 0x3fffu16.to_be();
+pub const IP_DF: u16 = 0x4000u16.to_be();
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct VlanHdr {
+    pub tci: u16,
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_tc_flow: [u8; 4],
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: AddrWords,
+    pub dst: AddrWords,
+}
+
+#[repr(C)]
+pub struct Ipv6FragHdr {
+    pub next_hdr: u8,
+    pub reserved: u8,
+    pub frag_off: u16,
+    pub id: u32,
+}
+
+/// The 4 bytes every TCP/UDP header starts with.
+#[repr(C)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+/// The part of a TCP header the program reads.
+#[repr(C)]
+pub struct TcpHdr {
+    pub ports: Ports,
+    pub seq: u32,
+    pub ack: u32,
+    /// Data offset in the high nibble.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg: u16,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// ICMP and ICMPv6 share the first 8 bytes' layout.
+#[repr(C)]
+pub struct IcmpHdr {
+    pub ty: u8,
+    pub code: u8,
+    pub check: u16,
+    pub rest: u32,
+}
+
+/// The one place packet pointers are made: `size_of::<T>()` bytes at `off` must lie inside the frame.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Frame length in bytes.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// The network layer of a frame, as far as the VIP decision needs it.
+pub struct L3 {
+    pub family: u8,
+    /// Offset of the IP header (the L2 header length: 14, or 18 with a VLAN tag).
+    pub off: usize,
+    /// Offset of the L4 header (after IPv4 options or the IPv6 fragment header).
+    pub l4: usize,
+    /// TCP/UDP/ICMP protocol, after an IPv6 fragment header.
+    pub proto: u8,
+    pub fragment: bool,
+    /// IPv4 DF bit (false for IPv6).
+    pub df: bool,
+    pub src: AddrWords,
+    pub dst: AddrWords,
+}
+
+const PASS_MALFORMED: Verdict = Verdict::new(XDP_PASS, Counter::PassMalformed);
+const PASS_UNSUPPORTED: Verdict = Verdict::new(XDP_PASS, Counter::PassUnsupported);
+const PASS_NOT_IP: Verdict = Verdict::new(XDP_PASS, Counter::PassNotIp);
+
+/// Steps 1–2 of `lb_xdp`: Ethernet, one VLAN tag, the IP header. Anything else is a `XDP_PASS` verdict.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<L3, Verdict> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(PASS_MALFORMED)?;
+    let mut proto = unsafe { (*eth).proto };
+    let mut off = ETH_HLEN;
+    if proto == ETH_P_8021Q {
+        let tag: *const VlanHdr = ptr_at(ctx, ETH_HLEN).ok_or(PASS_MALFORMED)?;
+        proto = unsafe { (*tag).proto };
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            return Err(PASS_UNSUPPORTED);
+        }
+        off = ETH_HLEN + VLAN_HLEN;
+    } else if proto == ETH_P_8021AD {
+        return Err(PASS_UNSUPPORTED);
+    }
+    if proto == ETH_P_IPV4 {
+        parse_v4(ctx, off)
+    } else if proto == ETH_P_IPV6 {
+        parse_v6(ctx, off)
+    } else {
+        Err(PASS_NOT_IP)
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, off: usize) -> Result<L3, Verdict> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(PASS_MALFORMED)?;
+    let vihl = unsafe { (*ip).version_ihl };
+    let ihl = ((vihl & 0x0f) as usize) << 2;
+    let avail = frame_len(ctx) - off;
+    let total = u16::from_be(unsafe { (*ip).tot_len }) as usize;
+    if vihl >> 4 != 4 || ihl < 20 || ihl > avail || total < ihl || total > avail {
+        return Err(PASS_MALFORMED);
+    }
+    let frag = unsafe { (*ip).frag_off };
+    Ok(L3 {
+        family: FAMILY_V4,
+        off,
+        l4: off + ihl,
+        proto: unsafe { (*ip).proto },
+        fragment: frag & IP_MF_OFFSET != 0,
+        df: frag & IP_DF != 0,
+        src: [unsafe { (*ip).src }, 0, 0, 0],
+        dst: [unsafe { (*ip).dst }, 0, 0, 0],
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, off: usize) -> Result<L3, Verdict> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(PASS_MALFORMED)?;
+    let avail = frame_len(ctx) - off;
+    let payload = u16::from_be(unsafe { (*ip).payload_len }) as usize;
+    if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 || payload + 40 > avail {
+        return Err(PASS_MALFORMED);
+    }
+    let mut proto = unsafe { (*ip).next_hdr };
+    let mut l4 = off + 40;
+    let mut fragment = false;
+    if proto == IPPROTO_IPV6_FRAG {
+        let fh: *const Ipv6FragHdr = ptr_at(ctx, l4).ok_or(PASS_MALFORMED)?;
+        proto = unsafe { (*fh).next_hdr };
+        l4 += 8;
+        fragment = true;
+    } else if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 {
+        return Err(PASS_UNSUPPORTED);
+    }
+    Ok(L3 {
+        family: FAMILY_V6,
+        off,
+        l4,
+        proto,
+        fragment,
+        df: false,
+        src: unsafe { (*ip).src },
+        dst: unsafe { (*ip).dst },
+    })
+}
