@@ -1,0 +1,943 @@
+//! The fixture runner: a private namespace with a real FIB, the real object loaded once, and cases of
+//! {map contents, packets, expectations} run through BPF_PROG_TEST_RUN and through the reference model.
+//!
+//! Each packet step is checked three ways: the kernel against the hand-written expectation, the model against the
+//! same expectation, and the kernel against the model on everything observable (verdict, exact counter deltas,
+//! backend, VIP stats deltas, the whole flow table). A mismatch names the case and step and shows both frames.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{PerCpuArray, PerCpuValues};
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::*;
+use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
+
+use crate::model::{ModelState, Outcome, Route, action_name};
+use crate::netns::{NetNs, NsEnterGuard, veth_pair};
+use crate::packets::{field_at, hex, verify_checksums};
+
+pub const LB0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x01];
+pub const GW6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x06];
+
+pub fn be_mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, n]
+}
+
+pub const ENCAP_SRC_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const ENCAP_SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+pub const VIP4B: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 7);
+
+/// Backend ids of the lab and where they sit. Ids 1–3 on-link v4, 4–5 on-link v6, 6 behind a v4 gateway,
+/// 7 on the second interface (redirect), 8 unroutable, 9 on-link without a neighbour entry, 10 behind a v6 gateway.
+pub fn backend_ip(id: BackendId) -> IpAddr {
+    match id {
+        1..=3 => IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9 + id as u8)),
+        4 => "fd00::10".parse().unwrap(),
+        5 => "fd00::11".parse().unwrap(),
+        6 => "198.18.5.10".parse().unwrap(),
+        7 => "198.18.2.10".parse().unwrap(),
+        8 => "198.18.3.10".parse().unwrap(),
+        9 => "198.18.0.13".parse().unwrap(),
+        10 => "fd00:5::10".parse().unwrap(),
+        _ => panic!("no lab backend {id}"),
+    }
+}
+
+pub const LAB_BACKENDS: std::ops::RangeInclusive<BackendId> = 1..=10;
+
+pub fn backend(id: BackendId) -> Backend {
+    Backend::new(backend_ip(id), BACKEND_F_ACTIVE)
+}
+
+/// Small maps: small rings make expectations easy to reason about, and loading stays fast.
+pub const SIZES: MapSizes = MapSizes {
+    max_vips: 8,
+    max_backends: 32,
+    flow_table_size: 4096,
+    max_ring_size: 13,
+};
+/// The differential test's: a flow table far larger than the flows it creates between resets, so the kernel's
+/// LRU never evicts (the model has no LRU).
+pub const DIFF_SIZES: MapSizes = MapSizes {
+    max_vips: 8,
+    max_backends: 32,
+    flow_table_size: 65536,
+    max_ring_size: 13,
+};
+
+/// The lab: namespace `lb` (where the program runs) with `lb0` (ingress) and `lb1` (a second port) to a peer
+/// namespace; routes and PERMANENT neighbours so `bpf_fib_lookup` answers from a known table.
+pub struct Lab {
+    pub lb: NetNs,
+    pub peer: NetNs,
+    pub if_in: u32,
+    pub if_other: u32,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let lb = NetNs::new(tag);
+        let peer = NetNs::new(tag);
+        veth_pair(&lb, "lb0", &peer, "pr0");
+        veth_pair(&lb, "lb1", &peer, "pr1");
+        lb.set_mac("lb0", LB0_MAC);
+        lb.set_mac("lb1", LB1_MAC);
+        // bpf_fib_lookup answers "forwarding disabled" unless the ingress device forwards.
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        lb.add_addr("lb0", "198.18.0.1/24");
+        lb.add_addr("lb0", "fd00::1/64");
+        lb.add_addr("lb1", "198.18.2.1/24");
+        lb.add_addr("lb1", "fd00:2::1/64");
+        for id in 1..=5 {
+            lb.add_neigh("lb0", &backend_ip(id).to_string(), be_mac(id as u8));
+        }
+        lb.add_neigh("lb0", "198.18.0.254", GW_MAC);
+        lb.add_neigh("lb0", "fd00::fe", GW6_MAC);
+        lb.add_route("198.18.5.0/24", Some("198.18.0.254"), "lb0");
+        lb.add_route("fd00:5::/64", Some("fd00::fe"), "lb0");
+        lb.add_neigh("lb1", "198.18.2.10", be_mac(7));
+        let if_in = lb.ifindex("lb0");
+        let if_other = lb.ifindex("lb1");
+        Lab {
+            lb,
+            peer,
+            if_in,
+            if_other,
+        }
+    }
+
+    /// What the FIB answers for each lab backend (absent: no route or no neighbour).
+    pub fn routes(&self) -> HashMap<IpAddr, Route> {
+        let mut r = HashMap::new();
+        for id in [1, 2, 3, 4, 5] {
+            r.insert(
+                backend_ip(id),
+                Route {
+                    smac: LB0_MAC,
+                    dmac: be_mac(id as u8),
+                    ifindex: self.if_in,
+                },
+            );
+        }
+        r.insert(
+            backend_ip(6),
+            Route {
+                smac: LB0_MAC,
+                dmac: GW_MAC,
+                ifindex: self.if_in,
+            },
+        );
+        r.insert(
+            backend_ip(10),
+            Route {
+                smac: LB0_MAC,
+                dmac: GW6_MAC,
+                ifindex: self.if_in,
+            },
+        );
+        r.insert(
+            backend_ip(7),
+            Route {
+                smac: LB1_MAC,
+                dmac: be_mac(7),
+                ifindex: self.if_other,
+            },
+        );
+        r
+    }
+}
+
+pub fn base_config() -> GlobalConfig {
+    GlobalConfig {
+        encap_src_v4: u32::from_ne_bytes(ENCAP_SRC_V4.octets()),
+        encap_src_v6: addr_words(IpAddr::V6(ENCAP_SRC_V6)).0,
+        ring_stride: SIZES.max_ring_size,
+        new_flow_cap: 0,
+        mtu: 0,
+        flags: 0,
+    }
+}
+
+/// A VIP and its ring as a case sets it up.
+#[derive(Clone, Debug)]
+pub struct VipSpec {
+    pub key: VipKey,
+    pub vip_id: u32,
+    pub flags: u32,
+    pub ring: Vec<BackendId>,
+}
+
+impl VipSpec {
+    pub fn new(
+        addr: IpAddr,
+        port: u16,
+        proto: u8,
+        vip_id: u32,
+        flags: u32,
+        ring: &[BackendId],
+    ) -> VipSpec {
+        VipSpec {
+            key: VipKey::new(addr, port, proto),
+            vip_id,
+            flags,
+            ring: ring.to_vec(),
+        }
+    }
+}
+
+/// Map contents at the start of a case.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub config: GlobalConfig,
+    pub vips: Vec<VipSpec>,
+    /// Backends written to `LB_BACKENDS` (the lab's 10 by default; a case may mark some inactive).
+    pub backends: Vec<(BackendId, Backend)>,
+    pub flows: Vec<(FlowKey, FlowState)>,
+    /// Pre-filled new-flow window count (the window is started "now").
+    pub window_count: Option<u64>,
+}
+
+impl Setup {
+    pub fn new(vips: Vec<VipSpec>) -> Setup {
+        Setup {
+            config: base_config(),
+            vips,
+            backends: LAB_BACKENDS.map(|id| (id, backend(id))).collect(),
+            flows: Vec::new(),
+            window_count: None,
+        }
+    }
+}
+
+/// What the output frame must be.
+#[derive(Clone, Debug)]
+pub enum Out {
+    /// The input, byte for byte.
+    Unchanged,
+    /// Not compared (drops).
+    Ignore,
+    Bytes(Vec<u8>),
+}
+
+/// One packet through one program, and what must happen.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub name: String,
+    pub prog: &'static str,
+    pub input: Vec<u8>,
+    pub action: u32,
+    pub counter: Counter,
+    pub info: Vec<Counter>,
+    pub backend: Option<BackendId>,
+    pub out: Out,
+    /// After the step, this flow must map to this backend (`None`: must be absent).
+    pub flow: Option<(FlowKey, Option<BackendId>)>,
+}
+
+impl Pkt {
+    pub fn new(name: &str, input: Vec<u8>, action: u32, counter: Counter) -> Pkt {
+        let out = if action == XDP_DROP {
+            Out::Ignore
+        } else {
+            Out::Unchanged
+        };
+        Pkt {
+            name: name.into(),
+            prog: maps::PROG_LB,
+            input,
+            action,
+            counter,
+            info: Vec::new(),
+            backend: None,
+            out,
+            flow: None,
+        }
+    }
+    pub fn pass(name: &str, input: Vec<u8>, counter: Counter) -> Pkt {
+        Pkt::new(name, input, XDP_PASS, counter)
+    }
+    pub fn drop(name: &str, input: Vec<u8>, counter: Counter) -> Pkt {
+        Pkt::new(name, input, XDP_DROP, counter)
+    }
+    /// Forwarded with `XDP_TX` to `backend` as `out`.
+    pub fn tx(name: &str, input: Vec<u8>, backend: BackendId, out: Vec<u8>) -> Pkt {
+        Pkt {
+            backend: Some(backend),
+            out: Out::Bytes(out),
+            ..Pkt::new(name, input, XDP_TX, Counter::Tx)
+        }
+    }
+    pub fn decap(mut self) -> Pkt {
+        self.prog = maps::PROG_DECAP;
+        self
+    }
+    pub fn info(mut self, c: Counter) -> Pkt {
+        self.info.push(c);
+        self
+    }
+    pub fn backend(mut self, id: BackendId) -> Pkt {
+        self.backend = Some(id);
+        self
+    }
+    pub fn out(mut self, out: Vec<u8>) -> Pkt {
+        self.out = Out::Bytes(out);
+        self
+    }
+    pub fn flow(mut self, key: FlowKey, backend: Option<BackendId>) -> Pkt {
+        self.flow = Some((key, backend));
+        self
+    }
+    /// The exact counter deltas this step must cause.
+    pub fn want_counters(&self) -> Vec<(Counter, u64)> {
+        let mut want = vec![(self.counter, 1)];
+        want.extend(self.info.iter().map(|c| (*c, 1)));
+        want.sort_by_key(|(c, _)| *c as u32);
+        want
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Step {
+    Packet(Pkt),
+    /// Atomically switch a VIP's ring (as the daemon does on a backend change).
+    Ring(VipKey, Vec<BackendId>),
+    /// Rewrite a backend entry (e.g. mark it inactive).
+    Backend(BackendId, Backend),
+}
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub setup: Setup,
+    pub steps: Vec<Step>,
+}
+
+impl Case {
+    pub fn new(name: &str, setup: Setup, steps: Vec<Step>) -> Case {
+        Case {
+            name: name.into(),
+            setup,
+            steps,
+        }
+    }
+    /// A case of one packet.
+    pub fn one(setup: Setup, pkt: Pkt) -> Case {
+        Case {
+            name: pkt.name.clone(),
+            setup,
+            steps: vec![Step::Packet(pkt)],
+        }
+    }
+}
+
+/// What the kernel did with one packet, as far as the maps and `test_run` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRun {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    /// Counter deltas (non-zero only).
+    pub counters: Vec<(Counter, u64)>,
+    pub backend: Option<BackendId>,
+}
+
+/// The loaded object inside the lab namespace. Field order is drop order: the object goes first, then the thread
+/// leaves the namespace, then the namespaces are deleted.
+pub struct Rig {
+    pub dp: Dataplane,
+    _in_ns: NsEnterGuard,
+    pub lab: Lab,
+    pub model: ModelState,
+    /// Vip keys currently installed, to remove between cases.
+    installed: Vec<VipKey>,
+    pub packets_run: usize,
+}
+
+/// The `xdp_md` a test run starts with: `data` = 0 (no metadata), `data_end` = length, the ingress ifindex,
+/// queue 0; the kernel rejects anything else (net/bpf/test_run.c, `xdp_convert_md_to_buff`).
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    b[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    b
+}
+
+/// The kernel refuses test runs of frames shorter than an Ethernet header.
+pub const MIN_TEST_RUN_LEN: usize = 14;
+
+impl Rig {
+    /// Builds the lab and loads the object in it. The current thread stays in the lab namespace until the rig
+    /// drops, so test runs resolve `ingress_ifindex` there.
+    pub fn new(tag: &str) -> Rig {
+        Rig::with_sizes(tag, SIZES)
+    }
+
+    /// `sizes` must keep `SIZES`' VIP count, backend count and ring size (the cases and configs assume them).
+    pub fn with_sizes(tag: &str, sizes: MapSizes) -> Rig {
+        assert_eq!(
+            (sizes.max_vips, sizes.max_backends, sizes.max_ring_size),
+            (SIZES.max_vips, SIZES.max_backends, SIZES.max_ring_size),
+            "only the flow table size may differ"
+        );
+        let lab = Lab::new(tag);
+        let in_ns = lab.lb.enter();
+        let mut dp = Dataplane::load(&LoadOptions {
+            sizes,
+            pin_dir: None,
+        })
+        .unwrap_or_else(|e| panic!("loading the dataplane object: {e:#}"));
+        dp.add_tx_port(lab.if_other)
+            .expect("add lb1 to LB_TX_PORTS");
+        dp.add_tx_port(lab.if_in).expect("add lb0 to LB_TX_PORTS");
+        let mut model = ModelState {
+            routes: lab.routes(),
+            ingress_ifindex: lab.if_in,
+            ..Default::default()
+        };
+        for ip in [IpAddr::V4(ENCAP_SRC_V4), IpAddr::V6(ENCAP_SRC_V6)] {
+            dp.add_decap_local(&AddrKey::new(ip)).expect("decap local");
+            model.decap_local.insert(AddrKey::new(ip));
+        }
+        for ip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+            dp.add_decap_vip(&AddrKey::new(ip)).expect("decap vip");
+            model.decap_vips.insert(AddrKey::new(ip));
+        }
+        Rig {
+            dp,
+            _in_ns: in_ns,
+            lab,
+            model,
+            installed: Vec::new(),
+            packets_run: 0,
+        }
+    }
+
+    /// Replaces all balancing state (kernel and model) with `setup`.
+    pub fn apply(&mut self, setup: &Setup) {
+        for key in std::mem::take(&mut self.installed) {
+            self.dp.remove_vip(&key).expect("remove vip");
+        }
+        self.dp.clear_flows().expect("clear flows");
+        for id in 1..SIZES.max_backends {
+            self.dp.clear_backend(id).expect("clear backend");
+        }
+        self.reset_percpu();
+        self.dp.set_config(&setup.config).expect("set config");
+        let m = &mut self.model;
+        m.vips.clear();
+        m.ring.clear();
+        m.backends.clear();
+        m.flows.clear();
+        m.config = setup.config;
+        m.window_count = 0;
+        for (id, b) in &setup.backends {
+            self.dp.set_backend(*id, b).expect("set backend");
+            m.backends.insert(*id, *b);
+        }
+        for v in &setup.vips {
+            let meta = VipMeta {
+                vip_id: v.vip_id,
+                flags: v.flags,
+                ring_slot: 0,
+                ring_size: v.ring.len() as u32,
+            };
+            let meta = self
+                .dp
+                .install_ring(&v.key, meta, &v.ring)
+                .expect("install ring");
+            self.installed.push(v.key);
+            model_ring(m, &v.key, meta, &v.ring);
+        }
+        for (k, s) in &setup.flows {
+            self.dp.insert_flow(k, s).expect("insert flow");
+            m.flows.insert(*k, *s);
+        }
+        if let Some(count) = setup.window_count {
+            let now_ns = monotonic_ns();
+            self.model.window_count = count;
+            self.set_percpu(
+                maps::NEW_FLOW_RATE,
+                0,
+                RateWindow {
+                    window_start_ns: now_ns,
+                    count,
+                },
+            );
+        }
+    }
+
+    /// Empties the flow table of both the kernel and the model.
+    pub fn reset_flows(&mut self) {
+        self.dp.clear_flows().expect("clear flows");
+        self.model.flows.clear();
+    }
+
+    /// `None` when the kernel's flow table equals the model's, else a description of the difference.
+    pub fn compare_flow_tables(&self) -> Option<String> {
+        let kernel: HashMap<FlowKey, FlowState> = self
+            .dp
+            .flows(1 << 20)
+            .expect("read flows")
+            .into_iter()
+            .collect();
+        if kernel == self.model.flows {
+            return None;
+        }
+        let only_k: Vec<_> = kernel
+            .iter()
+            .filter(|(k, v)| self.model.flows.get(k) != Some(v))
+            .take(5)
+            .collect();
+        let only_m: Vec<_> = self
+            .model
+            .flows
+            .iter()
+            .filter(|(k, v)| kernel.get(k) != Some(v))
+            .take(5)
+            .collect();
+        Some(format!(
+            "flow tables differ: kernel {} entries, model {}; kernel-only/different {only_k:?}; model-only/different {only_m:?}",
+            kernel.len(),
+            self.model.flows.len()
+        ))
+    }
+
+    /// Zeroes the next-hop cache (so a case never sees a previous case's answer) and the new-flow window.
+    fn reset_percpu(&mut self) {
+        for id in 0..SIZES.max_backends {
+            self.set_percpu(maps::NEXTHOP_CACHE, id, NextHop::default());
+        }
+        self.set_percpu(maps::NEW_FLOW_RATE, 0, RateWindow::default());
+    }
+
+    fn set_percpu<V: aya::Pod>(&mut self, map: &str, index: u32, v: V) {
+        let ncpu = aya::util::nr_cpus().expect("nr_cpus");
+        let mut arr: PerCpuArray<_, V> = PerCpuArray::try_from(
+            self.dp
+                .ebpf_mut()
+                .map_mut(map)
+                .unwrap_or_else(|| panic!("map {map}")),
+        )
+        .unwrap_or_else(|e| panic!("{map} as PerCpuArray: {e}"));
+        let values = PerCpuValues::try_from(vec![v; ncpu]).expect("per-cpu values");
+        arr.set(index, values, 0)
+            .unwrap_or_else(|e| panic!("write {map}[{index}]: {e}"));
+    }
+
+    /// Runs `frame` through program `prog` with BPF_PROG_TEST_RUN; `Err` when the kernel refuses the run.
+    pub fn test_run(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+        let ctx = xdp_md(frame.len(), self.lab.if_in);
+        let mut out = vec![0u8; frame.len() + 1024];
+        let xdp = self.dp.xdp(prog).map_err(|e| format!("{e:#}"))?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        };
+        let r = xdp.test_run(opts).map_err(|e| format!("test_run: {e:?}"))?;
+        out.truncate(r.data_size_out as usize);
+        self.packets_run += 1;
+        Ok((r.return_value, out))
+    }
+
+    fn counters(&self) -> HashMap<u32, u64> {
+        self.dp
+            .counters()
+            .expect("read counters")
+            .into_iter()
+            .map(|(c, v)| (c as u32, v))
+            .collect()
+    }
+
+    fn backend_packets(&self) -> Vec<u64> {
+        // Only the lab's backends can be chosen (others are unset), and fewer reads keep the differential fast.
+        LAB_BACKENDS
+            .map(|id| self.dp.backend_stats(id).expect("backend stats").packets)
+            .collect()
+    }
+
+    /// One packet through the kernel, with the deltas it caused.
+    pub fn kernel(&mut self, prog: &str, frame: &[u8]) -> Result<KernelRun, String> {
+        let (c0, b0) = (self.counters(), self.backend_packets());
+        let (action, out) = self.test_run(prog, frame)?;
+        let (c1, b1) = (self.counters(), self.backend_packets());
+        let counters = delta(&c0, &c1);
+        let chosen: Vec<BackendId> = LAB_BACKENDS
+            .zip(b0.iter().zip(&b1))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(id, _)| id)
+            .collect();
+        if chosen.len() > 1 {
+            return Err(format!(
+                "backend stats of several backends moved: {chosen:?}"
+            ));
+        }
+        Ok(KernelRun {
+            action,
+            frame: out,
+            counters,
+            backend: chosen.first().copied(),
+        })
+    }
+
+    /// The model on one packet, with its counter deltas.
+    pub fn model_run(&mut self, prog: &str, frame: &[u8]) -> (Outcome, Vec<(Counter, u64)>) {
+        let c0 = self.model.counters.clone();
+        let o = if prog == maps::PROG_DECAP {
+            self.model.lb_decap(frame)
+        } else {
+            self.model.lb_xdp(frame)
+        };
+        let d = delta(&c0, &self.model.counters);
+        (o, d)
+    }
+
+    /// Runs a case; returns the failures (empty = passed).
+    pub fn run_case(&mut self, case: &Case) -> Vec<String> {
+        self.apply(&case.setup);
+        let mut failures = Vec::new();
+        for (i, step) in case.steps.iter().enumerate() {
+            match step {
+                Step::Ring(key, ring) => {
+                    let meta = *self
+                        .model
+                        .vips
+                        .get(key)
+                        .expect("ring change of a VIP the case set up");
+                    let meta = self.dp.install_ring(key, meta, ring).expect("install ring");
+                    model_ring(&mut self.model, key, meta, ring);
+                }
+                Step::Backend(id, b) => {
+                    self.dp.set_backend(*id, b).expect("set backend");
+                    self.model.backends.insert(*id, *b);
+                }
+                Step::Packet(p) => {
+                    let errs = self.check_packet(p);
+                    if !errs.is_empty() {
+                        failures.push(format!(
+                            "case {:?}, step {i} {:?}:\n  {}\ninput:\n{}",
+                            case.name,
+                            p.name,
+                            errs.join("\n  "),
+                            hex(&p.input)
+                        ));
+                    }
+                }
+            }
+        }
+        failures
+    }
+
+    fn check_packet(&mut self, p: &Pkt) -> Vec<String> {
+        let mut errs = Vec::new();
+        let vip_ids: Vec<u32> = self.model.vips.values().map(|m| m.vip_id).collect();
+        let vs0: Vec<VipStats> = vip_ids
+            .iter()
+            .map(|&v| self.dp.vip_stats(v).expect("vip stats"))
+            .collect();
+        let mv0: Vec<VipStats> = vip_ids
+            .iter()
+            .map(|v| self.model.vip_stats.get(v).copied().unwrap_or_default())
+            .collect();
+        let (mut model, model_counters) = self.model_run(p.prog, &p.input);
+        model.flows_after = self.model.flows.clone();
+        let want_counters = p.want_counters();
+
+        errs.extend(model_errors(p, &model, &model_counters, &want_counters));
+
+        if p.input.len() < MIN_TEST_RUN_LEN {
+            // The kernel never runs the program on such a frame; check that it refuses, the model covered the rest.
+            if self.test_run(p.prog, &p.input).is_ok() {
+                errs.push(format!(
+                    "KERNEL: accepted a test run of {} bytes",
+                    p.input.len()
+                ));
+            }
+            return errs;
+        }
+        let k = match self.kernel(p.prog, &p.input) {
+            Ok(k) => k,
+            Err(e) => {
+                errs.push(format!("KERNEL: {e}"));
+                return errs;
+            }
+        };
+        if k.action != p.action || k.counters != want_counters {
+            errs.push(format!(
+                "KERNEL: {} counters {:?}, expected {} counters {:?}",
+                action_name(k.action),
+                k.counters,
+                action_name(p.action),
+                want_counters
+            ));
+        }
+        if p.action != XDP_PASS && k.backend != p.backend {
+            errs.push(format!(
+                "KERNEL: backend {:?}, expected {:?}",
+                k.backend, p.backend
+            ));
+        }
+        if k.action != XDP_DROP {
+            if let Some(e) = compare_frame("KERNEL", &p.out, &p.input, &k.frame) {
+                errs.push(e);
+            }
+            if let (Out::Bytes(_), Err(e)) = (&p.out, verify_checksums(&k.frame)) {
+                errs.push(format!("KERNEL: output checksum: {e}"));
+            }
+        }
+        // Kernel and model agree on the state they changed.
+        let vs1: Vec<VipStats> = vip_ids
+            .iter()
+            .map(|&v| self.dp.vip_stats(v).expect("vip stats"))
+            .collect();
+        for (j, v) in vip_ids.iter().enumerate() {
+            let kd = stats_delta(&vs0[j], &vs1[j]);
+            let m1 = self.model.vip_stats.get(v).copied().unwrap_or_default();
+            let md = stats_delta(&mv0[j], &m1);
+            if kd != md {
+                errs.push(format!("VIP_STATS[{v}] delta: kernel {kd:?}, model {md:?}"));
+            }
+        }
+        let mut kflows: Vec<(FlowKey, FlowState)> = self.dp.flows(100_000).expect("read flows");
+        let mut mflows: Vec<(FlowKey, FlowState)> =
+            self.model.flows.iter().map(|(k, v)| (*k, *v)).collect();
+        kflows.sort_by_key(|(k, _)| format!("{k:?}"));
+        mflows.sort_by_key(|(k, _)| format!("{k:?}"));
+        if kflows != mflows {
+            errs.push(format!(
+                "flow table: kernel {kflows:?}\n  model  {mflows:?}"
+            ));
+        }
+        if let Some((key, want)) = &p.flow {
+            let got = kflows
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, s)| s.backend_id);
+            if got != *want {
+                errs.push(format!(
+                    "flow {key:?}: kernel has backend {got:?}, expected {want:?}"
+                ));
+            }
+        }
+        errs
+    }
+}
+
+/// The model's answer against a step's expectation.
+fn model_errors(
+    p: &Pkt,
+    model: &Outcome,
+    counters: &[(Counter, u64)],
+    want: &[(Counter, u64)],
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    if model.action != p.action || model.counter != p.counter || counters != want {
+        errs.push(format!(
+            "MODEL: {} {:?} counters {:?}, expected {} {:?} counters {:?}",
+            action_name(model.action),
+            model.counter,
+            counters,
+            action_name(p.action),
+            p.counter,
+            want
+        ));
+    }
+    if model.backend != p.backend && p.action != XDP_PASS {
+        errs.push(format!(
+            "MODEL: backend {:?}, expected {:?}",
+            model.backend, p.backend
+        ));
+    }
+    if let Some(e) = compare_frame("MODEL", &p.out, &p.input, &model.frame) {
+        errs.push(e);
+    }
+    if let Some((key, want)) = &p.flow {
+        let got = model.flows_after.get(key).map(|s| s.backend_id);
+        if got != *want {
+            errs.push(format!(
+                "MODEL: flow {key:?} has backend {got:?}, expected {want:?}"
+            ));
+        }
+    }
+    errs
+}
+
+/// Runs the cases through the model alone (no kernel, no root): the model must meet every hand-written
+/// expectation. Returns the failures.
+pub fn check_model(cases: &[Case]) -> Vec<String> {
+    const IF_IN: u32 = 2;
+    let mut routes = HashMap::new();
+    for id in [1, 2, 3, 4, 5] {
+        routes.insert(
+            backend_ip(id),
+            Route {
+                smac: LB0_MAC,
+                dmac: be_mac(id as u8),
+                ifindex: IF_IN,
+            },
+        );
+    }
+    routes.insert(
+        backend_ip(6),
+        Route {
+            smac: LB0_MAC,
+            dmac: GW_MAC,
+            ifindex: IF_IN,
+        },
+    );
+    routes.insert(
+        backend_ip(10),
+        Route {
+            smac: LB0_MAC,
+            dmac: GW6_MAC,
+            ifindex: IF_IN,
+        },
+    );
+    routes.insert(
+        backend_ip(7),
+        Route {
+            smac: LB1_MAC,
+            dmac: be_mac(7),
+            ifindex: IF_IN + 1,
+        },
+    );
+    let mut failures = Vec::new();
+    for case in cases {
+        let mut m = ModelState {
+            routes: routes.clone(),
+            ingress_ifindex: IF_IN,
+            ..Default::default()
+        };
+        for ip in [IpAddr::V4(ENCAP_SRC_V4), IpAddr::V6(ENCAP_SRC_V6)] {
+            m.decap_local.insert(AddrKey::new(ip));
+        }
+        for ip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+            m.decap_vips.insert(AddrKey::new(ip));
+        }
+        let st = &case.setup;
+        m.config = st.config;
+        m.window_count = st.window_count.unwrap_or(0);
+        m.backends = st.backends.iter().copied().collect();
+        m.flows = st.flows.iter().copied().collect();
+        for v in &st.vips {
+            let meta = VipMeta {
+                vip_id: v.vip_id,
+                flags: v.flags,
+                ring_slot: 2 * v.vip_id,
+                ring_size: v.ring.len() as u32,
+            };
+            model_ring(&mut m, &v.key, meta, &v.ring);
+        }
+        for (i, step) in case.steps.iter().enumerate() {
+            match step {
+                Step::Ring(key, ring) => {
+                    let mut meta = m.vips[key];
+                    meta.ring_slot ^= 1;
+                    meta.ring_size = ring.len() as u32;
+                    model_ring(&mut m, key, meta, ring);
+                }
+                Step::Backend(id, b) => {
+                    m.backends.insert(*id, *b);
+                }
+                Step::Packet(p) => {
+                    let c0 = m.counters.clone();
+                    let mut o = if p.prog == maps::PROG_DECAP {
+                        m.lb_decap(&p.input)
+                    } else {
+                        m.lb_xdp(&p.input)
+                    };
+                    o.flows_after = m.flows.clone();
+                    let d = delta(&c0, &m.counters);
+                    let errs = model_errors(p, &o, &d, &p.want_counters());
+                    if !errs.is_empty() {
+                        failures.push(format!(
+                            "case {:?}, step {i} {:?}:\n  {}",
+                            case.name,
+                            p.name,
+                            errs.join("\n  ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+fn model_ring(m: &mut ModelState, key: &VipKey, meta: VipMeta, ring: &[BackendId]) {
+    for (i, id) in ring.iter().enumerate() {
+        m.ring
+            .insert(meta.ring_slot * SIZES.max_ring_size + i as u32, *id);
+    }
+    m.vips.insert(*key, meta);
+}
+
+/// `bpf_ktime_get_ns()`'s clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn delta(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> Vec<(Counter, u64)> {
+    let mut d: Vec<(Counter, u64)> = Counter::ALL
+        .iter()
+        .filter_map(|c| {
+            let (a, b) = (
+                before.get(&(*c as u32)).copied().unwrap_or(0),
+                after.get(&(*c as u32)).copied().unwrap_or(0),
+            );
+            (a != b).then(|| (*c, b.wrapping_sub(a)))
+        })
+        .collect();
+    d.sort_by_key(|(c, _)| *c as u32);
+    d
+}
+
+fn stats_delta(a: &VipStats, b: &VipStats) -> [u64; 4] {
+    [
+        b.packets - a.packets,
+        b.bytes - a.bytes,
+        b.new_flows - a.new_flows,
+        b.lru_misses - a.lru_misses,
+    ]
+}
+
+/// `None` when `got` is what `want` says; else a readable diff.
+pub fn compare_frame(who: &str, want: &Out, input: &[u8], got: &[u8]) -> Option<String> {
+    let want: &[u8] = match want {
+        Out::Ignore => return None,
+        Out::Unchanged => input,
+        Out::Bytes(b) => b,
+    };
+    if want == got {
+        return None;
+    }
+    let first = want
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    Some(format!(
+        "{who}: output differs at byte {first} ({}), lengths want {} got {}\n--- want\n{}\n--- got\n{}",
+        field_at(want, first),
+        want.len(),
+        got.len(),
+        hex(want),
+        hex(got)
+    ))
+}
