@@ -73,3 +73,287 @@ fn arp_frame_is_passed_and_counted() {
     let total: u64 = counters.iter().map(|(_, v)| v).sum();
     assert_eq!(total, 1, "exactly one counter per packet: {counters:?}");
 }
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const CLIENT: [u8; 4] = [198, 18, 1, 10];
+const VIP: [u8; 4] = [198, 18, 2, 1];
+const LB_ADDR: [u8; 4] = [198, 18, 0, 1];
+const BACKEND: [u8; 4] = [198, 18, 0, 2];
+
+/// Ethernet + IPv4 (no options) + TCP (20 bytes) + `payload` zero bytes.
+fn tcp4(dst: [u8; 4], dport: u16, flags: u8, frag_off: u16, payload: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(LB_MAC);
+    f.extend(CLIENT_MAC);
+    f.extend([0x08, 0x00]);
+    let total = (20 + 20 + payload) as u16;
+    f.extend([0x45, 0]);
+    f.extend(total.to_be_bytes());
+    f.extend([0, 1]);
+    f.extend(frag_off.to_be_bytes());
+    f.extend([64, 6, 0, 0]);
+    f.extend(CLIENT);
+    f.extend(dst);
+    f.extend(40000u16.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend([0; 8]);
+    f.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend(std::iter::repeat_n(0u8, payload));
+    f
+}
+
+/// `xdp_md` for BPF_PROG_TEST_RUN: the frame arrives on `ifindex`.
+fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
+fn sh(args: &str) {
+    let st = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .unwrap_or_else(|e| panic!("ip {args}: {e}"));
+    assert!(st.success(), "ip {args} failed");
+}
+
+/// Moves the calling thread into a new network namespace. It vanishes with the thread (nothing to tear down),
+/// and nothing in it is visible to other tests or helpers.
+fn private_netns() {
+    // SAFETY: unshare only affects the calling thread's namespace membership.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+struct Run {
+    action: u32,
+    out: Vec<u8>,
+    ns: u128,
+}
+
+fn run(dp: &mut Dataplane, prog: &str, frame: &[u8], ifindex: u32) -> Run {
+    let md = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = dp
+        .xdp(prog)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("{prog}: BPF_PROG_TEST_RUN: {e:?}"));
+    out.truncate(res.data_size_out as usize);
+    Run {
+        action: res.return_value,
+        out,
+        ns: res.duration.as_nanos(),
+    }
+}
+
+fn counter(dp: &Dataplane, c: Counter) -> u64 {
+    dp.counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .map(|(_, v)| v)
+        .unwrap()
+}
+
+/// Mean duration of `n` single runs (a single run's kernel-measured time; repeat > 1 would re-run on the already
+/// rewritten buffer).
+fn mean_ns(dp: &mut Dataplane, prog: &str, frame: &[u8], ifindex: u32, n: u32) -> u128 {
+    (0..n)
+        .map(|_| run(dp, prog, frame, ifindex).ns)
+        .sum::<u128>()
+        / n as u128
+}
+
+/// One VIP with one backend behind a real route and neighbour: the main verdicts, the encapsulated bytes, and
+/// the decapsulated result, end to end through the kernel's FIB.
+#[test]
+fn forwarding_smoke() {
+    use lb_common::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    if !is_root() {
+        return;
+    }
+    private_netns();
+    sh("link add lbt0 address 02:00:00:00:00:01 type veth peer name lbt1");
+    sh("addr add 198.18.0.1/24 dev lbt0");
+    sh("link set lbt0 up");
+    sh("link set lbt1 up");
+    // bpf_fib_lookup answers FWD_DISABLED unless the ingress interface forwards: a balancer host must enable it.
+    let st = std::process::Command::new("sysctl")
+        .args(["-qw", "net.ipv4.conf.lbt0.forwarding=1"])
+        .status();
+    assert!(st.is_ok_and(|s| s.success()), "enabling forwarding on lbt0");
+    sh("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:03 dev lbt0 nud permanent");
+    // SAFETY: a NUL-terminated name; if_nametoindex asks the calling thread's namespace.
+    let ifindex = unsafe { libc::if_nametoindex(c"lbt0".as_ptr()) };
+    assert_ne!(ifindex, 0, "if_nametoindex(lbt0)");
+
+    let mut dp = Dataplane::load(&small()).unwrap();
+    dp.set_config(&GlobalConfig {
+        encap_src_v4: u32::from_ne_bytes(LB_ADDR),
+        ring_stride: 13,
+        mtu: 1500,
+        ..Default::default()
+    })
+    .unwrap();
+    let v4 = |a: [u8; 4]| IpAddr::V4(Ipv4Addr::from(a));
+    dp.set_backend(1, &Backend::new(v4(BACKEND), BACKEND_F_ACTIVE))
+        .unwrap();
+    let key = VipKey::new(v4(VIP), 80, IPPROTO_TCP);
+    let meta = dp
+        .install_ring(
+            &key,
+            VipMeta {
+                vip_id: 1,
+                flags: 0,
+                ring_slot: 0,
+                ring_size: 13,
+            },
+            &[1; 13],
+        )
+        .unwrap();
+    assert_eq!(
+        meta.ring_slot, 2,
+        "a new VIP's ring goes to slot 2 * vip_id"
+    );
+    assert_eq!(dp.read_ring(&meta).unwrap(), vec![1; 13]);
+
+    // Non-VIP traffic goes to the kernel untouched.
+    let other = tcp4([198, 18, 9, 9], 80, 0x10, 0, 0);
+    let r = run(&mut dp, maps::PROG_LB, &other, ifindex);
+    assert_eq!((r.action, &r.out), (XDP_PASS, &other));
+    assert_eq!(counter(&dp, Counter::PassNotVip), 1);
+
+    // A SYN: ring, flow insert, IPIP out of the ingress interface.
+    let syn = tcp4(VIP, 80, 0x02, 0, 10);
+    let r = run(&mut dp, maps::PROG_LB, &syn, ifindex);
+    assert_eq!(
+        r.action,
+        XDP_TX,
+        "SYN to the VIP: {:?}",
+        dp.counters().unwrap()
+    );
+    assert_eq!(r.out.len(), syn.len() + 20);
+    assert_eq!(&r.out[0..6], &BACKEND_MAC, "next-hop MAC from the FIB");
+    assert_eq!(&r.out[6..12], &LB_MAC);
+    assert_eq!(&r.out[12..14], &[0x08, 0x00]);
+    let ip = &r.out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        syn.len() - 14 + 20
+    );
+    assert_eq!(&ip[6..8], &[0x40, 0], "DF");
+    assert_eq!((ip[8], ip[9]), (64, IPPROTO_IPIP));
+    assert_eq!(&ip[12..16], &LB_ADDR);
+    assert_eq!(&ip[16..20], &BACKEND);
+    let words: Vec<u16> = ip
+        .chunks(2)
+        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(
+        lb_common::csum::fold(words.iter().map(|&w| w as u64).sum()),
+        0xffff,
+        "outer checksum"
+    );
+    assert_eq!(&r.out[34..], &syn[14..], "inner packet carried unchanged");
+    assert_eq!(dp.flows(10).unwrap().len(), 1);
+    assert_eq!(dp.vip_stats(1).unwrap().new_flows, 1);
+    assert_eq!(dp.backend_stats(1).unwrap().packets, 1);
+
+    // The backend side strips it again.
+    dp.add_decap_local(&AddrKey::new(v4(BACKEND))).unwrap();
+    dp.add_decap_vip(&AddrKey::new(v4(VIP))).unwrap();
+    let d = run(&mut dp, maps::PROG_DECAP, &r.out, ifindex);
+    assert_eq!(d.action, XDP_PASS);
+    assert_eq!(
+        &d.out[12..],
+        &syn[12..],
+        "decapsulated frame is the original"
+    );
+    assert_eq!(counter(&dp, Counter::DecapOk), 1);
+
+    // Established: the flow entry, no new flow.
+    let ack = tcp4(VIP, 80, 0x10, 0, 10);
+    assert_eq!(run(&mut dp, maps::PROG_LB, &ack, ifindex).action, XDP_TX);
+    assert_eq!(dp.vip_stats(1).unwrap().new_flows, 1);
+    assert_eq!(dp.vip_stats(1).unwrap().lru_misses, 0);
+
+    // Fragments of a VIP with the default policy are dropped.
+    let frag = tcp4(VIP, 80, 0x10, 0x2000, 10);
+    dp.upsert_vip(
+        &VipKey::new(v4(VIP), 0, IPPROTO_TCP),
+        &VipMeta {
+            flags: VIP_F_FRAG_ONLY,
+            ..meta
+        },
+    )
+    .unwrap();
+    assert_eq!(run(&mut dp, maps::PROG_LB, &frag, ifindex).action, XDP_DROP);
+    assert_eq!(counter(&dp, Counter::DropFragment), 1);
+
+    // Over the MTU once encapsulated.
+    let big = tcp4(VIP, 80, 0x10, 0x4000, 1500 - 40 - 10);
+    assert_eq!(run(&mut dp, maps::PROG_LB, &big, ifindex).action, XDP_DROP);
+    assert_eq!(counter(&dp, Counter::DropOverMtu), 1);
+
+    // No route to the backend: nothing cached, counted.
+    dp.set_backend(2, &Backend::new(v4([198, 19, 0, 2]), BACKEND_F_ACTIVE))
+        .unwrap();
+    let key2 = VipKey::new(v4([198, 18, 2, 2]), 80, IPPROTO_TCP);
+    dp.install_ring(
+        &key2,
+        VipMeta {
+            vip_id: 2,
+            flags: 0,
+            ring_slot: 0,
+            ring_size: 13,
+        },
+        &[2; 13],
+    )
+    .unwrap();
+    let r = run(
+        &mut dp,
+        maps::PROG_LB,
+        &tcp4([198, 18, 2, 2], 80, 0x02, 0, 0),
+        ifindex,
+    );
+    assert_eq!(r.action, XDP_DROP);
+    assert_eq!(counter(&dp, Counter::DropNoRoute), 1);
+
+    let total: u64 = dp.counters().unwrap().iter().map(|(_, v)| v).sum();
+    assert_eq!(
+        total,
+        7,
+        "one verdict counter per packet: {:?}",
+        dp.counters().unwrap()
+    );
+    assert_eq!(
+        dp.ebpf_mut().maps().count(),
+        lb_userspace::dataplane::ALL_MAPS.len()
+    );
+
+    // Rough per-packet cost, printed for the report (the benches own the real numbers).
+    let n = 2000;
+    let floor = mean_ns(&mut dp, maps::PROG_FLOOR, &ack, ifindex, n);
+    let empty = mean_ns(&mut dp, maps::PROG_EMPTY, &ack, ifindex, n);
+    let non_vip = mean_ns(&mut dp, maps::PROG_LB, &other, ifindex, n);
+    let est = mean_ns(&mut dp, maps::PROG_LB, &ack, ifindex, n);
+    eprintln!(
+        "single-run mean ns: empty {empty} floor {floor} non-VIP {non_vip} established IPIP {est}"
+    );
+}
