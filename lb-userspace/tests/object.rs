@@ -160,6 +160,15 @@ fn run(dp: &mut Dataplane, prog: &str, frame: &[u8], ifindex: u32) -> Run {
     }
 }
 
+/// One's-complement sum of `b` (a valid checksummed region sums to 0xffff).
+fn ones_sum(b: &[u8]) -> u16 {
+    let sum = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64)
+        .sum();
+    lb_common::csum::fold(sum)
+}
+
 fn counter(dp: &Dataplane, c: Counter) -> u64 {
     dp.counters()
         .unwrap()
@@ -311,6 +320,42 @@ fn forwarding_smoke() {
     assert_eq!(run(&mut dp, maps::PROG_LB, &big, ifindex).action, XDP_DROP);
     assert_eq!(counter(&dp, Counter::DropOverMtu), 1);
 
+    // ... and with ICMP answers enabled: fragmentation needed back to the client.
+    let cfg = GlobalConfig {
+        flags: CFG_F_ICMP_TOO_BIG,
+        ..dp.config().unwrap()
+    };
+    dp.set_config(&cfg).unwrap();
+    let r = run(&mut dp, maps::PROG_LB, &big, ifindex);
+    assert_eq!(
+        r.action,
+        XDP_TX,
+        "too-big answer: {:?}",
+        dp.counters().unwrap()
+    );
+    assert_eq!(counter(&dp, Counter::IcmpTooBigSent), 1);
+    assert_eq!(r.out.len(), 14 + 576, "answer capped at 576 bytes of IP");
+    assert_eq!(
+        (&r.out[0..6], &r.out[6..12]),
+        (&CLIENT_MAC[..], &LB_MAC[..]),
+        "MACs swapped"
+    );
+    let ip = &r.out[14..34];
+    assert_eq!((ip[0], ip[8], ip[9]), (0x45, 64, IPPROTO_ICMP));
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 576);
+    assert_eq!((&ip[12..16], &ip[16..20]), (&VIP[..], &CLIENT[..]));
+    assert_eq!(ones_sum(ip), 0xffff, "IPv4 header checksum");
+    let icmp = &r.out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        1500 - 20,
+        "next-hop MTU"
+    );
+    assert_eq!(&icmp[8..], &big[14..14 + 548], "quote");
+    assert_eq!(ones_sum(icmp), 0xffff, "ICMP checksum");
+    dp.set_config(&GlobalConfig { flags: 0, ..cfg }).unwrap();
+
     // No route to the backend: nothing cached, counted.
     dp.set_backend(2, &Backend::new(v4([198, 19, 0, 2]), BACKEND_F_ACTIVE))
         .unwrap();
@@ -338,7 +383,7 @@ fn forwarding_smoke() {
     let total: u64 = dp.counters().unwrap().iter().map(|(_, v)| v).sum();
     assert_eq!(
         total,
-        7,
+        8,
         "one verdict counter per packet: {:?}",
         dp.counters().unwrap()
     );
