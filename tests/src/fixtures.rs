@@ -84,6 +84,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(tag: &str) -> Lab {
+        crate::netns::cleanup_stale();
         let lb = NetNs::new(tag);
         let peer = NetNs::new(tag);
         veth_pair(&lb, "lb0", &peer, "pr0");
