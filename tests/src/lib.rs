@@ -5,3 +5,6 @@ pub mod fixtures;
 pub mod model;
 pub mod netns;
 pub mod packets;
+pub mod lab;
+pub mod servers;
+pub mod traffic;

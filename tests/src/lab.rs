@@ -1,0 +1,411 @@
+//! The lab: a client, a balancer and backends in private network namespaces on one bridged segment, the way an
+//! edge host sits in front of its gateways. The demo, the end-to-end tests and the load tests all build it here.
+//!
+//! ```text
+//!   client ns (198.18.0.2)  ──┐
+//!   balancer ns (198.18.0.1) ─┤ switch ns: bridge br0 ── backend ns ×N (198.18.0.11..; VIPs on lo, lb_decap)
+//!                             │   (lb_pass on the balancer's port: native XDP_TX on veth needs a program on the peer)
+//! ```
+//! VIPs live in 198.19.0.0/24 and fd00:19::/64, routed by the client to the balancer, so no host on the segment ever
+//! resolves a VIP with ARP/ND (the backends hold it on loopback, as DSR requires). Replies go straight from backend
+//! to client. Everything is torn down on drop, also after a panic; [`cleanup_stale`] removes the leftovers of a killed
+//! run (namespaces, bpffs pins) at start.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lb_common::AddrKey;
+use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
+
+use crate::netns::{self, NetNs, veth_pair};
+
+pub const LAN_V4_PREFIX: u8 = 24;
+pub const LAN_V6_PREFIX: u8 = 64;
+pub const BALANCER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const BALANCER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+/// The lab's VIPs (config/lab.toml serves these).
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x10);
+/// A second IPv4 VIP address, for tests that add a VIP at run time.
+pub const VIP2_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+pub const VIP_V4_NET: &str = "198.19.0.0/24";
+pub const VIP_V6_NET: &str = "fd00:19::/64";
+pub const HTTP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
+/// Interface name of every host's port on the segment (names are per namespace).
+pub const HOST_IF: &str = "eth0";
+
+/// Backend `i` (0-based): 198.18.0.(11+i), fd00:18::(11+i).
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 11 + i as u8)
+}
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
+
+/// Extra clients beyond the first: 198.18.0.(3+j).
+fn client_v4(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 2 + j as u8)
+}
+fn client_v6(j: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2 + j as u16)
+}
+
+pub struct LabOptions {
+    pub backends: usize,
+    pub clients: usize,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { backends: 3, clients: 1 }
+    }
+}
+
+pub struct LabHost {
+    pub ns: NetNs,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+/// A backend host: its namespace, addresses, the decap program and its servers.
+pub struct LabBackend {
+    pub host: LabHost,
+    pub name: String,
+    server: Option<ChildGuard>,
+    _decap: Dataplane,
+}
+
+pub struct Lab {
+    // Field order is drop order: processes and programs go before the namespaces they live in.
+    pub backends: Vec<LabBackend>,
+    _pass: Dataplane,
+    pub clients: Vec<LabHost>,
+    pub balancer: LabHost,
+    pub switch: NetNs,
+    /// A private directory for configs, sockets and logs of this lab.
+    pub dir: TempDir,
+    /// Where lbd pins its maps and link (on the host's bpffs; removed on drop).
+    pub pin_dir: BpffsDir,
+}
+
+impl Lab {
+    pub fn new(opts: &LabOptions) -> Lab {
+        assert!(opts.backends >= 1 && opts.backends <= 40, "1..=40 backends");
+        assert!(opts.clients >= 1 && opts.clients <= 8, "1..=8 clients");
+        netns::cleanup_stale();
+        cleanup_stale();
+        let dir = TempDir::new("lab");
+        let pin_dir = BpffsDir::new("lab");
+
+        let switch = NetNs::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.link_up("br0");
+
+        let attach = |role: &str, v4: Ipv4Addr, v6: Ipv6Addr| -> LabHost {
+            let ns = NetNs::new(role);
+            let port = format!("p-{role}");
+            veth_pair(&ns, HOST_IF, &switch, &port);
+            switch.ip(&["link", "set", &port, "master", "br0"]);
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+            ns.add_addr(HOST_IF, &format!("{v4}/{LAN_V4_PREFIX}"));
+            ns.add_addr(HOST_IF, &format!("{v6}/{LAN_V6_PREFIX}"));
+            LabHost { ns, v4, v6 }
+        };
+
+        let balancer = attach("lb", BALANCER_V4, BALANCER_V6);
+        // The balancer is a router for the VIP prefixes it does not own; it never answers for a VIP itself.
+        balancer.ns.sysctl("net.ipv4.ip_forward", "1");
+
+        // Native XDP_TX out of the balancer's veth is dropped unless the peer runs an XDP program too.
+        let mut pass = Dataplane::load(&LoadOptions { sizes: small_sizes(), pin_dir: None })
+            .expect("load the eBPF object for lb_pass");
+        switch.run(|| {
+            let prog = pass.xdp(lb_common::maps::PROG_PASS).expect("lb_pass");
+            prog.attach("p-lb", aya::programs::XdpMode::Driver)
+                .expect("attach lb_pass (native) to the balancer's switch port");
+        });
+
+        let clients: Vec<LabHost> = (0..opts.clients)
+            .map(|j| {
+                let c = attach(&format!("c{j}"), client_v4(j), client_v6(j));
+                c.ns.add_route(VIP_V4_NET, Some(&BALANCER_V4.to_string()), HOST_IF);
+                c.ns.add_route(VIP_V6_NET, Some(&BALANCER_V6.to_string()), HOST_IF);
+                c
+            })
+            .collect();
+
+        let backends = (0..opts.backends)
+            .map(|i| {
+                let host = attach(&format!("b{i}"), backend_v4(i), backend_v6(i));
+                for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
+                    let cidr = match vip {
+                        IpAddr::V4(a) => format!("{a}/32"),
+                        IpAddr::V6(a) => format!("{a}/128"),
+                    };
+                    host.ns.add_addr("lo", &cidr);
+                }
+                let decap = attach_decap(&host);
+                LabBackend { name: format!("backend-{}", i + 1), host, server: None, _decap: decap }
+            })
+            .collect::<Vec<_>>();
+
+        let mut lab = Lab { backends, _pass: pass, clients, balancer, switch, dir, pin_dir };
+        for i in 0..lab.backends.len() {
+            lab.start_server(i);
+        }
+        lab
+    }
+
+    /// Starts backend `i`'s servers (HTTP on :80 of every address, UDP on :53 of the VIPs and its own addresses)
+    /// and waits until
+    /// they accept connections.
+    pub fn start_server(&mut self, i: usize) {
+        let exe = lab_binary();
+        let b = &mut self.backends[i];
+        assert!(b.server.is_none(), "{} is already serving", b.name);
+        // UDP sockets are bound to exact addresses so each reply leaves from the address the request went to:
+        // the VIPs for clients (DSR), the backend's own addresses for health checks.
+        let udp: Vec<String> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6), IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6)]
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
+            .collect();
+        let http_port = HTTP_PORT.to_string();
+        let mut argv = vec![exe.to_str().expect("utf-8 path"), "serve", "--name", &b.name, "--http-port", &http_port];
+        for u in &udp {
+            argv.extend(["--udp", u.as_str()]);
+        }
+        let mut cmd = b.host.ns.command(&argv);
+        cmd.stdin(Stdio::null());
+        b.server = Some(ChildGuard::spawn(cmd, &format!("{} server", b.name)));
+        let addr = std::net::SocketAddr::new(IpAddr::V4(b.host.v4), HTTP_PORT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        b.host.ns.run(|| {
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                assert!(Instant::now() < deadline, "server on {addr} did not start within 10 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+
+    /// Stops backend `i`'s servers (the process is killed: new connections are refused, open ones reset).
+    pub fn stop_server(&mut self, i: usize) {
+        self.backends[i].server = None;
+    }
+
+    pub fn client(&self) -> &LabHost {
+        &self.clients[0]
+    }
+
+    /// A command running `argv` in the balancer's network namespace while keeping the host's mount namespace, so
+    /// that the host's bpffs (/sys/fs/bpf) is visible: pins must outlive the process (`ip netns exec` would give
+    /// the process a private /sys without bpffs).
+    pub fn balancer_command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.balancer.ns.name())).arg("--").args(argv);
+        cmd
+    }
+
+    /// Writes the lab's lbd config (config/lab.toml with this lab's pin directory, socket and log paths) and
+    /// returns its path. `edit` may change the parsed config before it is written.
+    pub fn write_config(&self, name: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
+        let mut cfg: toml::Table = LAB_CONFIG.parse().expect("config/lab.toml parses");
+        {
+            let daemon = cfg
+                .get_mut("daemon")
+                .and_then(|d| d.as_table_mut())
+                .expect("config/lab.toml has a [daemon] table");
+            daemon.insert("pin_dir".into(), self.pin_dir.path().display().to_string().into());
+            daemon.insert("control_socket".into(), self.socket_path().display().to_string().into());
+        }
+        edit(&mut cfg);
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, toml::to_string(&cfg).expect("serialize config"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("lbd.sock")
+    }
+}
+
+/// The lab's config as shipped (the demo runs exactly this, with paths made private to the run).
+pub const LAB_CONFIG: &str = include_str!("../../config/lab.toml");
+
+/// Map sizes for helper programs that only need the object loaded (lb_pass, lb_decap).
+fn small_sizes() -> MapSizes {
+    MapSizes { max_vips: 4, max_backends: 8, flow_table_size: 64, max_ring_size: 7 }
+}
+
+/// Attaches lb_decap (native) to a backend's port: IP-in-IP for one of its addresses whose inner destination is a
+/// lab VIP is decapsulated and passed up; the kernel here has no tunnel devices.
+fn attach_decap(host: &LabHost) -> Dataplane {
+    let mut dp = Dataplane::load(&LoadOptions { sizes: small_sizes(), pin_dir: None })
+        .expect("load the eBPF object for lb_decap");
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
+        dp.add_decap_vip(&AddrKey::new(vip)).expect("LB_DECAP_VIPS");
+    }
+    for local in [IpAddr::V4(host.v4), IpAddr::V6(host.v6)] {
+        dp.add_decap_local(&AddrKey::new(local)).expect("LB_DECAP_LOCAL");
+    }
+    host.ns.run(|| {
+        let prog = dp.xdp(lb_common::maps::PROG_DECAP).expect("lb_decap");
+        prog.attach(HOST_IF, aya::programs::XdpMode::Driver)
+            .expect("attach lb_decap (native) to the backend's port");
+    });
+    dp
+}
+
+/// The `lb-lab` binary (it also serves as the backends' server process).
+pub fn lab_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("current_exe");
+    if me.file_name().is_some_and(|n| n == "lb-lab") {
+        return me;
+    }
+    target_binary("lb-lab")
+}
+
+/// A binary of this workspace next to the running executable: `target/<profile>/<name>` (test executables live in
+/// `target/<profile>/deps`). Panics with the command to build it when it is missing.
+pub fn target_binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("current_exe");
+    for dir in me.ancestors().skip(1).take(2) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{name} not found next to {} — build it first (`cargo build -p lb-userspace -p lb-tests --bins`, which \
+         `cargo xtask test` does)",
+        me.display()
+    );
+}
+
+/// A child process killed (SIGKILL) and reaped on drop; it also dies with this process (PR_SET_PDEATHSIG), so a
+/// killed test never leaves servers behind.
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(mut cmd: Command, what: &str) -> ChildGuard {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+        ChildGuard { child, what: what.to_string() }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = unique_path(&std::env::temp_dir(), tag);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// A directory on the host's bpffs for one run's pins; removing it unpins everything in it.
+pub struct BpffsDir(PathBuf);
+
+impl BpffsDir {
+    pub fn new(tag: &str) -> BpffsDir {
+        ensure_bpffs();
+        BpffsDir(unique_path(Path::new(BPFFS), tag))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (`cargo xtask setup` does it too).
+pub fn ensure_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf ")) {
+        return;
+    }
+    netns::run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]));
+}
+
+static UNIQUE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `<base>/lbt-<tag>-<pid>-<n>`: the same naming as the namespaces, so [`cleanup_stale`] can tell whose it is.
+fn unique_path(base: &Path, tag: &str) -> PathBuf {
+    let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    base.join(format!("lbt-{tag}-{}-{n}", std::process::id()))
+}
+
+/// Removes bpffs pin directories and temp directories left by lab runs whose process is gone.
+pub fn cleanup_stale() {
+    for base in [Path::new(BPFFS).to_path_buf(), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("lbt-") else { continue };
+            let mut parts = rest.rsplitn(3, '-');
+            let (Some(_n), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
