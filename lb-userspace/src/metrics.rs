@@ -1,1 +1,335 @@
-//! (in progress)
+//! Prometheus metrics: the daemon fills a [`Snapshot`] (the same [`Stats`] and health table `lbctl` sees, plus
+//! its own event counts), [`render`] turns it into the text exposition format with `prometheus-client`, and
+//! [`serve`] answers `GET /metrics` on the configured TCP address with a minimal hyper HTTP/1 server.
+//!
+//! Values are cumulative since the maps were created, so they are exported as counters; a snapshot is rendered into
+//! a fresh registry each scrape (cheap at these sizes, and no state to keep in step with reloads).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::control::api::Stats;
+use crate::health::BackendHealth;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything one scrape exports. The daemon builds it on demand.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub stats: Stats,
+    pub health: Vec<BackendHealth>,
+    /// Maglev rings built and installed (initial programming, health changes, weight changes, reloads).
+    pub ring_rebuilds: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+fn counter_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Counter>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The text exposition of `snap` (OpenMetrics, which Prometheus scrapes natively).
+pub fn render(snap: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("lb");
+
+    let verdicts = counter_family::<ReasonLabels>(
+        &mut registry,
+        "verdicts",
+        "Packets by verdict/reason (lb_common::Counter names)",
+    );
+    for (reason, value) in &snap.stats.counters {
+        verdicts
+            .get_or_create(&ReasonLabels {
+                reason: reason.clone(),
+            })
+            .inc_by(*value);
+    }
+
+    let vip_packets = counter_family::<VipLabels>(&mut registry, "vip_packets", "Packets to a VIP");
+    let vip_bytes = counter_family::<VipLabels>(&mut registry, "vip_bytes", "Bytes to a VIP");
+    let vip_new = counter_family::<VipLabels>(&mut registry, "vip_new_flows", "New flows to a VIP");
+    let vip_miss = counter_family::<VipLabels>(
+        &mut registry,
+        "vip_flow_table_misses",
+        "VIP packets that missed the flow table",
+    );
+    for v in &snap.stats.vips {
+        let l = VipLabels {
+            vip: v.vip.to_string(),
+        };
+        vip_packets.get_or_create(&l).inc_by(v.packets);
+        vip_bytes.get_or_create(&l).inc_by(v.bytes);
+        vip_new.get_or_create(&l).inc_by(v.new_flows);
+        vip_miss.get_or_create(&l).inc_by(v.flow_misses);
+    }
+
+    let be_packets = counter_family::<BackendLabels>(
+        &mut registry,
+        "backend_packets",
+        "Packets sent to a backend",
+    );
+    let be_bytes =
+        counter_family::<BackendLabels>(&mut registry, "backend_bytes", "Bytes sent to a backend");
+    for b in &snap.stats.backends {
+        let l = BackendLabels {
+            vip: b.vip.to_string(),
+            backend: b.backend.to_string(),
+        };
+        be_packets.get_or_create(&l).inc_by(b.packets);
+        be_bytes.get_or_create(&l).inc_by(b.bytes);
+    }
+
+    let up = Family::<BackendLabels, Gauge>::default();
+    registry.register(
+        "backend_up",
+        "Backend health state (1 up, 0 down)",
+        up.clone(),
+    );
+    let transitions = counter_family::<BackendLabels>(
+        &mut registry,
+        "backend_health_transitions",
+        "Health state changes of a backend",
+    );
+    for h in &snap.health {
+        let l = BackendLabels {
+            vip: h.key.vip.to_string(),
+            backend: h.key.backend.to_string(),
+        };
+        up.get_or_create(&l).set(i64::from(h.up));
+        transitions.get_or_create(&l).inc_by(h.transitions);
+    }
+
+    let rebuilds = Counter::<u64>::default();
+    rebuilds.inc_by(snap.ring_rebuilds);
+    registry.register(
+        "ring_rebuilds",
+        "Maglev rings built and installed",
+        rebuilds,
+    );
+
+    let reloads =
+        counter_family::<ResultLabels>(&mut registry, "reloads", "Config reloads by result");
+    for (result, n) in [("ok", snap.reloads_ok), ("failed", snap.reloads_failed)] {
+        reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc_by(n);
+    }
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Binds `addr` now (so a bad address fails the daemon's start) and returns the serving future.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Answers `GET /metrics` with [`render`] of a fresh snapshot from `source` until `shutdown` completes.
+pub async fn serve<F, Fut>(listener: TcpListener, source: F, shutdown: impl Future<Output = ()>)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Snapshot> + Send,
+{
+    let source = Arc::new(source);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("metrics accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(answer(req, &*source).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("metrics connection: {e}");
+            }
+        });
+    }
+}
+
+async fn answer<F, Fut>(req: Request<Incoming>, source: &F) -> Response<Full<Bytes>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Snapshot>,
+{
+    let reply = |status: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, CONTENT_TYPE, render(&source().await)),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/plain",
+            "lbd: metrics at /metrics\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::{BackendStats, VipStats};
+    use crate::health::{CheckKind, HealthKey};
+
+    fn snapshot() -> Snapshot {
+        let vip = crate::control::api::parse_vip("198.18.0.10:80/tcp").unwrap();
+        let backend = "198.18.1.1".parse().unwrap();
+        Snapshot {
+            stats: Stats {
+                counters: [("tx".to_string(), 42), ("drop_no_backend".to_string(), 3)].into(),
+                vips: vec![VipStats {
+                    vip,
+                    packets: 10,
+                    bytes: 1500,
+                    new_flows: 2,
+                    flow_misses: 4,
+                }],
+                backends: vec![BackendStats {
+                    vip,
+                    backend,
+                    packets: 9,
+                    bytes: 1400,
+                }],
+            },
+            health: vec![BackendHealth {
+                key: HealthKey { vip, backend },
+                kind: CheckKind::Tcp,
+                target: "198.18.1.1:80".parse().unwrap(),
+                up: true,
+                last_ok: Some(true),
+                last_reason: "ok".into(),
+                last_latency_us: Some(100),
+                consecutive_ok: 5,
+                consecutive_fail: 0,
+                checks: 5,
+                transitions: 1,
+            }],
+            ring_rebuilds: 7,
+            reloads_ok: 2,
+            reloads_failed: 1,
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let text = render(&snapshot());
+        for line in [
+            r#"lb_verdicts_total{reason="tx"} 42"#,
+            r#"lb_verdicts_total{reason="drop_no_backend"} 3"#,
+            r#"lb_vip_packets_total{vip="198.18.0.10:80/tcp"} 10"#,
+            r#"lb_vip_bytes_total{vip="198.18.0.10:80/tcp"} 1500"#,
+            r#"lb_vip_new_flows_total{vip="198.18.0.10:80/tcp"} 2"#,
+            r#"lb_vip_flow_table_misses_total{vip="198.18.0.10:80/tcp"} 4"#,
+            r#"lb_backend_packets_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 9"#,
+            r#"lb_backend_bytes_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1400"#,
+            r#"lb_backend_up{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
+            r#"lb_backend_health_transitions_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
+            "lb_ring_rebuilds_total 7",
+            r#"lb_reloads_total{result="ok"} 2"#,
+            r#"lb_reloads_total{result="failed"} 1"#,
+            "# TYPE lb_backend_up gauge",
+            "# TYPE lb_verdicts counter",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn down_backend_renders_zero() {
+        let mut snap = snapshot();
+        snap.health[0].up = false;
+        let text = render(&snap);
+        assert!(
+            text.contains(r#"lb_backend_up{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_get_metrics_over_http() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, || async { snapshot() }, async {
+            let _ = stopped.await;
+        }));
+        let (status, body) =
+            crate::health::http::get(addr, "/metrics", std::time::Duration::from_secs(5))
+                .await
+                .expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("lb_ring_rebuilds_total 7"), "{body}");
+        let (status, _) =
+            crate::health::http::get(addr, "/nope", std::time::Duration::from_secs(5))
+                .await
+                .expect("GET /nope");
+        assert_eq!(status, 404);
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

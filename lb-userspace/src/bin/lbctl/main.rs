@@ -1,1 +1,122 @@
-fn main() {}
+//! `lbctl`: the operator's CLI for `lbd`, a thin client of the control socket. Human tables by default, `--json`
+//! prints the typed responses. Exit codes: 0 ok, 1 the daemon (or the config) said no, 2 usage, 3 the daemon is not
+//! reachable (not running, or permission denied).
+
+mod backend;
+mod config;
+mod flows;
+mod health;
+mod output;
+mod reload;
+mod simulate;
+mod stats;
+mod vip;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb_userspace::control::{Client, ClientError, Request, Response};
+
+#[derive(Parser)]
+#[command(name = "lbctl", version, about = "Control the lbd XDP load balancer")]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, default_value = lb_userspace::config::DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Daemon status: interface, XDP mode, uptime, counts.
+    Status,
+    /// List, add or delete VIPs.
+    #[command(subcommand)]
+    Vip(vip::VipCmd),
+    /// Add, delete, drain or reweight a VIP's backends.
+    #[command(subcommand)]
+    Backend(backend::BackendCmd),
+    /// Health-check table: state, last result, latency, consecutive counts.
+    Health,
+    /// Per-VIP and per-backend counters with rates (sampled twice over --interval).
+    Stats(stats::StatsArgs),
+    /// Entries of the live flow table.
+    Flows(flows::FlowsArgs),
+    /// Which backend a flow would reach, from the live maps.
+    Simulate(simulate::SimulateArgs),
+    /// Re-read the daemon's config file and apply the difference.
+    Reload,
+    /// Config file tools.
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
+    /// Stop lbd (the XDP program keeps forwarding unless --detach).
+    Shutdown(reload::ShutdownArgs),
+}
+
+/// What every subcommand needs: where the daemon is and how to print.
+pub struct Ctx {
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Sends one request; a daemon-side error becomes `Err` (exit code 1).
+    pub fn call(&self, request: &Request) -> anyhow::Result<Response> {
+        let mut client = Client::connect(&self.socket)?;
+        match client.call(request)? {
+            Response::Error { message } => Err(DaemonSaidNo(message).into()),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The daemon (or the config check) rejected the request.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DaemonSaidNo(pub String);
+
+/// A response of the wrong kind: a version mismatch between lbctl and lbd.
+pub fn unexpected(response: Response) -> anyhow::Error {
+    anyhow::anyhow!("unexpected response from lbd (version mismatch?): {response:?}")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        socket: cli.socket,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Status => reload::status(&ctx),
+        Command::Vip(c) => vip::run(&ctx, c),
+        Command::Backend(c) => backend::run(&ctx, c),
+        Command::Health => health::run(&ctx),
+        Command::Stats(a) => stats::run(&ctx, a),
+        Command::Flows(a) => flows::run(&ctx, a),
+        Command::Simulate(a) => simulate::run(&ctx, a),
+        Command::Reload => reload::reload(&ctx),
+        Command::Config(c) => config::run(&ctx, c),
+        Command::Shutdown(a) => reload::shutdown(&ctx, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbctl: {e:#}");
+            if e.downcast_ref::<ClientError>().is_some_and(|c| {
+                matches!(
+                    c,
+                    ClientError::NotRunning(_) | ClientError::PermissionDenied(_)
+                )
+            }) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! `lbctl health`.
+
+use lb_userspace::control::{Request, Response};
+
+use crate::{Ctx, output, unexpected};
+
+pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let rows = match ctx.call(&Request::Health)? {
+        Response::Health(rows) => rows,
+        other => return Err(unexpected(other)),
+    };
+    if ctx.json {
+        return output::json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|h| {
+            vec![
+                h.key.vip.to_string(),
+                h.key.backend.to_string(),
+                format!("{:?}", h.kind).to_lowercase(),
+                h.target.to_string(),
+                if h.up { "up" } else { "down" }.into(),
+                match h.last_ok {
+                    None => "-".into(),
+                    Some(true) => "ok".into(),
+                    Some(false) => h.last_reason.clone(),
+                },
+                h.last_latency_us
+                    .map(|us| format!("{:.1}", us as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                h.consecutive_ok.to_string(),
+                h.consecutive_fail.to_string(),
+                h.transitions.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "vip", "backend", "check", "target", "state", "last", "ms", "ok_run", "fail_run",
+            "flips",
+        ],
+        &table,
+    );
+    Ok(())
+}

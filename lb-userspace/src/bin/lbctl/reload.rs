@@ -1,0 +1,52 @@
+//! `lbctl status`, `reload` and `shutdown`: the daemon lifecycle.
+
+use clap::Args;
+use lb_userspace::control::{Request, Response};
+
+use crate::{Ctx, output, unexpected};
+
+#[derive(Args)]
+pub struct ShutdownArgs {
+    /// Also detach the XDP program (otherwise it keeps forwarding with the pinned maps).
+    #[arg(long)]
+    detach: bool,
+}
+
+pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
+    let s = match ctx.call(&Request::Status)? {
+        Response::Status(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    if ctx.json {
+        return output::json(&s);
+    }
+    let rows = [
+        ("version", s.version.clone()),
+        ("pid", s.pid.to_string()),
+        ("interface", s.interface.clone()),
+        ("xdp mode", s.xdp_mode.clone()),
+        ("config", s.config_path.clone()),
+        ("uptime", format!("{}s", s.uptime_secs)),
+        ("vips", s.vips.to_string()),
+        ("backends", s.backends.to_string()),
+        ("adopted pinned state", s.adopted.to_string()),
+        (
+            "reloads ok/failed",
+            format!("{}/{}", s.reloads_ok, s.reloads_failed),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<22}{v}");
+    }
+    Ok(())
+}
+
+pub fn reload(ctx: &Ctx) -> anyhow::Result<()> {
+    let r = ctx.call(&Request::Reload)?;
+    crate::vip::done(ctx, r)
+}
+
+pub fn shutdown(ctx: &Ctx, a: ShutdownArgs) -> anyhow::Result<()> {
+    let r = ctx.call(&Request::Shutdown { detach: a.detach })?;
+    crate::vip::done(ctx, r)
+}

@@ -1,0 +1,310 @@
+//! The checker: one task per (VIP, backend) running its probe every interval, with rise/fall hysteresis, a shared
+//! table of the latest results, and an event channel to the daemon.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{BackendHealth, CheckKind, CheckSpec, HealthEvent, HealthKey};
+
+type Table = Arc<Mutex<HashMap<HealthKey, BackendHealth>>>;
+
+struct Task {
+    target: SocketAddr,
+    spec: CheckSpec,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Owns the probe tasks; must be used inside a tokio runtime. Dropping it stops every probe.
+pub struct Checker {
+    table: Table,
+    tasks: HashMap<HealthKey, Task>,
+    events: mpsc::Sender<HealthEvent>,
+    transitions: Arc<AtomicU64>,
+}
+
+impl Checker {
+    pub fn new(events: mpsc::Sender<HealthEvent>) -> Self {
+        Checker {
+            table: Arc::default(),
+            tasks: HashMap::new(),
+            events,
+            transitions: Arc::default(),
+        }
+    }
+
+    /// Starts checking `key` at `target` with `spec`, or restarts it if target or spec changed (keeping its current
+    /// up/down state, so a reload that edits the check does not flap the backend). Unchanged: nothing happens.
+    pub fn set(&mut self, key: HealthKey, target: SocketAddr, spec: CheckSpec) {
+        if let Some(t) = self.tasks.get(&key) {
+            if t.target == target && t.spec == spec {
+                return;
+            }
+        }
+        let up = self.stop(&key).map(|row| row.up).unwrap_or(true);
+        let row = BackendHealth {
+            key,
+            kind: spec.kind,
+            target,
+            up,
+            last_ok: None,
+            last_reason: String::new(),
+            last_latency_us: None,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            checks: 0,
+            transitions: 0,
+        };
+        self.table.lock().expect("health table").insert(key, row);
+        let handle = (spec.kind != CheckKind::None).then(|| {
+            tokio::spawn(run(
+                key,
+                target,
+                spec.clone(),
+                self.table.clone(),
+                self.events.clone(),
+                self.transitions.clone(),
+            ))
+        });
+        self.tasks.insert(
+            key,
+            Task {
+                target,
+                spec,
+                handle,
+            },
+        );
+    }
+
+    /// Stops checking `key` and forgets its state.
+    pub fn remove(&mut self, key: &HealthKey) {
+        self.stop(key);
+    }
+
+    /// Makes the checked set exactly `wanted`: starts new, restarts changed, stops the rest.
+    pub fn sync(&mut self, wanted: impl IntoIterator<Item = (HealthKey, SocketAddr, CheckSpec)>) {
+        let mut keep = std::collections::HashSet::new();
+        for (key, target, spec) in wanted {
+            keep.insert(key);
+            self.set(key, target, spec);
+        }
+        let stale: Vec<_> = self
+            .tasks
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .copied()
+            .collect();
+        for key in stale {
+            self.stop(&key);
+        }
+    }
+
+    /// Health state of `key`; a backend without a check (or not known here) is up.
+    pub fn is_up(&self, key: &HealthKey) -> bool {
+        self.table
+            .lock()
+            .expect("health table")
+            .get(key)
+            .is_none_or(|row| row.up)
+    }
+
+    /// The table for `lbctl health` and metrics, sorted by key.
+    pub fn table(&self) -> Vec<BackendHealth> {
+        let mut rows: Vec<_> = self
+            .table
+            .lock()
+            .expect("health table")
+            .values()
+            .cloned()
+            .collect();
+        rows.sort_by_key(|r| r.key);
+        rows
+    }
+
+    /// Up/down transitions since start, over all backends (also those removed since).
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+
+    fn stop(&mut self, key: &HealthKey) -> Option<BackendHealth> {
+        if let Some(handle) = self.tasks.remove(key).and_then(|t| t.handle) {
+            handle.abort();
+        }
+        self.table.lock().expect("health table").remove(key)
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.drain() {
+            if let Some(h) = t.handle {
+                h.abort();
+            }
+        }
+    }
+}
+
+async fn probe(spec: &CheckSpec, target: SocketAddr) -> Result<(), String> {
+    let timeout = spec.timeout();
+    match spec.kind {
+        CheckKind::Tcp => super::tcp::probe(target, timeout).await,
+        CheckKind::Http => {
+            super::http::probe(
+                target,
+                spec.path.as_deref().unwrap_or(super::DEFAULT_HTTP_PATH),
+                spec.expect_status.unwrap_or(super::DEFAULT_HTTP_STATUS),
+                timeout,
+            )
+            .await
+        }
+        CheckKind::Udp => {
+            super::udp::probe(
+                target,
+                spec.send.as_deref().unwrap_or("").as_bytes(),
+                spec.expect.as_deref().unwrap_or("").as_bytes(),
+                timeout,
+            )
+            .await
+        }
+        CheckKind::None => Ok(()),
+    }
+}
+
+async fn run(
+    key: HealthKey,
+    target: SocketAddr,
+    spec: CheckSpec,
+    table: Table,
+    events: mpsc::Sender<HealthEvent>,
+    transitions: Arc<AtomicU64>,
+) {
+    let mut ticker = tokio::time::interval(spec.interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        // Each probe bounds itself by the timeout too; this outer bound also covers DNS-free connect stalls.
+        let result = match tokio::time::timeout(spec.timeout(), probe(&spec, target)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {} ms", spec.timeout_ms)),
+        };
+        let latency_us = started.elapsed().as_micros() as u64;
+        let event = {
+            let mut table = table.lock().expect("health table");
+            let Some(row) = table.get_mut(&key) else {
+                return;
+            };
+            apply(row, &spec, result, latency_us)
+        };
+        if let Some(event) = event {
+            transitions.fetch_add(1, Ordering::Relaxed);
+            if event.up {
+                tracing::info!(vip = %key.vip, backend = %key.backend, %target, "backend up: {}", event.reason);
+            } else {
+                tracing::warn!(vip = %key.vip, backend = %key.backend, %target, "backend down: {}", event.reason);
+            }
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Records one probe result; returns the event when it flips the state (after `rise` successes or `fall` failures).
+fn apply(
+    row: &mut BackendHealth,
+    spec: &CheckSpec,
+    result: Result<(), String>,
+    latency_us: u64,
+) -> Option<HealthEvent> {
+    row.checks += 1;
+    row.last_latency_us = Some(latency_us);
+    row.last_ok = Some(result.is_ok());
+    let flipped = match result {
+        Ok(()) => {
+            row.last_reason = "ok".into();
+            row.consecutive_ok = row.consecutive_ok.saturating_add(1);
+            row.consecutive_fail = 0;
+            (!row.up && row.consecutive_ok >= spec.rise)
+                .then(|| format!("{} consecutive successes", row.consecutive_ok))
+        }
+        Err(reason) => {
+            row.consecutive_fail = row.consecutive_fail.saturating_add(1);
+            row.consecutive_ok = 0;
+            let flip = (row.up && row.consecutive_fail >= spec.fall).then(|| {
+                format!(
+                    "{} consecutive failures, last: {reason}",
+                    row.consecutive_fail
+                )
+            });
+            row.last_reason = reason;
+            flip
+        }
+    };
+    flipped.map(|reason| {
+        row.up = !row.up;
+        row.transitions += 1;
+        HealthEvent {
+            key: row.key,
+            up: row.up,
+            reason,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> BackendHealth {
+        BackendHealth {
+            key: HealthKey {
+                vip: crate::control::api::parse_vip("198.18.0.10:80/tcp").unwrap(),
+                backend: "198.18.1.1".parse().unwrap(),
+            },
+            kind: CheckKind::Tcp,
+            target: "198.18.1.1:80".parse().unwrap(),
+            up: true,
+            last_ok: None,
+            last_reason: String::new(),
+            last_latency_us: None,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            checks: 0,
+            transitions: 0,
+        }
+    }
+
+    #[test]
+    fn hysteresis_needs_fall_failures_then_rise_successes() {
+        let spec = CheckSpec {
+            rise: 2,
+            fall: 3,
+            ..CheckSpec::default()
+        };
+        let mut r = row();
+        let fail = || Err("refused".to_string());
+        assert!(apply(&mut r, &spec, fail(), 1).is_none());
+        assert!(apply(&mut r, &spec, fail(), 1).is_none());
+        // A success in between resets the failure run.
+        assert!(apply(&mut r, &spec, Ok(()), 1).is_none());
+        assert!(apply(&mut r, &spec, fail(), 1).is_none());
+        assert!(apply(&mut r, &spec, fail(), 1).is_none());
+        let down = apply(&mut r, &spec, fail(), 1).expect("third consecutive failure flips down");
+        assert!(!down.up && !r.up, "{down:?}");
+        assert!(down.reason.contains("refused"), "{down:?}");
+        assert!(
+            apply(&mut r, &spec, fail(), 1).is_none(),
+            "already down: no event"
+        );
+        assert!(apply(&mut r, &spec, Ok(()), 1).is_none());
+        let up = apply(&mut r, &spec, Ok(()), 1).expect("second success flips up");
+        assert!(up.up && r.up);
+        assert_eq!((r.transitions, r.checks), (2, 10));
+    }
+}

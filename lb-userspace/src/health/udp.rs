@@ -1,0 +1,42 @@
+//! UDP send/expect check (DNS-style): send a payload, healthy when a reply arrives within the timeout and starts
+//! with the expected bytes. A connected socket turns an ICMP port-unreachable into a fast failure.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+
+pub async fn probe(
+    target: SocketAddr,
+    send: &[u8],
+    expect: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    let local: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    sock.connect(target)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.send(send).await.map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let n = match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(format!("recv: {e}")),
+        Err(_) => return Err(format!("no reply within {} ms", timeout.as_millis())),
+    };
+    if buf[..n].starts_with(expect) {
+        Ok(())
+    } else {
+        Err(format!(
+            "reply {:?} does not start with {:?}",
+            String::from_utf8_lossy(&buf[..n.min(64)]),
+            String::from_utf8_lossy(expect)
+        ))
+    }
+}
