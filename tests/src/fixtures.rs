@@ -205,6 +205,9 @@ pub struct Setup {
     pub flows: Vec<(FlowKey, FlowState)>,
     /// Pre-filled new-flow window count (the window is started "now").
     pub window_count: Option<u64>,
+    /// `LB_NEXTHOP_CACHE` entries planted before the packets: (backend, answer, valid for how long from now;
+    /// 0 = already expired). An `ifindex` of 0 stands for the ingress interface.
+    pub nexthop: Vec<(BackendId, Route, u64)>,
 }
 
 impl Setup {
@@ -215,6 +218,7 @@ impl Setup {
             backends: LAB_BACKENDS.map(|id| (id, backend(id))).collect(),
             flows: Vec::new(),
             window_count: None,
+            nexthop: Vec::new(),
         }
     }
 }
@@ -460,6 +464,32 @@ impl Rig {
         for (k, s) in &setup.flows {
             self.dp.insert_flow(k, s).expect("insert flow");
             m.flows.insert(*k, *s);
+        }
+        self.model.nexthop_cache.clear();
+        for (id, r, valid_ns) in &setup.nexthop {
+            let r = &Route {
+                ifindex: if r.ifindex == 0 {
+                    self.lab.if_in
+                } else {
+                    r.ifindex
+                },
+                ..*r
+            };
+            let expires_ns = if *valid_ns == 0 {
+                1
+            } else {
+                monotonic_ns() + valid_ns
+            };
+            let nh = NextHop {
+                smac: r.smac,
+                dmac: r.dmac,
+                ifindex: r.ifindex,
+                expires_ns,
+            };
+            self.set_percpu(maps::NEXTHOP_CACHE, *id, nh);
+            if *valid_ns > 0 {
+                self.model.nexthop_cache.insert(*id, *r);
+            }
         }
         if let Some(count) = setup.window_count {
             let now_ns = monotonic_ns();
@@ -827,6 +857,12 @@ pub fn check_model(cases: &[Case]) -> Vec<String> {
         let st = &case.setup;
         m.config = st.config;
         m.window_count = st.window_count.unwrap_or(0);
+        for (id, r, valid_ns) in &st.nexthop {
+            if *valid_ns > 0 {
+                let ifindex = if r.ifindex == 0 { IF_IN } else { r.ifindex };
+                m.nexthop_cache.insert(*id, Route { ifindex, ..*r });
+            }
+        }
         m.backends = st.backends.iter().copied().collect();
         m.flows = st.flows.iter().copied().collect();
         for v in &st.vips {

@@ -32,6 +32,9 @@ pub struct ModelState {
     pub config: GlobalConfig,
     /// Backend address → FIB answer; absent = no route/neighbour.
     pub routes: HashMap<IpAddr, Route>,
+    /// Unexpired `LB_NEXTHOP_CACHE` entries a test planted: they win over the FIB until they expire (the model
+    /// assumes they outlive the test; the FIB answers it caches itself are the same as `routes`).
+    pub nexthop_cache: HashMap<BackendId, Route>,
     pub ingress_ifindex: u32,
     /// Inserts counted in the current new-flow window. The model assumes the window does not roll over during a
     /// test (tests that use the cap set the kernel's window explicitly).
@@ -417,7 +420,7 @@ impl ModelState {
             if be.family != l3.family {
                 return self.outcome(XDP_DROP, Counter::DropNoBackend, info, Some(id), frame);
             }
-            let Some(r) = self.routes.get(&be_ip).copied() else {
+            let Some(r) = self.next_hop(id, be_ip) else {
                 return self.outcome(XDP_DROP, Counter::DropNoRoute, info, Some(id), frame);
             };
             let mut out = frame.to_vec();
@@ -439,7 +442,7 @@ impl ModelState {
             let out = too_big_answer(frame, l3, (mtu - overhead) as u32);
             return self.outcome(XDP_TX, Counter::IcmpTooBigSent, info, Some(id), &out);
         }
-        let Some(r) = self.routes.get(&be_ip).copied() else {
+        let Some(r) = self.next_hop(id, be_ip) else {
             return self.outcome(XDP_DROP, Counter::DropNoRoute, info, Some(id), frame);
         };
         let inner = &frame[l2_len..];
@@ -456,6 +459,13 @@ impl ModelState {
         };
         let out = packets::frame(&packets::L2::new(r.smac, r.dmac), &outer);
         self.emit(out, r, info, id)
+    }
+
+    fn next_hop(&self, id: BackendId, addr: IpAddr) -> Option<Route> {
+        self.nexthop_cache
+            .get(&id)
+            .or_else(|| self.routes.get(&addr))
+            .copied()
     }
 
     fn emit(&mut self, out: Vec<u8>, r: Route, info: Vec<Counter>, id: BackendId) -> Outcome {

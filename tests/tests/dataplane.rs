@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::hash::flow_hash;
 use lb_common::*;
 use lb_tests::fixtures::*;
+use lb_tests::model::Route;
 use lb_tests::netns::skip_unless_root;
 use lb_tests::packets::*;
 
@@ -471,6 +472,47 @@ fn steering() {
             "ring names an unset backend",
             syn_f.clone(),
             Counter::DropNoBackend,
+        ),
+    ));
+
+    // The next-hop cache: an unexpired entry is used without asking the FIB (even for an unroutable backend),
+    // an expired one is not.
+    const CACHED: [u8; 6] = [0x02, 0, 0, 0, 0xca, 0xfe];
+    let cached = Route {
+        smac: LB0_MAC,
+        dmac: CACHED,
+        ifindex: 0,
+    };
+    let with_cache = |be: BackendId, valid_ns: u64| {
+        let mut s = Setup::new(vec![web_with(&[be; 7])]);
+        s.nexthop.push((be, cached, valid_ns));
+        s
+    };
+    let via_cache = |be: BackendId| {
+        let mut f = encap_out(be, h, &syn.bytes());
+        f[0..6].copy_from_slice(&CACHED);
+        f
+    };
+    cases.push(Case::one(
+        with_cache(1, 10_000_000_000),
+        Pkt::tx("next hop from the cache", syn_f.clone(), 1, via_cache(1)),
+    ));
+    cases.push(Case::one(
+        with_cache(8, 10_000_000_000),
+        Pkt::tx(
+            "cached next hop of an unroutable backend",
+            syn_f.clone(),
+            8,
+            via_cache(8),
+        ),
+    ));
+    cases.push(Case::one(
+        with_cache(1, 0),
+        Pkt::tx(
+            "expired cache entry: FIB again",
+            syn_f.clone(),
+            1,
+            encap_out(1, h, &syn.bytes()),
         ),
     ));
 
