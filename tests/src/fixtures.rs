@@ -205,6 +205,8 @@ pub struct Setup {
     pub flows: Vec<(FlowKey, FlowState)>,
     /// Pre-filled new-flow window count (the window is started "now").
     pub window_count: Option<u64>,
+    /// Start the pre-filled window two windows ago instead: the next insert must open a fresh window.
+    pub window_expired: bool,
     /// `LB_NEXTHOP_CACHE` entries planted before the packets: (backend, answer, valid for how long from now;
     /// 0 = already expired). An `ifindex` of 0 stands for the ingress interface.
     pub nexthop: Vec<(BackendId, Route, u64)>,
@@ -218,6 +220,7 @@ impl Setup {
             backends: LAB_BACKENDS.map(|id| (id, backend(id))).collect(),
             flows: Vec::new(),
             window_count: None,
+            window_expired: false,
             nexthop: Vec::new(),
         }
     }
@@ -392,6 +395,11 @@ impl Rig {
             (SIZES.max_vips, SIZES.max_backends, SIZES.max_ring_size),
             "only the flow table size may differ"
         );
+        // Per-CPU state (the new-flow window, the next-hop cache) must be the same CPU's from run to run.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+            .expect("pin the test thread to cpu 0");
         let lab = Lab::new(tag);
         let in_ns = lab.lb.enter();
         let mut dp = Dataplane::load(&LoadOptions {
@@ -492,16 +500,17 @@ impl Rig {
             }
         }
         if let Some(count) = setup.window_count {
-            let now_ns = monotonic_ns();
-            self.model.window_count = count;
-            self.set_percpu(
-                maps::NEW_FLOW_RATE,
-                0,
-                RateWindow {
-                    window_start_ns: now_ns,
-                    count,
-                },
-            );
+            let age = if setup.window_expired {
+                2 * NEW_FLOW_WINDOW_NS
+            } else {
+                0
+            };
+            self.model.window_count = if setup.window_expired { 0 } else { count };
+            let window = RateWindow {
+                window_start_ns: monotonic_ns() - age,
+                count,
+            };
+            self.set_percpu(maps::NEW_FLOW_RATE, 0, window);
         }
     }
 
@@ -856,7 +865,11 @@ pub fn check_model(cases: &[Case]) -> Vec<String> {
         }
         let st = &case.setup;
         m.config = st.config;
-        m.window_count = st.window_count.unwrap_or(0);
+        m.window_count = if st.window_expired {
+            0
+        } else {
+            st.window_count.unwrap_or(0)
+        };
         for (id, r, valid_ns) in &st.nexthop {
             if *valid_ns > 0 {
                 let ifindex = if r.ifindex == 0 { IF_IN } else { r.ifindex };

@@ -545,6 +545,51 @@ fn steering() {
         .flow(k, Some(1)),
     ));
 
+    let mut s = Setup::new(vec![web_with(&[1; 7])]);
+    s.config.new_flow_cap = 3;
+    s.window_count = Some(3);
+    s.window_expired = true;
+    cases.push(Case::one(
+        s,
+        Pkt::tx(
+            "new-flow window over: a fresh one",
+            syn_f.clone(),
+            1,
+            encap_out(1, h, &syn.bytes()),
+        )
+        .flow(k, Some(1)),
+    ));
+    let mut s = Setup::new(vec![
+        web_with(&[1; 7]),
+        vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[4; 7]),
+    ]);
+    s.config.new_flow_cap = 1;
+    cases.push(Case::new(
+        "second new flow in a window of cap 1",
+        s,
+        vec![
+            Step::Packet(
+                Pkt::tx(
+                    "first new flow",
+                    syn_f.clone(),
+                    1,
+                    encap_out(1, h, &syn.bytes()),
+                )
+                .flow(k, Some(1)),
+            ),
+            Step::Packet(
+                Pkt::tx(
+                    "second new flow capped",
+                    frame(&l2in(), &s6.bytes()),
+                    4,
+                    encap_out(4, h6, &s6.bytes()),
+                )
+                .info(Counter::NewFlowCapped)
+                .flow(key_of(&s6), None),
+            ),
+        ],
+    ));
+
     // A FRAG_HASH3 VIP is stateless: every packet by the 3-tuple, no flow entry.
     let h3 = flow_hash(&k.three_tuple());
     let b3 = ring_pick(&RING3, h3);
