@@ -67,5 +67,5 @@ pub fn admit_new_flow(cfg: &GlobalConfig) -> bool {
 pub fn insert(key: &FlowKey, backend_id: BackendId, vip_id: u32) {
     let st = FlowState { backend_id, vip_id };
     // A failed insert (e.g. memory pressure) only costs stickiness; the packet is still forwarded by hash.
-    let _ = LB_FLOWS.insert(key, &st, 0);
+    let _ = LB_FLOWS.insert(key, st, 0);
 }

@@ -60,7 +60,7 @@ fn inner(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if proto != IPPROTO_IPIP && proto != IPPROTO_IPV6 {
         return Err(NOT_TUNNEL);
     }
-    if LB_DECAP_LOCAL.get_ptr(&local).is_none() {
+    if LB_DECAP_LOCAL.get_ptr(local).is_none() {
         return Err(NOT_TUNNEL);
     }
     let inner_off = ETH_HLEN + outer_len;
@@ -85,7 +85,7 @@ fn inner(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             ETH_P_IPV6,
         )
     };
-    if LB_DECAP_VIPS.get_ptr(&vip).is_none() {
+    if LB_DECAP_VIPS.get_ptr(vip).is_none() {
         return Err(NOT_VIP);
     }
     // Keep the Ethernet addresses: copy them forward over the end of the outer header, then drop the front.

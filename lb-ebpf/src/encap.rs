@@ -34,6 +34,10 @@ pub fn rewrite_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Verdict> {
 /// Replaces the L2 header (`l2_len` bytes, VLAN tag included) by Ethernet + an outer IP header towards `be`.
 /// `inner_len` is the frame length minus `l2_len`; `inner_family` picks protocol 4 or 41.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one inlined call site; a struct would only rename the same values"
+)]
 pub fn encapsulate(
     ctx: &XdpContext,
     l2_len: usize,

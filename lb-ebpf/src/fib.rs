@@ -34,10 +34,10 @@ pub fn next_hop(
 ) -> Result<NextHop, Verdict> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cache = LB_NEXTHOP_CACHE.get_ptr_mut(id);
-    if let Some(c) = cache {
-        if unsafe { (*c).expires_ns } > now {
-            return Ok(unsafe { *c });
-        }
+    if let Some(c) = cache
+        && unsafe { (*c).expires_ns } > now
+    {
+        return Ok(unsafe { *c });
     }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };

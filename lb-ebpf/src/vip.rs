@@ -13,14 +13,14 @@ pub fn find(addr: &AddrWords, port: u16, proto: u8, family: u8) -> Option<VipMet
         proto,
         family,
     };
-    if let Some(m) = LB_VIPS.get_ptr(&key) {
+    if let Some(m) = LB_VIPS.get_ptr(key) {
         return Some(unsafe { *m });
     }
     if port == 0 {
         return None;
     }
     key.port = 0;
-    let m = unsafe { *LB_VIPS.get_ptr(&key)? };
+    let m = unsafe { *LB_VIPS.get_ptr(key)? };
     if m.flags & VIP_F_FRAG_ONLY != 0 {
         return None;
     }
@@ -36,5 +36,5 @@ pub fn find_fragment(addr: &AddrWords, proto: u8, family: u8) -> Option<VipMeta>
         proto,
         family,
     };
-    LB_VIPS.get_ptr(&key).map(|m| unsafe { *m })
+    LB_VIPS.get_ptr(key).map(|m| unsafe { *m })
 }
