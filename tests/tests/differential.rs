@@ -444,6 +444,38 @@ fn program_matches_model() {
     if let Some(e) = rig.compare_flow_tables() {
         mismatches.push(format!("at the end: {e}"));
     }
+    // Stats: only meaningful when every packet agreed (a resync above does not undo a divergent count).
+    if mismatches.is_empty() {
+        for v in &st.vips {
+            let k = rig.dp.vip_stats(v.vip_id).expect("vip stats");
+            let m = rig
+                .model
+                .vip_stats
+                .get(&v.vip_id)
+                .copied()
+                .unwrap_or_default();
+            if k != m {
+                mismatches.push(format!(
+                    "VIP_STATS[{}] totals: kernel {k:?}, model {m:?}",
+                    v.vip_id
+                ));
+            }
+        }
+        for id in LAB_BACKENDS {
+            let k = rig.dp.backend_stats(id).expect("backend stats");
+            let m = rig
+                .model
+                .backend_stats
+                .get(&id)
+                .copied()
+                .unwrap_or_default();
+            if k != m {
+                mismatches.push(format!(
+                    "BACKEND_STATS[{id}] totals: kernel {k:?}, model {m:?}"
+                ));
+            }
+        }
+    }
     let elapsed = start.elapsed();
     let mut v: Vec<_> = verdicts.into_iter().collect();
     v.sort_by_key(|(k, _)| *k);
