@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, exec, probe};
 
-/// Debian's compiler and its library source: the only pair that builds `core` for bpfel here (TOOLCHAIN.md).
-const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// Debian's compiler and its library source: the only pair that builds `core` for bpfel here (TOOLCHAIN.md);
+/// its clippy lints lb-ebpf.
+const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy"];
 /// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`.
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux"];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the project's one test command. Lints run first so that the log ENDS with the test
 //! runner's summary, which CI reads.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -34,8 +35,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
             .current_dir(&root)
             .args(["build", "-p", "lb-userspace", "--bins"]),
     )?;
-    if !args.no_lint {
-        lint(&root)?;
+    // Lint failures do not stop the suite (test results matter more), but they fail the run.
+    let lint_failures = if args.no_lint {
+        Vec::new()
+    } else {
+        lint(&root)
+    };
+    if !lint_failures.is_empty() {
+        println!(
+            "xtask: lint FAILED: {}; running the tests anyway, the run will exit 1",
+            lint_failures.join(", ")
+        );
     }
     let nextest = setup::has_nextest();
     phase(if nextest {
@@ -72,33 +82,43 @@ pub fn run(args: &TestArgs) -> Result<()> {
     println!("+ {c:?}");
     let status = c.status().context("cannot start the test runner")?;
     // Exit with the runner's code and print nothing after it: its summary must be the last lines of the log.
-    std::process::exit(status.code().unwrap_or(1));
+    let code = status.code().unwrap_or(1);
+    std::process::exit(if code == 0 && !lint_failures.is_empty() {
+        1
+    } else {
+        code
+    });
 }
 
-fn lint(root: &std::path::Path) -> Result<()> {
-    phase("cargo fmt --check");
-    exec(
-        cmd::cargo()
-            .current_dir(root)
-            .args(["fmt", "--all", "--check"]),
-    )?;
-    phase("clippy (userspace crates, -D warnings)");
-    exec(cmd::cargo().current_dir(root).args([
+/// Runs every lint and returns the names of those that failed.
+fn lint(root: &Path) -> Vec<&'static str> {
+    let mut failed = Vec::new();
+    let mut check = |name: &'static str, c: &mut Command| {
+        phase(name);
+        if let Err(e) = exec(c) {
+            println!("xtask: {e:#}");
+            failed.push(name);
+        }
+    };
+    let mut fmt = cmd::cargo();
+    check(
+        "cargo fmt --check",
+        fmt.current_dir(root).args(["fmt", "--all", "--check"]),
+    );
+    let mut clippy = cmd::cargo();
+    clippy.current_dir(root).args([
         "clippy",
         "--workspace",
         "--exclude",
         "lb-ebpf",
         "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    ebpf_clippy(root)
-}
-
-/// lb-ebpf only compiles with Debian's rustc for bpfel (its rust-toolchain.toml and .cargo/config.toml select
-/// both), so it is linted from inside its directory with that toolchain's clippy, when Debian ships one.
-fn ebpf_clippy(root: &std::path::Path) -> Result<()> {
+    ]);
+    check(
+        "clippy (userspace crates, -D warnings)",
+        clippy.args(["--", "-D", "warnings"]),
+    );
+    // lb-ebpf only compiles with Debian's rustc for bpfel (its rust-toolchain.toml and .cargo/config.toml select
+    // both), so it is linted from inside its directory with that toolchain's clippy (apt: rust-web-clippy).
     let dir = root.join("lb-ebpf");
     if probe(
         Command::new("cargo")
@@ -110,16 +130,17 @@ fn ebpf_clippy(root: &std::path::Path) -> Result<()> {
         phase(
             "clippy (lb-ebpf): skipped, the debian-rustc toolchain has no clippy (apt: rust-web-clippy)",
         );
-        return Ok(());
-    }
-    phase("clippy (lb-ebpf, debian-rustc, bpfel, -D warnings)");
-    // A rustup proxy sets RUSTUP_TOOLCHAIN for its children; clear it so lb-ebpf's rust-toolchain.toml applies.
-    exec(
-        Command::new("cargo")
-            .current_dir(&dir)
+    } else {
+        let mut c = Command::new("cargo");
+        // A rustup proxy sets RUSTUP_TOOLCHAIN for its children; clear it so lb-ebpf's rust-toolchain.toml wins.
+        c.current_dir(&dir)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")
-            .env_remove("RUSTC")
-            .args(["clippy", "--release", "--", "-D", "warnings"]),
-    )
+            .env_remove("RUSTC");
+        check(
+            "clippy (lb-ebpf, debian-rustc, bpfel, -D warnings)",
+            c.args(["clippy", "--release", "--", "-D", "warnings"]),
+        );
+    }
+    failed
 }
