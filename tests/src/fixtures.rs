@@ -207,6 +207,8 @@ pub struct Setup {
     pub window_count: Option<u64>,
     /// Start the pre-filled window two windows ago instead: the next insert must open a fresh window.
     pub window_expired: bool,
+    /// Leave the second port out of `LB_TX_PORTS` (redirects to it must fail).
+    pub no_redirect_port: bool,
     /// `LB_NEXTHOP_CACHE` entries planted before the packets: (backend, answer, valid for how long from now;
     /// 0 = already expired). An `ifindex` of 0 stands for the ingress interface.
     pub nexthop: Vec<(BackendId, Route, u64)>,
@@ -221,6 +223,7 @@ impl Setup {
             flows: Vec::new(),
             window_count: None,
             window_expired: false,
+            no_redirect_port: false,
             nexthop: Vec::new(),
         }
     }
@@ -472,6 +475,24 @@ impl Rig {
         for (k, s) in &setup.flows {
             self.dp.insert_flow(k, s).expect("insert flow");
             m.flows.insert(*k, *s);
+        }
+        let other = self.lab.if_other;
+        if setup.no_redirect_port {
+            let map = self
+                .dp
+                .ebpf_mut()
+                .map_mut(maps::TX_PORTS)
+                .expect("LB_TX_PORTS");
+            let mut ports =
+                aya::maps::DevMapHash::try_from(map).expect("LB_TX_PORTS as DevMapHash");
+            match ports.remove(other) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => panic!("removing {other} from LB_TX_PORTS: {e}"),
+            }
+            self.model.tx_ports.remove(&other);
+        } else {
+            self.dp.add_tx_port(other).expect("add lb1 to LB_TX_PORTS");
+            self.model.tx_ports.insert(other);
         }
         self.model.nexthop_cache.clear();
         for (id, r, valid_ns) in &setup.nexthop {
@@ -865,6 +886,9 @@ pub fn check_model(cases: &[Case]) -> Vec<String> {
         }
         let st = &case.setup;
         m.config = st.config;
+        if !st.no_redirect_port {
+            m.tx_ports.insert(IF_IN + 1);
+        }
         m.window_count = if st.window_expired {
             0
         } else {

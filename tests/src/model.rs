@@ -36,6 +36,8 @@ pub struct ModelState {
     /// assumes they outlive the test; the FIB answers it caches itself are the same as `routes`).
     pub nexthop_cache: HashMap<BackendId, Route>,
     pub ingress_ifindex: u32,
+    /// `LB_TX_PORTS`: the interfaces other than the ingress one the program may redirect to.
+    pub tx_ports: HashSet<u32>,
     /// Inserts counted in the current new-flow window. The model assumes the window does not roll over during a
     /// test (tests that use the cap set the kernel's window explicitly).
     pub window_count: u64,
@@ -471,6 +473,8 @@ impl ModelState {
     fn emit(&mut self, out: Vec<u8>, r: Route, info: Vec<Counter>, id: BackendId) -> Outcome {
         if r.ifindex == self.ingress_ifindex {
             self.outcome(XDP_TX, Counter::Tx, info, Some(id), &out)
+        } else if !self.tx_ports.contains(&r.ifindex) {
+            self.outcome(XDP_DROP, Counter::DropNoRoute, info, Some(id), &out)
         } else {
             self.outcome(XDP_REDIRECT, Counter::Redirect, info, Some(id), &out)
         }

@@ -453,6 +453,18 @@ fn steering() {
     red.counter = Counter::Redirect;
     cases.push(Case::one(Setup::new(vec![web_with(&[7; 7])]), red));
 
+    let mut s = Setup::new(vec![web_with(&[7; 7])]);
+    s.no_redirect_port = true;
+    cases.push(Case::one(
+        s,
+        Pkt::drop(
+            "egress port missing from LB_TX_PORTS",
+            syn_f.clone(),
+            Counter::DropNoRoute,
+        )
+        .backend(7),
+    ));
+
     // No route, no neighbour, no backend.
     cases.push(Case::one(
         Setup::new(vec![web_with(&[8; 7])]),
