@@ -434,3 +434,128 @@ fn forwarding_smoke() {
          single runs: empty {ipip_empty} established IPIP {ipip}"
     );
 }
+
+/// Ethernet + IPv6 + TCP (20 bytes) + `payload` zero bytes.
+fn tcp6(src: [u8; 16], dst: [u8; 16], dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(LB_MAC);
+    f.extend(CLIENT_MAC);
+    f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend(((20 + payload) as u16).to_be_bytes());
+    f.extend([TCP_PROTO, 64]);
+    f.extend(src);
+    f.extend(dst);
+    f.extend(40000u16.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend([0; 8]);
+    f.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend(std::iter::repeat_n(0u8, payload));
+    f
+}
+const TCP_PROTO: u8 = 6;
+
+fn v6(last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = last;
+    a
+}
+
+/// IPv6 VIP and backend: IP6IP6 bytes (flow label from the flow hash) and the ICMPv6 packet-too-big answer.
+#[test]
+fn forwarding_smoke_v6() {
+    use lb_common::*;
+    use std::net::{IpAddr, Ipv6Addr};
+    if !is_root() {
+        return;
+    }
+    private_netns();
+    sh("link add lbt0 address 02:00:00:00:00:01 type veth peer name lbt1");
+    sh("link set lbt0 up");
+    sh("link set lbt1 up");
+    sh("-6 addr add fd00::1/64 dev lbt0 nodad");
+    sh("-6 neigh replace fd00::2 lladdr 02:00:00:00:00:03 dev lbt0 nud permanent");
+    for knob in [
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv6.conf.lbt0.forwarding=1",
+    ] {
+        let st = std::process::Command::new("sysctl")
+            .args(["-qw", knob])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "sysctl {knob}");
+    }
+    // SAFETY: a NUL-terminated name; if_nametoindex asks the calling thread's namespace.
+    let ifindex = unsafe { libc::if_nametoindex(c"lbt0".as_ptr()) };
+    assert_ne!(ifindex, 0, "if_nametoindex(lbt0)");
+
+    let ip = |a: [u8; 16]| IpAddr::V6(Ipv6Addr::from(a));
+    let (client, vip, lb, backend) = (v6(0x10), v6(0x80), v6(1), v6(2));
+    let mut dp = Dataplane::load(&small()).unwrap();
+    dp.set_config(&GlobalConfig {
+        encap_src_v6: addr_words(ip(lb)).0,
+        ring_stride: 13,
+        mtu: 1500,
+        flags: CFG_F_ICMP_TOO_BIG,
+        ..Default::default()
+    })
+    .unwrap();
+    dp.set_backend(1, &Backend::new(ip(backend), BACKEND_F_ACTIVE))
+        .unwrap();
+    let key = VipKey::new(ip(vip), 443, IPPROTO_TCP);
+    dp.install_ring(
+        &key,
+        VipMeta {
+            vip_id: 0,
+            flags: 0,
+            ring_slot: 0,
+            ring_size: 13,
+        },
+        &[1; 13],
+    )
+    .unwrap();
+
+    let syn = tcp6(client, vip, 443, 0x02, 10);
+    let r = run(&mut dp, maps::PROG_LB, &syn, ifindex);
+    assert_eq!(r.action, XDP_TX, "IPv6 SYN: {:?}", dp.counters().unwrap());
+    assert_eq!(r.out.len(), syn.len() + 40);
+    assert_eq!(
+        (&r.out[0..6], &r.out[12..14]),
+        (&BACKEND_MAC[..], &[0x86, 0xdd][..])
+    );
+    let o = &r.out[14..54];
+    let hash =
+        lb_common::hash::flow_hash(&FlowKey::new(ip(client), 40000, ip(vip), 443, IPPROTO_TCP));
+    let label = u32::from_be_bytes([0, o[1] & 0x0f, o[2], o[3]]);
+    assert_eq!(
+        (o[0], o[1] >> 4, label),
+        (0x60, 0, hash & 0xfffff),
+        "version, traffic class, flow label"
+    );
+    assert_eq!(u16::from_be_bytes([o[4], o[5]]) as usize, syn.len() - 14);
+    assert_eq!((o[6], o[7]), (IPPROTO_IPV6, 64));
+    assert_eq!((&o[8..24], &o[24..40]), (&lb[..], &backend[..]));
+    assert_eq!(&r.out[54..], &syn[14..]);
+
+    // Over the MTU: ICMPv6 packet too big from the VIP, quoting up to 1280 bytes in all.
+    let big = tcp6(client, vip, 443, 0x10, 1500 - 60);
+    let r = run(&mut dp, maps::PROG_LB, &big, ifindex);
+    assert_eq!(r.action, XDP_TX, "too big: {:?}", dp.counters().unwrap());
+    assert_eq!(r.out.len(), 14 + 1280);
+    let (h, icmp) = (&r.out[14..54], &r.out[54..]);
+    assert_eq!((h[0], h[6], h[7]), (0x60, IPPROTO_ICMPV6, 64));
+    assert_eq!(u16::from_be_bytes([h[4], h[5]]), 1280 - 40);
+    assert_eq!((&h[8..24], &h[24..40]), (&vip[..], &client[..]));
+    assert_eq!((icmp[0], icmp[1]), (2, 0));
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1500 - 40
+    );
+    assert_eq!(&icmp[8..], &big[14..14 + 1232]);
+    let mut pseudo = Vec::from(&h[8..40]);
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, IPPROTO_ICMPV6]);
+    pseudo.extend(icmp);
+    assert_eq!(ones_sum(&pseudo), 0xffff, "ICMPv6 checksum");
+    assert_eq!(dp.vip_stats(0).unwrap().packets, 2);
+    assert_eq!(dp.backend_stats(1).unwrap().packets, 2);
+}
