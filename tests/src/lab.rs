@@ -62,7 +62,10 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { backends: 3, clients: 1 }
+        LabOptions {
+            backends: 3,
+            clients: 1,
+        }
     }
 }
 
@@ -118,12 +121,17 @@ impl Lab {
         };
 
         let balancer = attach("lb", BALANCER_V4, BALANCER_V6);
-        // The balancer is a router for the VIP prefixes it does not own; it never answers for a VIP itself.
+        // bpf_fib_lookup answers only for interfaces that forward (else BPF_FIB_LKUP_RET_FWD_DISABLED): a balancer
+        // host must enable forwarding, for IPv6 too.
         balancer.ns.sysctl("net.ipv4.ip_forward", "1");
+        balancer.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
 
         // Native XDP_TX out of the balancer's veth is dropped unless the peer runs an XDP program too.
-        let mut pass = Dataplane::load(&LoadOptions { sizes: small_sizes(), pin_dir: None })
-            .expect("load the eBPF object for lb_pass");
+        let mut pass = Dataplane::load(&LoadOptions {
+            sizes: small_sizes(),
+            pin_dir: None,
+        })
+        .expect("load the eBPF object for lb_pass");
         switch.run(|| {
             let prog = pass.xdp(lb_common::maps::PROG_PASS).expect("lb_pass");
             prog.attach("p-lb", aya::programs::XdpMode::Driver)
@@ -133,6 +141,10 @@ impl Lab {
         let clients: Vec<LabHost> = (0..opts.clients)
             .map(|j| {
                 let c = attach(&format!("c{j}"), client_v4(j), client_v6(j));
+                // A veth leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL); XDP forwarding drops that skb
+                // state, so the backend would get a packet with a half-done checksum. Real NICs receive complete
+                // checksums; make the client's veth compute them in software to match.
+                c.ns.exec(&["ethtool", "-K", HOST_IF, "tx", "off"]);
                 c.ns.add_route(VIP_V4_NET, Some(&BALANCER_V4.to_string()), HOST_IF);
                 c.ns.add_route(VIP_V6_NET, Some(&BALANCER_V6.to_string()), HOST_IF);
                 c
@@ -150,11 +162,24 @@ impl Lab {
                     host.ns.add_addr("lo", &cidr);
                 }
                 let decap = attach_decap(&host);
-                LabBackend { name: format!("backend-{}", i + 1), host, server: None, _decap: decap }
+                LabBackend {
+                    name: format!("backend-{}", i + 1),
+                    host,
+                    server: None,
+                    _decap: decap,
+                }
             })
             .collect::<Vec<_>>();
 
-        let mut lab = Lab { backends, _pass: pass, clients, balancer, switch, dir, pin_dir };
+        let mut lab = Lab {
+            backends,
+            _pass: pass,
+            clients,
+            balancer,
+            switch,
+            dir,
+            pin_dir,
+        };
         for i in 0..lab.backends.len() {
             lab.start_server(i);
         }
@@ -170,12 +195,24 @@ impl Lab {
         assert!(b.server.is_none(), "{} is already serving", b.name);
         // UDP sockets are bound to exact addresses so each reply leaves from the address the request went to:
         // the VIPs for clients (DSR), the backend's own addresses for health checks.
-        let udp: Vec<String> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6), IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6)]
-            .iter()
-            .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
-            .collect();
+        let udp: Vec<String> = [
+            IpAddr::V4(VIP_V4),
+            IpAddr::V6(VIP_V6),
+            IpAddr::V4(b.host.v4),
+            IpAddr::V6(b.host.v6),
+        ]
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
+        .collect();
         let http_port = HTTP_PORT.to_string();
-        let mut argv = vec![exe.to_str().expect("utf-8 path"), "serve", "--name", &b.name, "--http-port", &http_port];
+        let mut argv = vec![
+            exe.to_str().expect("utf-8 path"),
+            "serve",
+            "--name",
+            &b.name,
+            "--http-port",
+            &http_port,
+        ];
         for u in &udp {
             argv.extend(["--udp", u.as_str()]);
         }
@@ -186,7 +223,10 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(10);
         b.host.ns.run(|| {
             while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                assert!(Instant::now() < deadline, "server on {addr} did not start within 10 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "server on {addr} did not start within 10 s"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -206,7 +246,9 @@ impl Lab {
     /// the process a private /sys without bpffs).
     pub fn balancer_command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.balancer.ns.name())).arg("--").args(argv);
+        cmd.arg(format!("--net=/var/run/netns/{}", self.balancer.ns.name()))
+            .arg("--")
+            .args(argv);
         cmd
     }
 
@@ -219,8 +261,14 @@ impl Lab {
                 .get_mut("daemon")
                 .and_then(|d| d.as_table_mut())
                 .expect("config/lab.toml has a [daemon] table");
-            daemon.insert("pin_dir".into(), self.pin_dir.path().display().to_string().into());
-            daemon.insert("control_socket".into(), self.socket_path().display().to_string().into());
+            daemon.insert(
+                "pin_dir".into(),
+                self.pin_dir.path().display().to_string().into(),
+            );
+            daemon.insert(
+                "control_socket".into(),
+                self.socket_path().display().to_string().into(),
+            );
         }
         edit(&mut cfg);
         let path = self.dir.path().join(name);
@@ -239,19 +287,28 @@ pub const LAB_CONFIG: &str = include_str!("../../config/lab.toml");
 
 /// Map sizes for helper programs that only need the object loaded (lb_pass, lb_decap).
 fn small_sizes() -> MapSizes {
-    MapSizes { max_vips: 4, max_backends: 8, flow_table_size: 64, max_ring_size: 7 }
+    MapSizes {
+        max_vips: 4,
+        max_backends: 8,
+        flow_table_size: 64,
+        max_ring_size: 7,
+    }
 }
 
 /// Attaches lb_decap (native) to a backend's port: IP-in-IP for one of its addresses whose inner destination is a
 /// lab VIP is decapsulated and passed up; the kernel here has no tunnel devices.
 fn attach_decap(host: &LabHost) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions { sizes: small_sizes(), pin_dir: None })
-        .expect("load the eBPF object for lb_decap");
+    let mut dp = Dataplane::load(&LoadOptions {
+        sizes: small_sizes(),
+        pin_dir: None,
+    })
+    .expect("load the eBPF object for lb_decap");
     for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
         dp.add_decap_vip(&AddrKey::new(vip)).expect("LB_DECAP_VIPS");
     }
     for local in [IpAddr::V4(host.v4), IpAddr::V6(host.v6)] {
-        dp.add_decap_local(&AddrKey::new(local)).expect("LB_DECAP_LOCAL");
+        dp.add_decap_local(&AddrKey::new(local))
+            .expect("LB_DECAP_LOCAL");
     }
     host.ns.run(|| {
         let prog = dp.xdp(lb_common::maps::PROG_DECAP).expect("lb_decap");
@@ -306,8 +363,13 @@ impl ChildGuard {
                 Ok(())
             });
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
-        ChildGuard { child, what: what.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+        ChildGuard {
+            child,
+            what: what.to_string(),
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -379,7 +441,10 @@ impl Drop for BpffsDir {
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (`cargo xtask setup` does it too).
 pub fn ensure_bpffs() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf ")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf "))
+    {
         return;
     }
     netns::run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]));
@@ -396,13 +461,22 @@ fn unique_path(base: &Path, tag: &str) -> PathBuf {
 /// Removes bpffs pin directories and temp directories left by lab runs whose process is gone.
 pub fn cleanup_stale() {
     for base in [Path::new(BPFFS).to_path_buf(), std::env::temp_dir()] {
-        let Ok(entries) = std::fs::read_dir(&base) else { continue };
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("lbt-") else { continue };
+            let Some(rest) = name.strip_prefix("lbt-") else {
+                continue;
+            };
             let mut parts = rest.rsplitn(3, '-');
-            let (Some(_n), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            let Ok(pid) = pid.parse::<u32>() else { continue };
+            let (Some(_n), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(entry.path());
             }

@@ -1,10 +1,11 @@
 //! Shared test support: network namespaces, packet builders, the reference model of the dataplane and the fixture
 //! table run against the real program.
 
+pub mod daemon;
 pub mod fixtures;
+pub mod lab;
 pub mod model;
 pub mod netns;
 pub mod packets;
-pub mod lab;
 pub mod servers;
 pub mod traffic;

@@ -15,14 +15,19 @@ pub fn serve(name: &str, http_port: u16, udp: &[SocketAddr]) -> anyhow::Result<(
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
                 // "ping" is the lab config's UDP health check; everything else learns who answered.
-                let answer: &[u8] = if &buf[..n] == b"ping" { b"pong" } else { reply.as_bytes() };
+                let answer: &[u8] = if &buf[..n] == b"ping" {
+                    b"pong"
+                } else {
+                    reply.as_bytes()
+                };
                 let _ = sock.send_to(answer, from);
             }
         });
     }
     // [::] with the default bindv6only=0 takes IPv4 connections as well.
     let server = Arc::new(
-        tiny_http::Server::http(("::", http_port)).map_err(|e| anyhow::anyhow!("bind http :{http_port}: {e}"))?,
+        tiny_http::Server::http(("::", http_port))
+            .map_err(|e| anyhow::anyhow!("bind http :{http_port}: {e}"))?,
     );
     let workers: Vec<_> = (0..4)
         .map(|_| {

@@ -54,9 +54,15 @@ impl Tally {
         let mut out = String::new();
         for (name, n) in &self.per_backend {
             let pct = 100.0 * *n as f64 / total as f64;
-            out += &format!("  {name:<12} {n:>6}  {pct:5.1}%  {}\n", "#".repeat((pct / 2.0) as usize));
+            out += &format!(
+                "  {name:<12} {n:>6}  {pct:5.1}%  {}\n",
+                "#".repeat((pct / 2.0) as usize)
+            );
         }
         out += &format!("  {:<12} {:>6}\n", "failed", self.failures);
+        for e in &self.errors {
+            out += &format!("    e.g. {e}\n");
+        }
         out
     }
 }
@@ -69,26 +75,39 @@ pub struct HttpConn {
 
 impl HttpConn {
     pub fn connect(vip: SocketAddr) -> Result<HttpConn, String> {
-        let s = TcpStream::connect_timeout(&vip, IO_TIMEOUT).map_err(|e| format!("connect {vip}: {e}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        let s = TcpStream::connect_timeout(&vip, IO_TIMEOUT)
+            .map_err(|e| format!("connect {vip}: {e}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let local = s.local_addr().map_err(|e| e.to_string())?;
-        Ok(HttpConn { stream: BufReader::new(s), local })
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+            local,
+        })
     }
 
     /// GET / on this connection; returns the body (the backend's name).
     pub fn get(&mut self) -> Result<String, String> {
         let req = "GET / HTTP/1.1\r\nHost: lab\r\nConnection: keep-alive\r\n\r\n";
-        self.stream.get_mut().write_all(req.as_bytes()).map_err(|e| format!("send from {}: {e}", self.local))?;
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("send from {}: {e}", self.local))?;
         let mut status = String::new();
-        self.stream.read_line(&mut status).map_err(|e| format!("read status on {}: {e}", self.local))?;
+        self.stream
+            .read_line(&mut status)
+            .map_err(|e| format!("read status on {}: {e}", self.local))?;
         if !status.starts_with("HTTP/1.1 200") {
             return Err(format!("bad status on {}: {status:?}", self.local));
         }
         let mut len = None;
         loop {
             let mut line = String::new();
-            self.stream.read_line(&mut line).map_err(|e| format!("read header on {}: {e}", self.local))?;
+            self.stream
+                .read_line(&mut line)
+                .map_err(|e| format!("read header on {}: {e}", self.local))?;
             if line == "\r\n" || line.is_empty() {
                 break;
             }
@@ -100,7 +119,9 @@ impl HttpConn {
         }
         let len = len.ok_or_else(|| format!("no content-length on {}", self.local))?;
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).map_err(|e| format!("read body on {}: {e}", self.local))?;
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| format!("read body on {}: {e}", self.local))?;
         Ok(String::from_utf8_lossy(&body).trim().to_string())
     }
 }
@@ -132,8 +153,11 @@ pub fn open_connections(ns: &NetNs, vip: SocketAddr, n: usize) -> Vec<(HttpConn,
     ns.run(|| {
         (0..n)
             .map(|i| {
-                let mut c = HttpConn::connect(vip).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                let who = c.get().unwrap_or_else(|e| panic!("first request on connection {i}: {e}"));
+                let mut c =
+                    HttpConn::connect(vip).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let who = c
+                    .get()
+                    .unwrap_or_else(|e| panic!("first request on connection {i}: {e}"));
                 (c, who)
             })
             .collect()
@@ -143,14 +167,19 @@ pub fn open_connections(ns: &NetNs, vip: SocketAddr, n: usize) -> Vec<(HttpConn,
 /// One UDP request/response from inside `ns`; returns the answering backend's name.
 pub fn udp_request(ns: &NetNs, vip: SocketAddr) -> Result<String, String> {
     ns.run(|| {
-        let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("addr");
+        let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("addr");
         let s = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         // Connected, so a reply from any source other than the VIP (a broken DSR path) is not accepted.
         s.connect(vip).map_err(|e| format!("connect {vip}: {e}"))?;
         s.send(b"who?").map_err(|e| format!("send to {vip}: {e}"))?;
         let mut buf = [0u8; 256];
-        let n = s.recv(&mut buf).map_err(|e| format!("no UDP answer from {vip}: {e}"))?;
+        let n = s
+            .recv(&mut buf)
+            .map_err(|e| format!("no UDP answer from {vip}: {e}"))?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     })
 }

@@ -1,0 +1,170 @@
+//! `lb-lab demo`: the balancer's main job, end to end, on the embedded lab config — what `cargo xtask demo` runs.
+//! `lb-lab serve`: the server process each lab backend runs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use lb_tests::daemon::Lbd;
+use lb_tests::lab::{self, Lab, LabOptions};
+use lb_tests::traffic;
+
+#[derive(Parser)]
+#[command(about = "The load balancer lab: namespaces, backends, real traffic")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab, start lbd with config/lab.toml, send traffic, take a backend down and back, tear down.
+    Demo {
+        /// Requests per traffic round.
+        #[arg(long, default_value_t = 600)]
+        requests: usize,
+    },
+    /// Build the lab and start lbd, print how to reach it, and keep it up for a while (for exploring by hand).
+    Up {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
+    /// Serve HTTP and UDP as a lab backend (runs inside a backend namespace).
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = lab::HTTP_PORT)]
+        http_port: u16,
+        /// UDP address to answer on (repeatable).
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            name,
+            http_port,
+            udp,
+        } => match lb_tests::servers::serve(&name, http_port, &udp) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb-lab serve: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Up { seconds } => {
+            let lab = Lab::new(&LabOptions::default());
+            let cfg = lab.write_config("lab.toml", |_| {});
+            let _lbd = Lbd::start(&lab, &cfg);
+            println!("lab up for {seconds} s: config {}", cfg.display());
+            println!("  lbctl --socket {} stats", lab.socket_path().display());
+            for ns in [&lab.client().ns, &lab.balancer.ns, &lab.switch] {
+                println!("  ip netns exec {} ...", ns.name());
+            }
+            for b in &lab.backends {
+                println!("  ip netns exec {} ...   ({})", b.host.ns.name(), b.name);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            ExitCode::SUCCESS
+        }
+        Cmd::Demo { requests } => {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("lb-lab demo: needs root (network namespaces, XDP)");
+                return ExitCode::FAILURE;
+            }
+            demo(requests);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn step(title: &str) {
+    println!("\n=== {title}");
+}
+
+fn demo(requests: usize) {
+    step("Building the lab: client, balancer, 3 backends on a bridge (private network namespaces)");
+    let mut lab = Lab::new(&LabOptions::default());
+    println!(
+        "  client {} | balancer {} (lb_xdp, native) | backends {} (VIPs on loopback, lb_decap)",
+        lab::CLIENT_V4,
+        lab::BALANCER_V4,
+        lab.backends
+            .iter()
+            .map(|b| b.host.v4.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    step("Starting lbd with config/lab.toml");
+    let cfg = lab.write_config("lab.toml", |_| {});
+    let lbd = Lbd::start(&lab, &cfg);
+    lbd.wait_all_backends_up(&lab, std::time::Duration::from_secs(20));
+    print!("{}", lbd.lbctl(&lab, &["vip", "list"]));
+
+    let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
+    step(&format!(
+        "{requests} HTTP requests to {vip}, each on a new connection (a new source port)"
+    ));
+    let t = traffic::http_burst(&lab.client().ns, vip, requests, 16);
+    print!("{}", t.render());
+
+    let vip6 = SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT);
+    step(&format!(
+        "{} HTTP requests to the IPv6 VIP {vip6}",
+        requests / 4
+    ));
+    print!(
+        "{}",
+        traffic::http_burst(&lab.client().ns, vip6, requests / 4, 8).render()
+    );
+
+    let uvip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::UDP_PORT);
+    step(&format!("{} UDP requests to {uvip}", requests / 6));
+    print!(
+        "{}",
+        traffic::udp_burst(&lab.client().ns, uvip, requests / 6).render()
+    );
+
+    step("lbctl stats");
+    print!("{}", lbd.lbctl(&lab, &["stats"]));
+
+    step("Stopping backend-2's server: health checks take it out of the ring");
+    lab.stop_server(1);
+    let took = lbd.wait_backend_state(
+        &lab,
+        lab::backend_v4(1),
+        false,
+        std::time::Duration::from_secs(20),
+    );
+    println!("  backend-2 marked down after {:.1} s", took.as_secs_f64());
+    print!("{}", lbd.lbctl(&lab, &["health"]));
+    step(&format!("{requests} requests with backend-2 down"));
+    print!(
+        "{}",
+        traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
+    );
+
+    step("Starting backend-2 again: back in the ring after `rise` successful checks");
+    lab.start_server(1);
+    let took = lbd.wait_backend_state(
+        &lab,
+        lab::backend_v4(1),
+        true,
+        std::time::Duration::from_secs(20),
+    );
+    println!("  backend-2 marked up after {:.1} s", took.as_secs_f64());
+    step(&format!("{requests} requests with backend-2 back"));
+    print!(
+        "{}",
+        traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
+    );
+
+    step("Tearing down (lbctl shutdown --detach, namespaces deleted)");
+    lbd.shutdown_detach(&lab);
+    drop(lab);
+    println!("  done");
+}

@@ -1,0 +1,185 @@
+//! A real `lbd` process in the lab's balancer namespace, and `lbctl` against it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lb_userspace::control::api::{Request, Response};
+use lb_userspace::control::client::Client;
+
+use crate::lab::{ChildGuard, Lab, target_binary};
+
+/// `lbd --config <path>` running in the balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
+/// guard then removes what it left attached.
+pub struct Lbd {
+    child: Option<ChildGuard>,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Lbd {
+    /// Starts lbd and waits until its control socket answers.
+    pub fn start(lab: &Lab, config: &Path) -> Lbd {
+        let mut lbd = Lbd {
+            child: None,
+            config: config.to_path_buf(),
+            socket: lab.socket_path(),
+            log: lab.dir.path().join("lbd.log"),
+        };
+        lbd.spawn(lab);
+        lbd
+    }
+
+    fn spawn(&mut self, lab: &Lab) {
+        let lbd = target_binary("lbd");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
+        let mut cmd = lab.balancer_command(&[
+            lbd.to_str().expect("utf-8 path"),
+            "--config",
+            self.config.to_str().expect("utf-8 path"),
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .env("RUST_LOG", "info");
+        self.child = Some(ChildGuard::spawn(cmd, "lbd"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = Client::connect(&self.socket) {
+                if matches!(c.call(&Request::Status), Ok(Response::Status(_))) {
+                    return;
+                }
+            }
+            let alive = self.child.as_mut().is_some_and(|c| c.alive());
+            assert!(
+                alive,
+                "lbd exited during start-up; its log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "lbd did not answer within 30 s; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as a crash would: no cleanup runs. The program must stay attached and forwarding.
+    pub fn kill9(&mut self) {
+        self.child = None;
+    }
+
+    /// Starts lbd again with the same config (after [`Lbd::kill9`]).
+    pub fn restart(&mut self, lab: &Lab) {
+        assert!(self.child.is_none(), "restart of a running lbd");
+        self.spawn(lab);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// One control request; panics (with lbd's log) when the daemon cannot be reached.
+    pub fn call(&self, req: &Request) -> Response {
+        let mut c = Client::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect to lbd: {e}\nlbd log:\n{}", self.log_text()));
+        c.call(req)
+            .unwrap_or_else(|e| panic!("{req:?}: {e}\nlbd log:\n{}", self.log_text()))
+    }
+
+    /// Runs `lbctl --socket <sock> <args>` and returns its stdout; panics with stderr when it fails. The socket is a
+    /// path, so lbctl can run from anywhere; it runs in the balancer namespace anyway, as an operator would.
+    pub fn lbctl(&self, lab: &Lab, args: &[&str]) -> String {
+        let out = self.lbctl_output(lab, args);
+        assert!(
+            out.status.success(),
+            "lbctl {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn lbctl_output(&self, lab: &Lab, args: &[&str]) -> std::process::Output {
+        let lbctl = target_binary("lbctl");
+        let mut argv = vec![
+            lbctl.to_str().expect("utf-8 path"),
+            "--socket",
+            self.socket.to_str().expect("utf-8"),
+        ];
+        argv.extend_from_slice(args);
+        let mut cmd: Command = lab.balancer_command(&argv);
+        cmd.output().unwrap_or_else(|e| panic!("run lbctl: {e}"))
+    }
+
+    /// Health table rows of `backend` (one per VIP that uses it).
+    pub fn backend_up(&self, backend: IpAddr) -> Vec<bool> {
+        match self.call(&Request::Health) {
+            Response::Health(rows) => rows
+                .iter()
+                .filter(|h| h.target.ip() == backend)
+                .map(|h| h.up)
+                .collect(),
+            other => panic!("Health: unexpected answer {other:?}"),
+        }
+    }
+
+    /// Waits until every health row of `backend` says `up`; returns how long it took.
+    pub fn wait_backend_state(
+        &self,
+        _lab: &Lab,
+        backend: impl Into<IpAddr>,
+        up: bool,
+        limit: Duration,
+    ) -> Duration {
+        let backend = backend.into();
+        let start = Instant::now();
+        loop {
+            let rows = self.backend_up(backend);
+            if !rows.is_empty() && rows.iter().all(|&u| u == up) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{backend} not {} within {limit:?} (rows {rows:?}); lbd log:\n{}",
+                if up { "up" } else { "down" },
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every backend of the lab is up in every VIP.
+    pub fn wait_all_backends_up(&self, lab: &Lab, limit: Duration) {
+        for b in &lab.backends {
+            self.wait_backend_state(lab, b.host.v4, true, limit);
+            self.wait_backend_state(lab, b.host.v6, true, limit);
+        }
+    }
+
+    /// `lbctl shutdown --detach` and waits for the process to exit.
+    pub fn shutdown_detach(mut self, lab: &Lab) {
+        let _ = self.lbctl(lab, &["shutdown", "--detach"]);
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! End-to-end: the real lbd, the real XDP programs (native mode on veth), real TCP/UDP from a client namespace to
+//! backends in their own namespaces. Each test builds its own lab (see tests/src/lab.rs) and tears it down, also when
+//! it fails. Needs root; prints a skip reason otherwise.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lb_tests::daemon::Lbd;
+use lb_tests::lab::{self, Lab, LabOptions};
+use lb_tests::netns::{NetNs, skip_unless_root};
+use lb_tests::traffic::{self, HttpConn, Tally};
+use lb_userspace::control::api::{Request, Response};
+
+fn vip4() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT)
+}
+
+fn vip6() -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT)
+}
+
+/// The lab config with the IPv4 HTTP VIP's backends replaced by `(backend index, weight)`.
+fn with_http_backends(backends: &[(usize, u32)]) -> impl FnOnce(&mut toml::Table) + '_ {
+    move |cfg| {
+        let vips = cfg
+            .get_mut("vip")
+            .and_then(|v| v.as_array_mut())
+            .expect("[[vip]] array");
+        let http = vips
+            .iter_mut()
+            .filter_map(|v| v.as_table_mut())
+            .find(|v| {
+                v.get("address").and_then(|a| a.as_str()) == Some(&lab::VIP_V4.to_string())
+                    && v.get("port").and_then(|p| p.as_integer()) == Some(lab::HTTP_PORT as i64)
+            })
+            .expect("the lab config has the IPv4 HTTP VIP");
+        let list: Vec<toml::Value> = backends
+            .iter()
+            .map(|(i, w)| {
+                let mut t = toml::Table::new();
+                t.insert("address".into(), lab::backend_v4(*i).to_string().into());
+                t.insert("weight".into(), i64::from(*w).into());
+                toml::Value::Table(t)
+            })
+            .collect();
+        http.insert("backends".into(), toml::Value::Array(list));
+    }
+}
+
+fn start(backends: usize, edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {
+    let lab = Lab::new(&LabOptions {
+        backends,
+        clients: 1,
+    });
+    let cfg = lab.write_config("lbd.toml", edit);
+    let lbd = Lbd::start(&lab, &cfg);
+    for b in &lab.backends {
+        lbd.wait_backend_state(&lab, b.host.v4, true, Duration::from_secs(20));
+    }
+    (lab, lbd)
+}
+
+fn assert_share(t: &Tally, name: &str, expected: f64, what: &str) {
+    let got = *t.per_backend.get(name).unwrap_or(&0) as f64 / t.total_ok() as f64;
+    assert!(
+        (got - expected).abs() <= 0.10 * expected,
+        "{what}: {name} got {:.1}% of requests, expected {:.1}% ± 10% (relative)\n{}",
+        100.0 * got,
+        100.0 * expected,
+        t.render()
+    );
+}
+
+#[test]
+fn equal_and_weighted_shares() {
+    if skip_unless_root("equal_and_weighted_shares") {
+        return;
+    }
+    let (lab, lbd) = start(3, |_| {});
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 3000, 16);
+    println!("equal weights:\n{}", t.render());
+    assert_eq!(t.failures, 0, "failed requests: {:?}", t.errors);
+    for b in &lab.backends {
+        assert_share(&t, &b.name, 1.0 / 3.0, "equal weights");
+    }
+
+    // Weights 1:2:3 through a reload of the running daemon.
+    lab.write_config(
+        "lbd.toml",
+        with_http_backends(&[(0, 100), (1, 200), (2, 300)]),
+    );
+    match lbd.call(&Request::Reload) {
+        Response::Ok { .. } => {}
+        other => panic!("reload: {other:?}"),
+    }
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 6000, 16);
+    println!("weights 1:2:3:\n{}", t.render());
+    assert_eq!(t.failures, 0, "failed requests: {:?}", t.errors);
+    for (i, share) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].into_iter().enumerate() {
+        assert_share(&t, &lab.backends[i].name, share, "weights 1:2:3");
+    }
+}
+
+fn if_counter(ns: &NetNs, name: &str) -> u64 {
+    ns.exec(&[
+        "cat",
+        &format!("/sys/class/net/{}/statistics/{name}", lab::HOST_IF),
+    ])
+    .trim()
+    .parse()
+    .expect("interface counter")
+}
+
+fn vip_packets(lbd: &Lbd, vip: SocketAddr) -> u64 {
+    match lbd.call(&Request::Stats) {
+        Response::Stats(s) => s
+            .vips
+            .iter()
+            .filter(|v| v.vip.address == vip.ip() && v.vip.port == vip.port())
+            .map(|v| v.packets)
+            .sum(),
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+#[test]
+fn direct_server_return() {
+    if skip_unless_root("direct_server_return") {
+        return;
+    }
+    let (lab, lbd) = start(3, |_| {});
+    let client = &lab.client().ns;
+    let (c_tx0, c_rx0) = (
+        if_counter(client, "tx_packets"),
+        if_counter(client, "rx_packets"),
+    );
+    let lb_rx0 = if_counter(&lab.balancer.ns, "rx_packets");
+    let vip0 = vip_packets(&lbd, vip4());
+
+    let t = traffic::http_burst(client, vip4(), 500, 8);
+    assert_eq!(t.failures, 0, "failed requests: {:?}", t.errors);
+
+    let c_tx = if_counter(client, "tx_packets") - c_tx0;
+    let c_rx = if_counter(client, "rx_packets") - c_rx0;
+    let lb_rx = if_counter(&lab.balancer.ns, "rx_packets") - lb_rx0;
+    let vip = vip_packets(&lbd, vip4()) - vip0;
+    println!(
+        "client sent {c_tx} and received {c_rx} packets; balancer received {lb_rx}; VIP counted {vip}"
+    );
+    // Every client packet to the VIP crosses the balancer once and is counted there...
+    assert!(
+        vip <= c_tx && vip * 10 >= c_tx * 9,
+        "VIP counted {vip} of the client's {c_tx} packets"
+    );
+    // ...and no reply does: the balancer's receive count stays near the client's send count (health-check replies
+    // add a little), far from send + receive.
+    assert!(
+        c_rx * 9 >= c_tx * 5,
+        "too few replies reached the client: {c_rx} for {c_tx} sent"
+    );
+    assert!(
+        lb_rx < c_tx + c_rx / 2,
+        "the balancer received {lb_rx} packets: replies went through it"
+    );
+}
+
+#[test]
+fn backend_added_while_connections_are_open() {
+    if skip_unless_root("backend_added_while_connections_are_open") {
+        return;
+    }
+    let (lab, lbd) = start(3, with_http_backends(&[(0, 100), (1, 100)]));
+    let mut conns = traffic::open_connections(&lab.client().ns, vip4(), 120);
+    let third = lab::backend_v4(2);
+    let out = lbd.lbctl(
+        &lab,
+        &[
+            "backend",
+            "add",
+            &format!("{}/tcp", vip4()),
+            &third.to_string(),
+        ],
+    );
+    println!("lbctl backend add: {out}");
+    lbd.wait_backend_state(&lab, third, true, Duration::from_secs(10));
+    for (i, (c, who)) in conns.iter_mut().enumerate() {
+        let again = c
+            .get()
+            .unwrap_or_else(|e| panic!("connection {i} ({who}) broke after the add: {e}"));
+        assert_eq!(&again, who, "connection {i} moved from {who} to {again}");
+    }
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 600, 16);
+    println!("after the add:\n{}", t.render());
+    assert_eq!(t.failures, 0, "failed requests: {:?}", t.errors);
+    assert!(
+        t.per_backend
+            .get(&lab.backends[2].name)
+            .copied()
+            .unwrap_or(0)
+            > 100,
+        "the new backend gets its share"
+    );
+}
+
+/// Opens `n` connections and groups them by backend.
+fn open_by_backend(lab: &Lab, n: usize) -> BTreeMap<String, Vec<HttpConn>> {
+    let mut by: BTreeMap<String, Vec<HttpConn>> = BTreeMap::new();
+    for (c, who) in traffic::open_connections(&lab.client().ns, vip4(), n) {
+        by.entry(who).or_default().push(c);
+    }
+    by
+}
+
+#[test]
+fn backend_failure_and_recovery() {
+    if skip_unless_root("backend_failure_and_recovery") {
+        return;
+    }
+    let (mut lab, lbd) = start(3, |_| {});
+    let mut open = open_by_backend(&lab, 60);
+    let victim = lab.backends[1].name.clone();
+    lab.stop_server(1);
+    let took = lbd.wait_backend_state(&lab, lab::backend_v4(1), false, Duration::from_secs(10));
+    // lab.toml: interval 500 ms, fall 2 → out of rotation within 2 × 0.5 s + 1 s.
+    println!(
+        "{victim} marked down {:.2} s after its server stopped",
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= Duration::from_millis(2000),
+        "down after {took:?}, limit fall × interval + 1 s = 2 s"
+    );
+
+    for (who, conns) in open.iter_mut().filter(|(w, _)| **w != victim) {
+        for c in conns {
+            assert_eq!(
+                &c.get()
+                    .unwrap_or_else(|e| panic!("connection to {who} broke: {e}")),
+                who
+            );
+        }
+    }
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 300, 8);
+    println!("with {victim} down:\n{}", t.render());
+    assert_eq!(
+        t.failures, 0,
+        "requests failed while {victim} was out: {:?}",
+        t.errors
+    );
+    assert!(
+        !t.per_backend.contains_key(&victim),
+        "{victim} still receives new connections"
+    );
+
+    lab.start_server(1);
+    let back = lbd.wait_backend_state(&lab, lab::backend_v4(1), true, Duration::from_secs(10));
+    println!(
+        "{victim} back up {:.2} s after its server returned",
+        back.as_secs_f64()
+    );
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 300, 8);
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+    assert!(
+        t.per_backend.get(&victim).copied().unwrap_or(0) > 50,
+        "{victim} not back in rotation:\n{}",
+        t.render()
+    );
+}
+
+#[test]
+fn drain_keeps_open_connections_and_takes_no_new_ones() {
+    if skip_unless_root("drain_keeps_open_connections_and_takes_no_new_ones") {
+        return;
+    }
+    let (lab, lbd) = start(3, |_| {});
+    let mut open = open_by_backend(&lab, 60);
+    let drained = lab.backends[0].name.clone();
+    assert!(
+        open.get(&drained).is_some_and(|c| !c.is_empty()),
+        "no connection landed on {drained}"
+    );
+    let out = lbd.lbctl(
+        &lab,
+        &[
+            "backend",
+            "drain",
+            &format!("{}/tcp", vip4()),
+            &lab::backend_v4(0).to_string(),
+        ],
+    );
+    println!("lbctl backend drain: {out}");
+    let t = traffic::http_burst(&lab.client().ns, vip4(), 300, 8);
+    println!("after the drain:\n{}", t.render());
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+    assert!(
+        !t.per_backend.contains_key(&drained),
+        "{drained} is drained but got new connections"
+    );
+    for (who, conns) in open.iter_mut() {
+        for c in conns {
+            assert_eq!(
+                &c.get().unwrap_or_else(|e| panic!(
+                    "open connection to {who} broke after the drain: {e}"
+                )),
+                who
+            );
+        }
+    }
+}
+
+#[test]
+fn lbd_killed_and_restarted_under_traffic_loses_nothing() {
+    if skip_unless_root("lbd_killed_and_restarted_under_traffic_loses_nothing") {
+        return;
+    }
+    let (lab, mut lbd) = start(3, |_| {});
+    let stop = AtomicBool::new(false);
+    let total = std::thread::scope(|s| {
+        let traffic = s.spawn(|| {
+            let mut t = Tally::default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                t.merge(traffic::http_burst(&lab.client().ns, vip4(), 20, 4));
+            }
+            t
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let before = lbd.pid();
+        lbd.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        lbd.restart(&lab);
+        println!(
+            "lbd {before:?} killed with SIGKILL, restarted as {:?}",
+            lbd.pid()
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        traffic.join().expect("traffic thread")
+    });
+    println!("during the restart:\n{}", total.render());
+    assert!(
+        total.total_ok() > 50,
+        "too little traffic to mean anything: {}",
+        total.total_ok()
+    );
+    assert_eq!(
+        total.failures, 0,
+        "requests failed across the restart: {:?}",
+        total.errors
+    );
+    match lbd.call(&Request::Status) {
+        Response::Status(s) => assert!(
+            s.adopted,
+            "the restarted lbd did not adopt the pinned state: {s:?}"
+        ),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+#[test]
+fn reload_adding_a_vip_leaves_existing_flows_alone() {
+    if skip_unless_root("reload_adding_a_vip_leaves_existing_flows_alone") {
+        return;
+    }
+    let (lab, lbd) = start(3, |_| {});
+    let mut open = open_by_backend(&lab, 60);
+    let added = lab.write_config("lbd.toml", |cfg| {
+        let vips = cfg
+            .get_mut("vip")
+            .and_then(|v| v.as_array_mut())
+            .expect("[[vip]]");
+        let mut v = vips[0].as_table().expect("vip table").clone();
+        v.insert("address".into(), lab::VIP2_V4.to_string().into());
+        v.insert("port".into(), i64::from(lab::HTTP_PORT).into());
+        v.insert("protocol".into(), "tcp".into());
+        v.remove("fragments");
+        v.remove("ring_size");
+        v.insert(
+            "health".into(),
+            toml::Value::Table(toml::from_str("kind = \"tcp\"\nport = 80").expect("health")),
+        );
+        vips.push(toml::Value::Table(v));
+    });
+    println!("reloading with {}", added.display());
+    let out = lbd.lbctl(&lab, &["reload"]);
+    println!("lbctl reload: {out}");
+    for (who, conns) in open.iter_mut() {
+        for c in conns {
+            assert_eq!(
+                &c.get()
+                    .unwrap_or_else(|e| panic!("connection to {who} broke by the reload: {e}")),
+                who
+            );
+        }
+    }
+    let new_vip = SocketAddr::new(IpAddr::V4(lab::VIP2_V4), lab::HTTP_PORT);
+    let t = traffic::http_burst(&lab.client().ns, new_vip, 150, 8);
+    println!("the added VIP {new_vip}:\n{}", t.render());
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+}
+
+#[test]
+fn udp_and_ipv6_vips() {
+    if skip_unless_root("udp_and_ipv6_vips") {
+        return;
+    }
+    let (lab, _lbd) = start(3, |_| {});
+    let udp = traffic::udp_burst(
+        &lab.client().ns,
+        SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::UDP_PORT),
+        300,
+    );
+    println!("UDP:\n{}", udp.render());
+    assert_eq!(udp.failures, 0, "{:?}", udp.errors);
+    assert_eq!(
+        udp.per_backend.len(),
+        3,
+        "UDP spread over all three backends"
+    );
+    let v6 = traffic::http_burst(&lab.client().ns, vip6(), 300, 8);
+    println!("IPv6:\n{}", v6.render());
+    assert_eq!(v6.failures, 0, "{:?}", v6.errors);
+    assert_eq!(
+        v6.per_backend.len(),
+        3,
+        "IPv6 spread over all three backends"
+    );
+}
+
+fn icmp_dest_unreach_received(ns: &NetNs) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (
+        lines.next().expect("Icmp header"),
+        lines.next().expect("Icmp values"),
+    );
+    let idx = names
+        .split_whitespace()
+        .position(|n| n == "InDestUnreachs")
+        .expect("InDestUnreachs");
+    values
+        .split_whitespace()
+        .nth(idx)
+        .expect("value")
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn icmp_frag_needed_reaches_the_flows_backend() {
+    if skip_unless_root("icmp_frag_needed_reaches_the_flows_backend") {
+        return;
+    }
+    let (lab, _lbd) = start(3, |_| {});
+    let mut conns = traffic::open_connections(&lab.client().ns, vip4(), 1);
+    let (conn, who) = conns.pop().expect("one connection");
+    let before: Vec<u64> = lab
+        .backends
+        .iter()
+        .map(|b| icmp_dest_unreach_received(&b.host.ns))
+        .collect();
+
+    // A router on the way back to the client says the backend's reply (VIP:80 → client) was too big. It is sent
+    // to the VIP, so it reaches the balancer, which must hand it to the backend holding that flow.
+    let IpAddr::V4(client_ip) = conn.local.ip() else {
+        panic!("v4 connection")
+    };
+    let quoted = lb_tests::packets::Ip::tcp(
+        IpAddr::V4(lab::VIP_V4),
+        lab::HTTP_PORT,
+        conn.local.ip(),
+        conn.local.port(),
+        0x10,
+    )
+    .bytes();
+    let icmp =
+        lb_tests::packets::icmp4_frag_needed(client_ip, lab::VIP_V4, 1400, &quoted[..28]).bytes();
+    lab.client().ns.run(|| send_raw_ipv4(&icmp, lab::VIP_V4));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after: Vec<u64> = lab
+            .backends
+            .iter()
+            .map(|b| icmp_dest_unreach_received(&b.host.ns))
+            .collect();
+        let got: Vec<usize> = (0..after.len()).filter(|&i| after[i] > before[i]).collect();
+        if !got.is_empty() {
+            assert_eq!(got.len(), 1, "the ICMP reached several backends: {got:?}");
+            assert_eq!(
+                lab.backends[got[0]].name, who,
+                "the ICMP went to {} but the flow is on {who}",
+                lab.backends[got[0]].name
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend received the ICMP frag-needed (flow on {who})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(conn);
+}
+
+/// Sends a complete IPv4 packet (header included) through a raw socket of the calling thread's namespace.
+fn send_raw_ipv4(packet: &[u8], dst: std::net::Ipv4Addr) {
+    // SAFETY: plain socket syscalls on a descriptor owned by this function.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n, packet.len() as isize, "sendto: {err}");
+    }
+}
