@@ -305,6 +305,6 @@ mod tests {
         assert!(apply(&mut r, &spec, Ok(()), 1).is_none());
         let up = apply(&mut r, &spec, Ok(()), 1).expect("second success flips up");
         assert!(up.up && r.up);
-        assert_eq!((r.transitions, r.checks), (2, 10));
+        assert_eq!((r.transitions, r.checks), (2, 9));
     }
 }

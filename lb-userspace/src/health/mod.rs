@@ -224,3 +224,258 @@ pub struct BackendHealth {
     pub checks: u64,
     pub transitions: u64,
 }
+
+/// Probes against real servers on loopback (plain sockets, as the daemon uses in its namespace).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, UdpSocket};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const T: Duration = Duration::from_millis(300);
+
+    fn key(port: u16) -> HealthKey {
+        HealthKey {
+            vip: crate::control::api::parse_vip(&format!("198.18.0.10:{port}/tcp")).unwrap(),
+            backend: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    /// An HTTP/1 server answering every request with `status` (or never answering when `None`).
+    async fn http_server(status: Option<u16>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    match status {
+                        Some(code) => {
+                            let body = "hi";
+                            let resp = format!(
+                                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.write_all(resp.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<HealthEvent>, within: Duration) -> HealthEvent {
+        tokio::time::timeout(within, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no health event within {within:?}"))
+            .expect("checker alive")
+    }
+
+    #[tokio::test]
+    async fn tcp_goes_down_after_fall_and_up_after_rise() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut checker = Checker::new(tx);
+        let spec = CheckSpec {
+            interval_ms: 50,
+            timeout_ms: 200,
+            rise: 2,
+            fall: 2,
+            ..CheckSpec::default()
+        };
+        let k = key(target.port());
+        checker.set(k, target, spec);
+        assert!(
+            checker.is_up(&k),
+            "starts up so a new daemon forwards at once"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let row = &checker.table()[0];
+        assert!(
+            row.up && row.checks >= 2 && row.last_ok == Some(true),
+            "{row:?}"
+        );
+
+        drop(listener);
+        let down = next_event(&mut rx, Duration::from_secs(3)).await;
+        assert!(!down.up, "{down:?}");
+        assert_eq!(down.key, k);
+        assert!(down.reason.contains("2 consecutive failures"), "{down:?}");
+        assert!(!checker.is_up(&k));
+
+        let _back = std::net::TcpListener::bind(target).expect("rebind the same port");
+        let up = next_event(&mut rx, Duration::from_secs(3)).await;
+        assert!(up.up, "{up:?}");
+        let row = &checker.table()[0];
+        assert_eq!(row.transitions, 2, "{row:?}");
+        assert_eq!(checker.transitions(), 2);
+    }
+
+    #[tokio::test]
+    async fn http_status_must_match() {
+        let ok = http_server(Some(200)).await;
+        let broken = http_server(Some(503)).await;
+        http::probe(ok, "/healthz", 200, T)
+            .await
+            .expect("200 is healthy");
+        let err = http::probe(broken, "/healthz", 200, T).await.unwrap_err();
+        assert!(err.contains("status 503"), "{err}");
+        http::probe(broken, "/", 503, T)
+            .await
+            .expect("503 healthy when expected");
+    }
+
+    #[tokio::test]
+    async fn http_check_times_out_on_a_silent_server() {
+        let silent = http_server(None).await;
+        let started = std::time::Instant::now();
+        let err = http::probe(silent, "/", 200, Duration::from_millis(150))
+            .await
+            .unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bounded by the timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_checker_marks_a_failing_status_down() {
+        let broken = http_server(Some(500)).await;
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut checker = Checker::new(tx);
+        let spec = CheckSpec {
+            kind: CheckKind::Http,
+            path: Some("/healthz".into()),
+            interval_ms: 50,
+            fall: 1,
+            ..CheckSpec::default()
+        };
+        checker.set(key(broken.port()), broken, spec);
+        let down = next_event(&mut rx, Duration::from_secs(3)).await;
+        assert!(!down.up && down.reason.contains("status 500"), "{down:?}");
+    }
+
+    #[tokio::test]
+    async fn udp_reply_must_start_with_expect() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = server.recv_from(&mut buf).await {
+                let mut reply = b"PONG ".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = server.send_to(&reply, peer).await;
+            }
+        });
+        udp::probe(addr, b"ping", b"PONG", T)
+            .await
+            .expect("prefix matches");
+        let err = udp::probe(addr, b"ping", b"NOPE", T).await.unwrap_err();
+        assert!(err.contains("does not start with"), "{err}");
+
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let err = udp::probe(closed_addr, b"ping", b"", T).await.unwrap_err();
+        assert!(
+            err.contains("refused") || err.contains("no reply"),
+            "closed port fails: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_check_times_out_when_syns_go_unanswered() {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen,
+            socket,
+        };
+        // A listener that never accepts, with a backlog of 0: once one connection fills the accept queue the
+        // kernel drops further SYNs, so the next connect hangs exactly like a blackholed backend, on loopback.
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd))
+            .unwrap()
+            .port();
+        let target: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, port).into();
+        // Each successful probe leaves its (closed) connection in the never-accepted queue, filling it.
+        let started = std::time::Instant::now();
+        let mut succeeded = 0;
+        let err = loop {
+            match tcp::probe(target, Duration::from_millis(150)).await {
+                Ok(()) => {
+                    succeeded += 1;
+                    assert!(succeeded < 16, "accept queue never filled");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(err.contains("timed out"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    }
+
+    #[test]
+    fn spec_defaults_and_validation_name_fields() {
+        let spec: CheckSpec = toml::from_str("kind = \"udp\"\nsend = \"x\"").unwrap();
+        assert_eq!(
+            (spec.interval_ms, spec.timeout_ms, spec.rise, spec.fall),
+            (
+                DEFAULT_INTERVAL_MS,
+                DEFAULT_TIMEOUT_MS,
+                DEFAULT_RISE,
+                DEFAULT_FALL
+            )
+        );
+        assert!(spec.validate("vip[0].health", 53).is_empty());
+        assert!(
+            toml::from_str::<CheckSpec>("knd = \"tcp\"").is_err(),
+            "unknown field"
+        );
+        let bad = CheckSpec {
+            kind: CheckKind::Udp,
+            rise: 0,
+            path: Some("x".into()),
+            ..CheckSpec::default()
+        };
+        let errors = bad.validate("vip[1].health", 0);
+        for field in ["port", "rise", "path", "send"] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(&format!("vip[1].health.{field}"))),
+                "{field} missing in {errors:?}"
+            );
+        }
+        let none = CheckSpec {
+            kind: CheckKind::None,
+            ..CheckSpec::default()
+        };
+        assert!(
+            none.validate("h", 0).is_empty(),
+            "{:?}",
+            none.validate("h", 0)
+        );
+    }
+}
