@@ -1085,6 +1085,30 @@ fn icmp_too_big_steering() {
         .info(Counter::IcmpSteered),
     ));
 
+    // A FRAG_HASH3 VIP's too-big goes where the flow's packets go: the 3-tuple hash.
+    let ring45 = [4, 5, 4, 5, 4, 5, 5];
+    let dns_reply = Ip::udp(v6(VIP6), 53, v6(CLIENT6), 5353, &[0; 40]).bytes();
+    let ptb_dns = icmp6_too_big("fd00:9::9".parse().unwrap(), VIP6, 1400, &dns_reply).bytes();
+    let h3 = flow_hash(&FlowKey::new(v6(CLIENT6), 0, v6(VIP6), 0, IPPROTO_UDP));
+    let b3 = ring_pick(&ring45, h3);
+    cases.push(Case::one(
+        Setup::new(vec![vip(
+            v6(VIP6),
+            53,
+            IPPROTO_UDP,
+            5,
+            VIP_F_FRAG_HASH3,
+            &ring45,
+        )]),
+        Pkt::tx(
+            "packet-too-big for a hash3 VIP",
+            frame(&l2in(), &ptb_dns),
+            b3,
+            encap_out(b3, h3, &ptb_dns),
+        )
+        .info(Counter::IcmpSteered),
+    ));
+
     // Not ours.
     let echo = icmp4(CLIENT4, VIP4, 8, 0, &[0, 1, 0, 1, 9, 9]).bytes();
     cases.push(Case::one(

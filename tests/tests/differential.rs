@@ -270,9 +270,15 @@ impl Gen {
             }
         } else {
             let (vip, c) = (self.vip6(), self.client6());
-            let reply = Ip::tcp(v6(vip), sport, v6(c), dport, TCP_ACK)
-                .payload(&[0; 100])
-                .bytes();
+            let reply = if self.rng.random_bool(0.6) {
+                Ip::tcp(v6(vip), sport, v6(c), dport, TCP_ACK)
+                    .payload(&[0; 100])
+                    .bytes()
+            } else {
+                // VIP6:53 is a FRAG_HASH3 VIP: its too-bigs take the 3-tuple path.
+                let sport = if self.rng.random_bool(0.5) { 53 } else { sport };
+                Ip::udp(v6(vip), sport, v6(c), dport, &[0; 100]).bytes()
+            };
             let q = self.rng.random_range(40..reply.len());
             match self.rng.random_range(0..4) {
                 0 => icmp6(c, vip, 128, 0, &[0, 1, 0, 2]),
