@@ -13,8 +13,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-// Placeholder until `health::CheckSpec` lands; swapped for the typed spec then.
-type CheckSpec = toml::Table;
+use crate::health::CheckSpec;
 use crate::maglev::is_prime;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
@@ -546,6 +545,9 @@ impl RawVip {
                 address: baddr,
                 weight: weight.min(MAX_WEIGHT),
             });
+        }
+        if let Some(h) = &self.health {
+            errs.extend(h.validate(&format!("{p}.health"), self.port));
         }
         if errs.len() != n_errs {
             return None;

@@ -5,9 +5,12 @@ pub mod dataplane;
 
 pub mod attach;
 pub mod config;
+pub mod daemon;
+pub mod decap;
 pub mod control;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod runtime;
 pub mod simulate;
 pub mod state;

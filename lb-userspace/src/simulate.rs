@@ -1,1 +1,106 @@
-//! (in progress)
+//! `lbctl simulate`: which backend a client's packet would reach, answered from the live maps with the program's own
+//! steps (docs/dataplane.md, steps 5 and 7): VIP lookup (exact, then port 0), the flow table for a non-SYN packet,
+//! else the VIP's active ring indexed by `lb_common::hash::flow_hash`.
+
+use anyhow::{Context, Result};
+use aya::maps::HashMap;
+use lb_common::hash::{flow_hash, ring_index};
+use lb_common::{
+    BACKEND_F_ACTIVE, BACKEND_ID_NONE, FlowKey, FlowState, VIP_F_FRAG_HASH3, VIP_F_FRAG_ONLY,
+    VipKey, VipMeta, maps,
+};
+
+use crate::config::VipAddr;
+use crate::control::api::{FiveTuple, SimulateResult};
+use crate::dataplane::Dataplane;
+
+/// The backend a non-SYN packet of `flow` would reach now (a TCP SYN skips the flow table; that case is the ring
+/// answer, given in `note` when the flow table answered).
+pub fn simulate(dp: &mut Dataplane, flow: FiveTuple) -> Result<SimulateResult> {
+    let mut res = SimulateResult {
+        flow,
+        vip: None,
+        backend: None,
+        backend_id: None,
+        hash: None,
+        ring_index: None,
+        from_flow_table: false,
+        note: String::new(),
+    };
+    if flow.src.is_ipv4() != flow.dst.is_ipv4() {
+        res.note = "source and destination are of different address families".into();
+        return Ok(res);
+    }
+    let Some((key, meta)) = lookup_vip(dp, &flow)? else {
+        res.note = "not a VIP: passed to the kernel".into();
+        return Ok(res);
+    };
+    res.vip = key.ip().map(|address| VipAddr {
+        address,
+        port: key.port(),
+        protocol: key.proto,
+    });
+    let fkey = FlowKey::new(
+        flow.src.ip(),
+        flow.src.port(),
+        flow.dst.ip(),
+        flow.dst.port(),
+        flow.protocol,
+    );
+    let hash3 = meta.flags & VIP_F_FRAG_HASH3 != 0;
+    let hkey = if hash3 { fkey.three_tuple() } else { fkey };
+
+    if !hash3 {
+        let flows: HashMap<_, FlowKey, FlowState> = HashMap::try_from(
+            dp.ebpf_mut()
+                .map(maps::FLOWS)
+                .with_context(|| format!("map {} missing", maps::FLOWS))?,
+        )?;
+        if let Ok(state) = flows.get(&fkey, 0) {
+            let b = dp.backend(state.backend_id)?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                res.from_flow_table = true;
+                res.backend_id = Some(state.backend_id);
+                res.backend = b.ip();
+                res.note = "flow table (a new TCP SYN would take the ring instead)".into();
+                return Ok(res);
+            }
+        }
+    }
+
+    let hash = flow_hash(&hkey);
+    res.hash = Some(hash);
+    let stride = dp.sizes().max_ring_size;
+    let Some(idx) = ring_index(hash, meta.ring_slot, meta.ring_size, stride) else {
+        res.note = "the VIP's ring size is unusable: dropped".into();
+        return Ok(res);
+    };
+    let ring = dp.read_ring(&meta)?;
+    let offset = (idx - meta.ring_slot * stride) as usize;
+    res.ring_index = Some(offset as u32);
+    let id = ring.get(offset).copied().unwrap_or(BACKEND_ID_NONE);
+    if id == BACKEND_ID_NONE {
+        res.note = "no backend in the ring (none up): dropped".into();
+        return Ok(res);
+    }
+    res.backend_id = Some(id);
+    res.backend = dp.backend(id)?.ip();
+    res.note = if hash3 {
+        "ring, 3-tuple hash (stateless VIP)".into()
+    } else {
+        "ring".into()
+    };
+    Ok(res)
+}
+
+fn lookup_vip(dp: &Dataplane, flow: &FiveTuple) -> Result<Option<(VipKey, VipMeta)>> {
+    let vips = dp.vips()?;
+    let exact = VipKey::new(flow.dst.ip(), flow.dst.port(), flow.protocol);
+    if let Some(found) = vips.iter().find(|(k, _)| *k == exact) {
+        return Ok(Some(*found));
+    }
+    let wild = VipKey::new(flow.dst.ip(), 0, flow.protocol);
+    Ok(vips
+        .into_iter()
+        .find(|(k, m)| *k == wild && m.flags & VIP_F_FRAG_ONLY == 0))
+}

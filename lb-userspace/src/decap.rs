@@ -1,0 +1,89 @@
+//! `lbd decap`: the backend side. Attaches `lb_decap` (pinned, so it outlives the command) and fills its two maps:
+//! the VIPs this backend serves and its own tunnel endpoint addresses.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use lb_common::{AddrKey, maps};
+use tracing::info;
+
+use crate::attach;
+use crate::config::XdpMode;
+use crate::dataplane::{Dataplane, LoadOptions, MapSizes};
+
+pub const DEFAULT_DECAP_PIN_DIR: &str = "/sys/fs/bpf/lb-decap";
+
+/// The decap program needs only its two small maps; the balancer maps are created at their minimum size.
+fn sizes() -> MapSizes {
+    MapSizes {
+        max_vips: 64,
+        max_backends: 2,
+        flow_table_size: 1,
+        max_ring_size: 1,
+    }
+}
+
+pub fn attach(
+    iface: &str,
+    vips: &[IpAddr],
+    locals: &[IpAddr],
+    pin_dir: &Path,
+    mode: XdpMode,
+) -> Result<()> {
+    let locals = if locals.is_empty() {
+        interface_addresses(iface)?
+    } else {
+        locals.to_vec()
+    };
+    if locals.is_empty() {
+        bail!("{iface} has no addresses; pass --local");
+    }
+    let mut dp = Dataplane::load(&LoadOptions {
+        sizes: sizes(),
+        pin_dir: Some(pin_dir.to_path_buf()),
+    })
+    .context("loading the dataplane")?;
+    for v in vips {
+        dp.add_decap_vip(&AddrKey::new(*v))
+            .with_context(|| format!("adding VIP {v}"))?;
+    }
+    for l in &locals {
+        dp.add_decap_local(&AddrKey::new(*l))
+            .with_context(|| format!("adding local address {l}"))?;
+    }
+    let how = attach::attach_pinned(
+        dp.xdp(maps::PROG_DECAP)?,
+        maps::PROG_DECAP,
+        iface,
+        mode,
+        pin_dir,
+    )?;
+    info!(iface, ?vips, ?locals, attachment = %how, "lb_decap attached");
+    Ok(())
+}
+
+pub fn detach(iface: &str, pin_dir: &Path) -> Result<()> {
+    attach::detach_pinned(maps::PROG_DECAP, iface, pin_dir)?;
+    attach::remove_pins(pin_dir)
+}
+
+/// Addresses configured on `iface` (IPv6 link-local excluded: never a tunnel endpoint).
+pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        if ifa.interface_name != iface {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            let ip = v6.ip();
+            if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                out.push(IpAddr::V6(ip));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,372 @@
+//! The real `lbd` binary in a network namespace: config validation before anything is touched, SIGHUP diff
+//! reloads, and SIGKILL + restart adopting the pinned maps and link while the program keeps forwarding.
+//!
+//! Needs `target/<profile>/lbd`: build it first with `cargo build -p lb-userspace` (`cargo xtask test` does).
+
+use std::net::{IpAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{BackendId, Counter, VipKey, VipMeta, maps};
+use lb_tests::lab::{BpffsDir, ChildGuard, target_binary};
+use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
+
+const LB_ADDR: &str = "198.18.0.1";
+const PEER_ADDR: &str = "198.18.0.2";
+const VIP: &str = "198.18.0.100";
+const VIP2: &str = "198.18.0.101";
+const RING: u32 = 251;
+
+/// A balancer namespace with `eth0` wired to a peer namespace, a bpffs pin directory and a temp directory for the
+/// config, socket and log; all removed on drop.
+struct Bench {
+    lb: NetNs,
+    peer: NetNs,
+    pins: BpffsDir,
+    dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Bench {
+    fn new(tag: &str) -> Bench {
+        let lb = NetNs::new(tag);
+        let peer = NetNs::new(&format!("{tag}peer"));
+        veth_pair(&lb, "eth0", &peer, "eth0");
+        lb.add_addr("eth0", &format!("{LB_ADDR}/24"));
+        peer.add_addr("eth0", &format!("{PEER_ADDR}/24"));
+        lb.link_up("eth0");
+        peer.link_up("eth0");
+        // Tags are unique per test, so tag + pid is unique per run.
+        let dir = std::env::temp_dir().join(format!("lbt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Bench {
+            lb,
+            peer,
+            pins: BpffsDir::new(tag),
+            dir: TempDir(dir),
+        }
+    }
+
+    fn config(&self, vips: &[&str]) -> PathBuf {
+        let mut text = format!(
+            "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"auto\"\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n\
+             encap_src_v4 = \"{LB_ADDR}\"\nmax_vips = 8\nmax_backends = 32\nflow_table_size = 1024\n\
+             max_ring_size = {RING}\n",
+            self.pins.path().display(),
+            self.dir.0.join("lbd.sock").display()
+        );
+        for v in vips {
+            text.push_str(&format!(
+                "[[vip]]\naddress = \"{v}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {RING}\n\
+                 backends = [{{ address = \"198.18.0.11\" }}, {{ address = \"198.18.0.12\" }}]\n"
+            ));
+        }
+        let path = self.dir.0.join("lbd.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.0.join("lbd.log")
+    }
+
+    /// lbd in the balancer namespace but the host's mount namespace (bpffs must be the host's).
+    fn lbd_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.lb.name()))
+            .arg("--")
+            .arg(target_binary("lbd"))
+            .args(args);
+        cmd.env("RUST_LOG", "info");
+        cmd
+    }
+
+    fn start(&self, config: &Path) -> ChildGuard {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("open log");
+        let mut cmd = self.lbd_command(&["--config", config.to_str().expect("utf-8")]);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        let mut child = ChildGuard::spawn(cmd, "lbd");
+        self.wait_for(&mut child, "the VIP map to be programmed", || {
+            self.pins.path().join(maps::VIPS).exists() && !vips(self.pins.path()).is_empty()
+        });
+        child
+    }
+
+    fn wait_for(&self, child: &mut ChildGuard, what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(
+                child.alive(),
+                "lbd exited while waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    fn xdp_attached(&self) -> bool {
+        self.lb.ip(&["link", "show", "dev", "eth0"]).contains("xdp")
+    }
+
+    /// Sends `n` UDP datagrams from the peer to the balancer's own address: `lb_xdp` passes them (not a VIP).
+    fn send_non_vip(&self, n: usize) {
+        self.peer.run(|| {
+            let s = UdpSocket::bind((PEER_ADDR, 0)).expect("bind udp in peer");
+            for _ in 0..n {
+                s.send_to(b"x", (LB_ADDR, 9)).expect("send udp");
+            }
+        });
+    }
+}
+
+fn open_map(pins: &Path, name: &str) -> MapData {
+    let path = pins.join(name);
+    MapData::from_pin(&path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()))
+}
+
+fn vips(pins: &Path) -> Vec<(VipKey, VipMeta)> {
+    let Ok(data) = MapData::from_pin(pins.join(maps::VIPS)) else {
+        return Vec::new();
+    };
+    let map: HashMap<_, VipKey, VipMeta> =
+        HashMap::try_from(Map::HashMap(data)).expect("LB_VIPS is a hash map");
+    map.iter().filter_map(Result::ok).collect()
+}
+
+fn vip_meta(pins: &Path, addr: &str) -> Option<VipMeta> {
+    let key = VipKey::new(addr.parse::<IpAddr>().unwrap(), 80, 6);
+    vips(pins)
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, m)| m)
+}
+
+fn ring(pins: &Path, meta: &VipMeta) -> Vec<BackendId> {
+    let arr: Array<_, BackendId> =
+        Array::try_from(Map::Array(open_map(pins, maps::RING))).expect("LB_RING array");
+    let base = meta.ring_slot * RING;
+    (base..base + meta.ring_size)
+        .map(|i| arr.get(&i, 0).expect("ring entry"))
+        .collect()
+}
+
+fn counter(pins: &Path, c: Counter) -> u64 {
+    let arr: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_map(pins, maps::COUNTERS)))
+            .expect("LB_COUNTERS per-cpu array");
+    arr.get(&(c as u32), 0).expect("counter").iter().sum()
+}
+
+fn kill(child: &ChildGuard, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill lbd");
+}
+
+#[test]
+fn bad_config_exits_nonzero_naming_the_field_and_attaches_nothing() {
+    if skip_unless_root("bad_config_exits_nonzero_naming_the_field_and_attaches_nothing") {
+        return;
+    }
+    let b = Bench::new("lbdbad");
+    let path = b.config(&[VIP]);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("198.18.0.11", "10.0.0.x", 1);
+    std::fs::write(&path, text).unwrap();
+    let out = b
+        .lbd_command(&["--config", path.to_str().unwrap()])
+        .output()
+        .expect("run lbd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "lbd accepted a bad config; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("vip[0].backends[0].address: \"10.0.0.x\" is not an IP address"),
+        "error does not name the field:\n{stderr}"
+    );
+    assert!(
+        !b.xdp_attached(),
+        "a program was attached: {}",
+        b.lb.ip(&["link", "show", "dev", "eth0"])
+    );
+    assert!(
+        !b.pins.path().exists(),
+        "pins were created at {}",
+        b.pins.path().display()
+    );
+}
+
+#[test]
+fn sighup_applies_only_the_diff() {
+    if skip_unless_root("sighup_applies_only_the_diff") {
+        return;
+    }
+    let b = Bench::new("lbdhup");
+    let config = b.config(&[VIP]);
+    let mut lbd = b.start(&config);
+    assert!(
+        b.xdp_attached(),
+        "lb_xdp not attached; log:\n{}",
+        b.log_text()
+    );
+    let before = vip_meta(b.pins.path(), VIP).expect("VIP programmed");
+    let ring_before = ring(b.pins.path(), &before);
+    assert!(
+        ring_before.iter().all(|&id| id != 0),
+        "ring has unset entries: {ring_before:?}"
+    );
+    assert_eq!(
+        ring_before
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2,
+        "two backends in the ring"
+    );
+
+    b.config(&[VIP, VIP2]);
+    kill(&lbd, nix::sys::signal::Signal::SIGHUP);
+    b.wait_for(&mut lbd, "the added VIP", || {
+        vip_meta(b.pins.path(), VIP2).is_some()
+    });
+
+    let after = vip_meta(b.pins.path(), VIP).expect("unchanged VIP still there");
+    assert_eq!(
+        after, before,
+        "the unchanged VIP's entry (and its active ring slot) was rewritten"
+    );
+    assert_eq!(
+        ring(b.pins.path(), &after),
+        ring_before,
+        "the unchanged VIP's ring changed"
+    );
+    let added = vip_meta(b.pins.path(), VIP2).unwrap();
+    assert_ne!(added.vip_id, before.vip_id);
+    assert!(
+        ring(b.pins.path(), &added).iter().all(|&id| id != 0),
+        "added VIP's ring incomplete"
+    );
+
+    // An invalid file is rejected and the running state kept.
+    std::fs::write(&config, "[daemon]\ninterface = 1\n").unwrap();
+    kill(&lbd, nix::sys::signal::Signal::SIGHUP);
+    b.wait_for(&mut lbd, "the reload rejection in the log", || {
+        b.log_text().contains("reload rejected")
+    });
+    assert_eq!(
+        vips(b.pins.path()).len(),
+        2 + 2,
+        "VIPs changed after a rejected reload (2 VIPs + 2 fragment entries)"
+    );
+
+    // SIGTERM: exits, the program stays attached.
+    kill(&lbd, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lbd.alive() {
+        assert!(
+            Instant::now() < deadline,
+            "lbd ignored SIGTERM; log:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.xdp_attached(), "SIGTERM detached the program");
+
+    // --detach removes program and pins.
+    let out = b
+        .lbd_command(&["--config", b.config(&[VIP]).to_str().unwrap(), "--detach"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lbd --detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!b.xdp_attached(), "still attached after --detach");
+    assert!(!b.pins.path().exists(), "pins left after --detach");
+}
+
+#[test]
+fn sigkill_and_restart_adopt_the_pinned_state() {
+    if skip_unless_root("sigkill_and_restart_adopt_the_pinned_state") {
+        return;
+    }
+    let b = Bench::new("lbdkill");
+    let config = b.config(&[VIP]);
+    let mut lbd = b.start(&config);
+    let meta = vip_meta(b.pins.path(), VIP).expect("VIP programmed");
+    let ring_before = ring(b.pins.path(), &meta);
+
+    b.send_non_vip(20);
+    let c1 = counter(b.pins.path(), Counter::PassNotVip);
+    assert!(
+        c1 >= 20,
+        "lb_xdp did not see the datagrams: pass_not_vip = {c1}"
+    );
+
+    kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lbd.alive() {
+        assert!(Instant::now() < deadline, "lbd survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.xdp_attached(), "the program went away with the process");
+    b.send_non_vip(20);
+    let c2 = counter(b.pins.path(), Counter::PassNotVip);
+    assert!(
+        c2 >= c1 + 20,
+        "not forwarding without the daemon: {c1} -> {c2}"
+    );
+
+    let mut lbd = b.start(&config);
+    b.wait_for(&mut lbd, "adoption in the log", || {
+        b.log_text().contains("adopted the pinned XDP link")
+    });
+    assert!(
+        b.log_text().contains("adopted the pinned maps' state"),
+        "maps not adopted; log:\n{}",
+        b.log_text()
+    );
+    let meta2 = vip_meta(b.pins.path(), VIP).expect("VIP still programmed");
+    assert_eq!(
+        meta2.vip_id, meta.vip_id,
+        "VIP id changed across the restart"
+    );
+    assert_eq!(
+        ring(b.pins.path(), &meta2),
+        ring_before,
+        "backend ids changed across the restart"
+    );
+    b.send_non_vip(20);
+    let c3 = counter(b.pins.path(), Counter::PassNotVip);
+    assert!(
+        c3 >= c2 + 20,
+        "counters did not continue after the restart: {c2} -> {c3}"
+    );
+    drop(lbd);
+}
