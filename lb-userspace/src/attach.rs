@@ -52,10 +52,19 @@ pub fn attach_pinned(
         let fd_link: FdLink = pinned.into();
         let link = XdpLink::try_from(fd_link)
             .with_context(|| format!("{} is not an XDP link", path.display()))?;
-        prog.attach_to_link(link)
-            .with_context(|| format!("replacing the program of {}", path.display()))?;
-        info!(interface, link = %path.display(), "adopted the pinned XDP link; the new program replaced the old atomically");
-        return Ok(Attachment::Adopted);
+        match prog.attach_to_link(link) {
+            Ok(_) => {
+                info!(interface, link = %path.display(),
+                    "adopted the pinned XDP link; the new program replaced the old atomically");
+                return Ok(Attachment::Adopted);
+            }
+            // A link whose interface went away (ENOLINK, "severed") forwards nothing; replace it.
+            Err(e) => {
+                warn!(interface, link = %path.display(), error = %e, "pinned XDP link is defunct; attaching afresh");
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
     }
 
     let (id, how) = match mode {

@@ -162,15 +162,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         .clone();
     let _ = std::fs::remove_file(&sock);
     if detach {
-        let shared = Arc::try_unwrap(shared)
-            .map_err(|_| anyhow::anyhow!("control tasks still hold the daemon"));
-        match shared {
-            Ok(s) => s.daemon.into_inner().detach()?,
-            Err(e) => {
-                warn!("{e}; detaching by pin path");
-                return Err(e);
-            }
-        }
+        // The control and metrics tasks may still hold the daemon; removing the pins is enough: the link and maps
+        // die with their last file descriptor, which this process closes on exit.
+        let (interface, pin_dir) = {
+            let d = shared.daemon.lock().await;
+            (
+                d.config().daemon.interface.clone(),
+                d.config().daemon.pin_dir.clone(),
+            )
+        };
+        crate::daemon::detach_all(&interface, &pin_dir)?;
         info!("detached; exiting");
     } else {
         info!(
