@@ -1,0 +1,441 @@
+//! `lbctl` (the real binary, a separate process) against the real control server with an in-process fake
+//! `Handler`: every command round-trips with `--json` and sends the request it should; the daemon-not-running and
+//! permission errors are clear and exit non-zero; the socket is 0600 in a 0700 directory.
+//!
+//! Needs `lbctl` built next to this test (`cargo build -p lb-userspace --bins`). The lab test (`e2e.rs`) runs the
+//! same commands against a real `lbd`.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use lb_tests::lab::target_binary;
+use lb_userspace::control::api::{
+    BackendInfo, BackendStats, FiveTuple, FlowInfo, SimulateResult, Stats, StatusInfo, VipInfo,
+    VipStats, parse_vip,
+};
+use lb_userspace::control::{Handler, Request, Response, Server};
+use lb_userspace::health::{BackendHealth, CheckKind, HealthKey};
+use serde_json::Value;
+
+const VIP: &str = "198.18.0.10:80/tcp";
+const BACKEND: &str = "198.18.1.1";
+
+/// Answers like a daemon with one VIP and one backend, and records what it was asked.
+#[derive(Default)]
+struct Fake {
+    seen: Mutex<Vec<Request>>,
+}
+
+impl Handler for Fake {
+    async fn handle(&self, request: Request) -> Response {
+        self.seen.lock().unwrap().push(request.clone());
+        let vip = parse_vip(VIP).unwrap();
+        let backend: IpAddr = BACKEND.parse().unwrap();
+        match request {
+            Request::Status => Response::Status(StatusInfo {
+                version: "test".into(),
+                pid: std::process::id(),
+                interface: "veth-test".into(),
+                xdp_mode: "native".into(),
+                config_path: "/etc/lbd/lbd.toml".into(),
+                uptime_secs: 5,
+                vips: 1,
+                backends: 1,
+                adopted: false,
+                reloads_ok: 1,
+                reloads_failed: 0,
+            }),
+            Request::VipList => Response::Vips(vec![VipInfo {
+                vip,
+                id: 0,
+                mode: "ipip".into(),
+                ring_size: 65537,
+                fragments: "drop".into(),
+                backends: vec![BackendInfo {
+                    address: backend,
+                    id: 1,
+                    weight: 100,
+                    up: true,
+                    ring_entries: 65537,
+                }],
+            }]),
+            Request::Health => Response::Health(vec![BackendHealth {
+                key: HealthKey { vip, backend },
+                kind: CheckKind::Tcp,
+                target: (backend, 80).into(),
+                up: true,
+                last_ok: Some(true),
+                last_reason: "ok".into(),
+                last_latency_us: Some(120),
+                consecutive_ok: 3,
+                consecutive_fail: 0,
+                checks: 3,
+                transitions: 0,
+            }]),
+            Request::Stats => {
+                // Grows on every call so that the two samples of `lbctl stats` give a non-zero rate.
+                let n = self.seen.lock().unwrap().len() as u64;
+                Response::Stats(Stats {
+                    counters: [("tx".to_string(), n * 10)].into(),
+                    vips: vec![VipStats {
+                        vip,
+                        packets: n * 10,
+                        bytes: n * 1000,
+                        new_flows: n,
+                        flow_misses: n,
+                    }],
+                    backends: vec![BackendStats {
+                        vip,
+                        backend,
+                        packets: n * 10,
+                        bytes: n * 1000,
+                    }],
+                })
+            }
+            Request::Flows { limit } => Response::Flows(
+                (0..limit.min(3))
+                    .map(|i| FlowInfo {
+                        flow: FiveTuple {
+                            protocol: 6,
+                            src: ("198.18.2.1".parse::<IpAddr>().unwrap(), 40000 + i as u16).into(),
+                            dst: (vip.address, 80).into(),
+                        },
+                        backend_id: 1,
+                        backend: Some(backend),
+                        vip: Some(vip),
+                    })
+                    .collect(),
+            ),
+            Request::Simulate { flow } => Response::Simulate(SimulateResult {
+                flow,
+                vip: Some(vip),
+                backend: Some(backend),
+                backend_id: Some(1),
+                hash: Some(0xdead_beef),
+                ring_index: Some(7),
+                from_flow_table: false,
+                note: "ring".into(),
+            }),
+            Request::BackendDel { backend: b, .. } if b != backend => {
+                Response::error(format!("{b} is not a backend of {vip}"))
+            }
+            other => Response::ok(format!("done: {other:?}")),
+        }
+    }
+}
+
+struct Harness {
+    dir: PathBuf,
+    socket: PathBuf,
+    fake: Arc<Fake>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let dir = std::env::temp_dir()
+            .join(format!(
+                "lbt-ctl-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ))
+            .with_extension("d");
+        let _ = std::fs::remove_dir_all(&dir);
+        let socket = dir.join("run").join("lbd.sock");
+        let fake = Arc::new(Fake::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (f, s) = (fake.clone(), socket.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server =
+                    Server::bind(&s).unwrap_or_else(|e| panic!("bind {}: {e}", s.display()));
+                ready_tx.send(()).unwrap();
+                server
+                    .serve(f, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        ready_rx.recv().expect("server thread started");
+        Harness {
+            dir,
+            socket,
+            fake,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn lbctl(&self, args: &[&str]) -> Output {
+        lbctl_at(&self.socket, args, None)
+    }
+
+    /// Runs `lbctl --json ARGS`, asserts success, returns the parsed JSON and the request the daemon received.
+    fn json(&self, args: &[&str]) -> (Value, Request) {
+        let before = self.fake.seen.lock().unwrap().len();
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.lbctl(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "lbctl {all:?} failed ({}): {}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("lbctl {all:?}: not JSON ({e}): {stdout}"));
+        let seen = self.fake.seen.lock().unwrap();
+        assert!(seen.len() > before, "lbctl {all:?} sent nothing");
+        (value, seen.last().unwrap().clone())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lbctl_at(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(target_binary("lbctl"));
+    cmd.arg("--socket").arg(socket).args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("run lbctl {args:?}: {e}"))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn every_command_round_trips_with_json() {
+    let h = Harness::start();
+    let vip = parse_vip(VIP).unwrap();
+    let backend: IpAddr = BACKEND.parse().unwrap();
+
+    let (v, r) = h.json(&["status"]);
+    assert_eq!(
+        (v["xdp_mode"].as_str(), r),
+        (Some("native"), Request::Status),
+        "{v}"
+    );
+
+    let (v, r) = h.json(&["vip", "list"]);
+    assert_eq!(r, Request::VipList);
+    assert_eq!(v[0]["backends"][0]["address"], BACKEND, "{v}");
+
+    let (v, r) = h.json(&[
+        "vip",
+        "add",
+        "[fd00::10]:53/udp",
+        "--mode",
+        "l2dsr",
+        "--backend",
+        "fd00::1=50",
+        "--backend",
+        "fd00::2",
+        "--health",
+        r#"kind = "udp", send = "ping", expect = "pong""#,
+    ]);
+    assert_eq!(v["ok"], true, "{v}");
+    let Request::VipAdd { vip: spec } = r else {
+        panic!("vip add sent {r:?}")
+    };
+    assert_eq!(
+        (spec.port, spec.protocol.as_str(), spec.mode.as_deref()),
+        (53, "udp", Some("l2dsr"))
+    );
+    assert_eq!(spec.backends.len(), 2);
+    assert_eq!(spec.backends[0].weight, Some(50));
+    let health = spec.health.expect("health sent");
+    assert_eq!(
+        (health.kind, health.send.as_deref()),
+        (CheckKind::Udp, Some("ping"))
+    );
+
+    let (_, r) = h.json(&["vip", "del", VIP]);
+    assert_eq!(r, Request::VipDel { vip });
+    let (_, r) = h.json(&["backend", "add", VIP, BACKEND, "--weight", "10"]);
+    assert_eq!(
+        r,
+        Request::BackendAdd {
+            vip,
+            backend,
+            weight: Some(10)
+        }
+    );
+    let (_, r) = h.json(&["backend", "del", VIP, BACKEND]);
+    assert_eq!(r, Request::BackendDel { vip, backend });
+    let (_, r) = h.json(&["backend", "drain", VIP, BACKEND]);
+    assert_eq!(r, Request::BackendDrain { vip, backend });
+    let (_, r) = h.json(&["backend", "weight", VIP, BACKEND, "3"]);
+    assert_eq!(
+        r,
+        Request::BackendWeight {
+            vip,
+            backend,
+            weight: 3
+        }
+    );
+
+    let (v, r) = h.json(&["health"]);
+    assert_eq!(r, Request::Health);
+    assert_eq!(
+        (v[0]["up"].as_bool(), v[0]["consecutive_ok"].as_u64()),
+        (Some(true), Some(3)),
+        "{v}"
+    );
+
+    let (v, r) = h.json(&["stats", "--interval", "0.2"]);
+    assert_eq!(r, Request::Stats);
+    let pps = v["vip_rates"][0]["pps"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no pps: {v}"));
+    assert!(pps > 0.0, "two samples must give a rate: {v}");
+    assert!(v["stats"]["counters"]["tx"].as_u64().is_some(), "{v}");
+
+    let (v, r) = h.json(&["flows", "--limit", "2"]);
+    assert_eq!(r, Request::Flows { limit: 2 });
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+
+    let (v, r) = h.json(&[
+        "simulate",
+        "tcp",
+        "198.18.2.1",
+        "40000",
+        "198.18.0.10",
+        "80",
+    ]);
+    let Request::Simulate { flow } = r else {
+        panic!("simulate sent {r:?}")
+    };
+    assert_eq!(
+        (flow.protocol, flow.src.port(), flow.dst.port()),
+        (6, 40000, 80)
+    );
+    assert_eq!(v["backend"], BACKEND, "{v}");
+
+    let (_, r) = h.json(&["reload"]);
+    assert_eq!(r, Request::Reload);
+    let lab_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml");
+    let lab_config = lab_config.to_str().unwrap();
+    let (_, r) = h.json(&["config", "check", "--remote", lab_config]);
+    assert!(matches!(r, Request::ConfigCheck { .. }), "{r:?}");
+    let (_, r) = h.json(&["shutdown", "--detach"]);
+    assert_eq!(r, Request::Shutdown { detach: true });
+
+    // Human output works too (no --json): a table with the backend in it.
+    let out = h.lbctl(&["vip", "list"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BACKEND),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn daemon_errors_exit_1_with_the_message() {
+    let h = Harness::start();
+    let out = h.lbctl(&["backend", "del", VIP, "198.18.9.9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("198.18.9.9 is not a backend of"),
+        "{stderr}"
+    );
+    let out = h.lbctl(&["vip", "del", "not-a-vip"]);
+    assert_eq!(out.status.code(), Some(1), "bad arguments: {out:?}");
+}
+
+#[test]
+fn config_check_is_local_and_names_the_field() {
+    let dir = std::env::temp_dir().join(format!("lbt-ctlcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lab_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml");
+    let nowhere = dir.join("no.sock");
+    let out = lbctl_at(
+        &nowhere,
+        &["config", "check", lab_config.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "lab.toml is valid without a daemon: {out:?}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\ncolour = \"blue\"\n").unwrap();
+    let out = lbctl_at(&nowhere, &["config", "check", bad.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("colour"),
+        "names the unknown field: {stderr}"
+    );
+}
+
+#[test]
+fn not_running_is_a_clear_error() {
+    let socket = std::env::temp_dir().join(format!("lbt-ctl-none-{}/lbd.sock", std::process::id()));
+    let out = lbctl_at(&socket, &["status"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "lbd is not running (no socket at {})",
+            socket.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn socket_is_root_only() {
+    if !is_root() {
+        eprintln!("skip: needs root to check root-only permissions");
+        return;
+    }
+    let h = Harness::start();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.socket), 0o600, "socket {}", h.socket.display());
+    assert_eq!(mode(h.socket.parent().unwrap()), 0o700, "socket directory");
+
+    // An unprivileged user (nobody) is refused, with a message saying why.
+    let lbctl = target_binary("lbctl");
+    let world_exec = lbctl.ancestors().all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    });
+    if !world_exec {
+        eprintln!(
+            "skip the nobody half: {} is not reachable by other users",
+            lbctl.display()
+        );
+        return;
+    }
+    let out = lbctl_at(&h.socket, &["status"], Some(65534));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(h.fake.seen.lock().unwrap().is_empty(), "nobody got through");
+}
