@@ -30,6 +30,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.json {
         phase(&format!("bench {what}"));
     }
+    // The maglev bench measures a real lbd, found next to lb-bench in target/release.
+    let mut build = cmd::cargo();
+    build.current_dir(cmd::workspace_root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bins",
+    ]);
+    if args.json {
+        // Cargo reports on stderr; stdout stays the one JSON object.
+        let status = build.status()?;
+        anyhow::ensure!(status.success(), "building lbd failed ({status})");
+    } else {
+        exec(&mut build)?;
+    }
     let mut c = cmd::cargo();
     c.current_dir(cmd::workspace_root()).args([
         "run",
