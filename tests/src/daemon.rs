@@ -51,10 +51,10 @@ impl Lbd {
         self.child = Some(ChildGuard::spawn(cmd, "lbd"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) = Client::connect(&self.socket) {
-                if matches!(c.call(&Request::Status), Ok(Response::Status(_))) {
-                    return;
-                }
+            if let Ok(mut c) = Client::connect(&self.socket)
+                && matches!(c.call(&Request::Status), Ok(Response::Status(_)))
+            {
+                return;
             }
             let alive = self.child.as_mut().is_some_and(|c| c.alive());
             assert!(

@@ -111,10 +111,10 @@ impl HttpConn {
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse::<usize>().ok();
-                }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse::<usize>().ok();
             }
         }
         let len = len.ok_or_else(|| format!("no content-length on {}", self.local))?;
