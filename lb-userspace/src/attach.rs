@@ -154,3 +154,18 @@ pub fn ifindex(interface: &str) -> Result<u32> {
     }
     Ok(idx)
 }
+
+/// The forwarding sysctls of `interface` that are off (`bpf_fib_lookup` needs them on, per family). Read through
+/// /proc/sys/net, which shows the calling process's network namespace.
+pub fn forwarding_disabled(interface: &str) -> Vec<String> {
+    [
+        format!("net/ipv4/conf/{interface}/forwarding"),
+        format!("net/ipv6/conf/{interface}/forwarding"),
+    ]
+    .into_iter()
+    .filter(|key| {
+        std::fs::read_to_string(format!("/proc/sys/{key}")).is_ok_and(|v| v.trim() == "0")
+    })
+    .map(|key| key.replace('/', "."))
+    .collect()
+}

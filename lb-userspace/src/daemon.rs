@@ -93,6 +93,14 @@ impl Daemon {
         .with_context(|| format!("attaching {} to {}", maps::PROG_LB, d.interface))?;
         dp.add_tx_port(ifindex)
             .context("adding the interface to LB_TX_PORTS")?;
+        for sysctl in attach::forwarding_disabled(&d.interface) {
+            // bpf_fib_lookup refuses to answer for an interface that does not forward: every VIP packet would be
+            // dropped as drop_no_route. Changing host sysctls is the operator's call, so say it loudly.
+            warn!(
+                sysctl,
+                "forwarding is disabled: VIP packets will be dropped (drop_no_route) until it is set to 1"
+            );
+        }
 
         let mut daemon = Daemon {
             config_path: config_path.to_path_buf(),
