@@ -5,9 +5,9 @@ pub mod dataplane;
 
 pub mod attach;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decap;
-pub mod control;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
