@@ -11,8 +11,14 @@ pub const FLOW_HASH_SEED: u32 = 0x4c42_5631; // "LBV1"
 
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -79,8 +85,17 @@ mod tests {
         assert_ne!(base, flow_hash(&key(2, 1000)));
         assert_ne!(base, flow_hash(&key(1, 1001)));
         assert_ne!(base, flow_hash(&FlowKey { proto: 17, ..k }));
-        assert_ne!(base, flow_hash(&FlowKey { dport: 81u16.to_be(), ..k }));
-        assert_eq!(flow_hash(&k.three_tuple()), flow_hash(&key(1, 2000).three_tuple()));
+        assert_ne!(
+            base,
+            flow_hash(&FlowKey {
+                dport: 81u16.to_be(),
+                ..k
+            })
+        );
+        assert_eq!(
+            flow_hash(&k.three_tuple()),
+            flow_hash(&key(1, 2000).three_tuple())
+        );
     }
 
     /// Pinned values: changing the hash moves every flow of a fleet mid-upgrade, so it must be a deliberate act.

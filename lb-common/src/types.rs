@@ -1,7 +1,6 @@
 //! Map keys and values. All `#[repr(C)]` with explicit padding (zeroed by constructors) so that hash-map keys
 //! compare byte-for-byte the same on both sides, and no `bool` (its invalid bit patterns are UB when read back).
 
-
 /// Index into `LB_BACKENDS`. 0 is "unset".
 pub type BackendId = u32;
 
@@ -153,7 +152,11 @@ impl FlowKey {
     /// The key with ports cleared: what the 3-tuple hash of a `VIP_F_FRAG_HASH3` VIP covers.
     #[inline(always)]
     pub const fn three_tuple(&self) -> FlowKey {
-        FlowKey { sport: 0, dport: 0, ..*self }
+        FlowKey {
+            sport: 0,
+            dport: 0,
+            ..*self
+        }
     }
 }
 
@@ -167,7 +170,19 @@ mod user {
         ($($t:ty),+) => { $( unsafe impl aya::Pod for $t {} )+ };
     }
     // SAFETY: all are repr(C), Copy, with explicit padding fields and no bool/enum/pointer fields.
-    pod!(VipKey, VipMeta, Backend, FlowKey, FlowState, GlobalConfig, VipStats, BackendStats, RateWindow, NextHop, AddrKey);
+    pod!(
+        VipKey,
+        VipMeta,
+        Backend,
+        FlowKey,
+        FlowState,
+        GlobalConfig,
+        VipStats,
+        BackendStats,
+        RateWindow,
+        NextHop,
+        AddrKey
+    );
 
     /// The wire bytes of `ip` as map words, and its family tag.
     pub fn addr_words(ip: IpAddr) -> (AddrWords, u8) {
@@ -196,7 +211,9 @@ mod user {
             chunk.copy_from_slice(&w.to_ne_bytes());
         }
         match family {
-            FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+            FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
             FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
             _ => None,
         }
@@ -206,7 +223,12 @@ mod user {
         /// `port` in host order.
         pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
             let (addr, family) = addr_words(addr);
-            VipKey { addr, port: port.to_be(), proto, family }
+            VipKey {
+                addr,
+                port: port.to_be(),
+                proto,
+                family,
+            }
         }
         pub fn ip(&self) -> Option<IpAddr> {
             words_addr(&self.addr, self.family)
@@ -220,7 +242,12 @@ mod user {
     impl Backend {
         pub fn new(addr: IpAddr, flags: u8) -> Self {
             let (addr, family) = addr_words(addr);
-            Backend { addr, family, flags, _pad: [0; 2] }
+            Backend {
+                addr,
+                family,
+                flags,
+                _pad: [0; 2],
+            }
         }
         pub fn ip(&self) -> Option<IpAddr> {
             words_addr(&self.addr, self.family)
@@ -230,7 +257,11 @@ mod user {
     impl AddrKey {
         pub fn new(addr: IpAddr) -> Self {
             let (addr, family) = addr_words(addr);
-            AddrKey { addr, family, _pad: [0; 3] }
+            AddrKey {
+                addr,
+                family,
+                _pad: [0; 3],
+            }
         }
     }
 
@@ -240,7 +271,15 @@ mod user {
             let (src, sf) = addr_words(src);
             let (dst, df) = addr_words(dst);
             assert_eq!(sf, df, "flow endpoints of different address families");
-            FlowKey { src, dst, sport: sport.to_be(), dport: dport.to_be(), proto, family: sf, _pad: [0; 2] }
+            FlowKey {
+                src,
+                dst,
+                sport: sport.to_be(),
+                dport: dport.to_be(),
+                proto,
+                family: sf,
+                _pad: [0; 2],
+            }
         }
         pub fn src_ip(&self) -> Option<IpAddr> {
             words_addr(&self.src, self.family)

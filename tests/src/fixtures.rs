@@ -374,7 +374,7 @@ pub struct Rig {
 
 /// The `xdp_md` a test run starts with: `data` = 0 (no metadata), `data_end` = length, the ingress ifindex,
 /// queue 0; the kernel rejects anything else (net/bpf/test_run.c, `xdp_convert_md_to_buff`).
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let mut b = [0u8; 24];
     b[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     b[12..16].copy_from_slice(&ifindex.to_ne_bytes());

@@ -1,6 +1,7 @@
 //! Shared test support: network namespaces, packet builders, the reference model of the dataplane and the fixture
 //! table run against the real program.
 
+pub mod bench;
 pub mod daemon;
 pub mod fixtures;
 pub mod lab;

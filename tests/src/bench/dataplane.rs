@@ -1,0 +1,287 @@
+//! `bench dataplane`: what one packet costs on each path of `lb_xdp`, next to a floor program, in the same run.
+//!
+//! BPF_PROG_TEST_RUN with `repeat > 1` reruns the program on the buffer it already rewrote (an encapsulated packet
+//! is no longer for a VIP), and a packet is a new flow only once. So every iteration here is its own
+//! `repeat = 1` run over a fresh copy of a packet chosen for the path. The figure is the kernel's own BPF run-time
+//! statistics (BPF_ENABLE_STATS: time inside the program, per run), minus the same figure for an empty program,
+//! which is what the statistics themselves cost. After each path the program's own counters must show that every
+//! iteration took the measured path. The test-run timer's per-call duration is reported beside it: it includes
+//! the harness's fixed cost (timer, cold caches after the syscall) and dominates for short programs.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, maps};
+use lb_userspace::dataplane::MapSizes;
+
+use crate::fixtures::{CLIENT_MAC, LB0_MAC, Rig, SIZES, Setup, VIP4, VIP4B, VIP6, VipSpec, xdp_md};
+use crate::packets::{Ip, L2, TCP_ACK, TCP_SYN, frame};
+
+use super::median;
+
+/// Iterations per path.
+const RUNS: usize = 20_000;
+/// Distinct established flows the established paths cycle through.
+const FLOWS: usize = 1_000;
+
+pub struct Report {
+    pub empty_ns: f64,
+    pub floor_ns: f64,
+    /// (path, in-program ns per packet, median test-timer ns per call).
+    pub paths: Vec<(&'static str, f64, f64)>,
+    pub empty_timer_ns: f64,
+    pub floor_timer_ns: f64,
+}
+
+fn client4(i: usize) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(
+        198,
+        18,
+        100 + (i / 60_000) as u8,
+        (i % 250) as u8 + 1,
+    ))
+}
+
+fn client6(i: usize) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(
+        0xfd00,
+        0x100,
+        0,
+        0,
+        0,
+        0,
+        (i / 60_000) as u16,
+        (i % 250) as u16 + 1,
+    ))
+}
+
+fn sport(i: usize) -> u16 {
+    1024 + (i % 60_000) as u16
+}
+
+fn pkt(src: IpAddr, sport: u16, dst: IpAddr, flags: u8) -> Vec<u8> {
+    let ip = Ip::tcp(src, sport, dst, 80, flags)
+        .payload(&[0u8; 10])
+        .bytes();
+    frame(&L2::new(CLIENT_MAC, LB0_MAC), &ip)
+}
+
+/// Runs `prog` once on each of `frames`; panics when a run gives another verdict than `want`. Returns the mean
+/// in-program ns per run from the kernel's run-time statistics, and each run's test-timer duration.
+fn time_runs(rig: &mut Rig, prog: &str, frames: &[Vec<u8>], want: u32) -> (f64, Vec<f64>) {
+    let ifindex = rig.lab.if_in;
+    let xdp = rig.dp.xdp(prog).expect("program");
+    let info0 = xdp.info().expect("program info");
+    let mut out = vec![0u8; 2048];
+    let timer = frames
+        .iter()
+        .map(|f| {
+            let ctx = xdp_md(f.len(), ifindex);
+            let r = xdp
+                .test_run(TestRunOptions {
+                    data_in: Some(f),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::new()
+                })
+                .unwrap_or_else(|e| panic!("{prog}: test_run: {e:?}"));
+            assert_eq!(
+                r.return_value, want,
+                "{prog}: verdict {} where {want} was measured",
+                r.return_value
+            );
+            r.duration.as_nanos() as f64
+        })
+        .collect();
+    let info1 = xdp.info().expect("program info");
+    let runs = info1.run_count() - info0.run_count();
+    assert_eq!(
+        runs,
+        frames.len() as u64,
+        "{prog}: the run-time statistics counted {runs} runs (are they enabled?)"
+    );
+    let ns = (info1.run_time() - info0.run_time()).as_nanos() as f64 / runs as f64;
+    (ns, timer)
+}
+
+fn counter(rig: &Rig, c: Counter) -> u64 {
+    rig.dp
+        .counters()
+        .expect("counters")
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .map_or(0, |(_, v)| v)
+}
+
+/// Measures one path and proves it: `verdict_counter` must grow by exactly the number of runs, and so must
+/// `new_flows` (for `expect_new`) or not at all; `lru_misses` never.
+#[allow(clippy::too_many_arguments)]
+fn path(
+    rig: &mut Rig,
+    name: &'static str,
+    frames: &[Vec<u8>],
+    verdict: u32,
+    verdict_counter: Counter,
+    vip_id: Option<u32>,
+    expect_new: bool,
+    empty: f64,
+) -> (&'static str, f64, f64) {
+    let c0 = counter(rig, verdict_counter);
+    let v0 = vip_id.map(|id| rig.dp.vip_stats(id).expect("vip stats"));
+    let (ns, mut timer) = time_runs(rig, maps::PROG_LB, frames, verdict);
+    let n = frames.len() as u64;
+    let dc = counter(rig, verdict_counter) - c0;
+    assert_eq!(
+        dc,
+        n,
+        "{name}: {} grew by {dc}, not by the {n} runs",
+        verdict_counter.name()
+    );
+    if let (Some(id), Some(v0)) = (vip_id, v0) {
+        let v1 = rig.dp.vip_stats(id).expect("vip stats");
+        let new = v1.new_flows - v0.new_flows;
+        assert_eq!(
+            new,
+            if expect_new { n } else { 0 },
+            "{name}: {new} flow-table inserts in {n} runs"
+        );
+        assert_eq!(
+            v1.lru_misses, v0.lru_misses,
+            "{name}: flow-table misses on an established path"
+        );
+        assert_eq!(
+            v1.packets - v0.packets,
+            n,
+            "{name}: not every run was counted on the VIP"
+        );
+    }
+    (name, ns - empty, median(&mut timer))
+}
+
+pub fn run() -> Report {
+    let sizes = MapSizes {
+        flow_table_size: 1 << 18,
+        ..SIZES
+    };
+    let mut rig = Rig::with_sizes("bench", sizes);
+    // Ring: on-link backends of the fixture lab (1-3 IPv4, 4-5 IPv6); every backend's next hop resolves.
+    let setup = Setup::new(vec![
+        VipSpec::new(
+            IpAddr::V4(VIP4),
+            80,
+            IPPROTO_TCP,
+            0,
+            0,
+            &[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1],
+        ),
+        VipSpec::new(
+            IpAddr::V6(VIP6),
+            80,
+            IPPROTO_TCP,
+            1,
+            0,
+            &[4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4],
+        ),
+        VipSpec::new(
+            IpAddr::V4(VIP4B),
+            80,
+            IPPROTO_TCP,
+            2,
+            VIP_F_L2DSR,
+            &[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1],
+        ),
+    ]);
+    rig.apply(&setup);
+
+    let non_vip: Vec<Vec<u8>> = (0..RUNS)
+        .map(|i| {
+            pkt(
+                client4(i),
+                sport(i),
+                "198.18.50.1".parse().expect("ip"),
+                TCP_ACK,
+            )
+        })
+        .collect();
+    // The run-time statistics are on while this descriptor is open, and only then.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let (empty, mut empty_timer) =
+        time_runs(&mut rig, maps::PROG_EMPTY, &non_vip, lb_common::XDP_PASS);
+    let (floor, mut floor_timer) =
+        time_runs(&mut rig, maps::PROG_FLOOR, &non_vip, lb_common::XDP_TX);
+
+    let cycle = |make: &dyn Fn(usize) -> Vec<u8>| -> Vec<Vec<u8>> {
+        (0..RUNS).map(|i| make(i % FLOWS)).collect()
+    };
+    let est4 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4), TCP_ACK);
+    let est6 = |i: usize| pkt(client6(i), sport(i), IpAddr::V6(VIP6), TCP_ACK);
+    let l2 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4B), TCP_ACK);
+    // Warm the flow table (and the next-hop cache) with one packet of each established flow.
+    for make in [&est4 as &dyn Fn(usize) -> Vec<u8>, &est6, &l2] {
+        let warm: Vec<Vec<u8>> = (0..FLOWS).map(make).collect();
+        time_runs(&mut rig, maps::PROG_LB, &warm, lb_common::XDP_TX);
+    }
+    let new4: Vec<Vec<u8>> = (0..RUNS)
+        .map(|i| pkt(client4(i + 7 * FLOWS), sport(i), IpAddr::V4(VIP4), TCP_SYN))
+        .collect();
+
+    let paths = vec![
+        path(
+            &mut rig,
+            "non_vip",
+            &non_vip,
+            lb_common::XDP_PASS,
+            Counter::PassNotVip,
+            None,
+            false,
+            empty,
+        ),
+        path(
+            &mut rig,
+            "established_v4",
+            &cycle(&est4),
+            lb_common::XDP_TX,
+            Counter::Tx,
+            Some(0),
+            false,
+            empty,
+        ),
+        path(
+            &mut rig,
+            "new_flow_v4",
+            &new4,
+            lb_common::XDP_TX,
+            Counter::Tx,
+            Some(0),
+            true,
+            empty,
+        ),
+        path(
+            &mut rig,
+            "established_v6",
+            &cycle(&est6),
+            lb_common::XDP_TX,
+            Counter::Tx,
+            Some(1),
+            false,
+            empty,
+        ),
+        path(
+            &mut rig,
+            "l2dsr_v4",
+            &cycle(&l2),
+            lb_common::XDP_TX,
+            Counter::Tx,
+            Some(2),
+            false,
+            empty,
+        ),
+    ];
+    Report {
+        empty_ns: empty,
+        floor_ns: floor - empty,
+        paths,
+        empty_timer_ns: median(&mut empty_timer),
+        floor_timer_ns: median(&mut floor_timer),
+    }
+}

@@ -1,0 +1,194 @@
+//! `bench maglev`: Maglev build time, the kernel memory of the maps for 100 VIPs x 100 backends, and the RSS of a
+//! real lbd serving that config.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::lab::{ChildGuard, target_binary};
+use crate::netns::{NetNs, veth_pair};
+use lb_common::BackendId;
+use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
+use lb_userspace::maglev;
+
+use super::median;
+
+const M: u32 = 65537;
+const BUILDS: usize = 7;
+const VIPS: u32 = 100;
+const BACKENDS_PER_VIP: u32 = 100;
+
+pub struct Report {
+    pub build_ms: BTreeMap<u32, f64>,
+    pub map_bytes: u64,
+    /// None when lbd could not be measured; the reason is in `notes`.
+    pub lbd_rss_bytes: Option<u64>,
+    pub notes: Vec<String>,
+}
+
+pub fn run() -> Report {
+    let mut build_ms = BTreeMap::new();
+    for n in [10, 100, 1000] {
+        build_ms.insert(n, build_time_ms(n));
+    }
+    let map_bytes = map_bytes();
+    let mut notes = Vec::new();
+    let lbd_rss_bytes = match lbd_rss() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            notes.push(format!("lbd_rss_bytes not measured: {e}"));
+            None
+        }
+    };
+    Report {
+        build_ms,
+        map_bytes,
+        lbd_rss_bytes,
+        notes,
+    }
+}
+
+fn build_time_ms(n: u32) -> f64 {
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let backends: Vec<(BackendId, u32, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as BackendId + 1, 100, s.as_str()))
+        .collect();
+    let mut ms: Vec<f64> = (0..BUILDS)
+        .map(|_| {
+            let t = Instant::now();
+            let table = std::hint::black_box(maglev::build(&backends, M));
+            let el = t.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(
+                table.len(),
+                M as usize,
+                "maglev::build returned a table of the wrong size"
+            );
+            el
+        })
+        .collect();
+    median(&mut ms)
+}
+
+fn sizes() -> MapSizes {
+    MapSizes {
+        max_vips: VIPS,
+        // Ids are 1..max_backends: id 0 means "unset".
+        max_backends: VIPS * BACKENDS_PER_VIP + 1,
+        max_ring_size: M,
+        ..MapSizes::default()
+    }
+}
+
+/// Sums the kernel's `memlock` of every BPF map this process holds: the bench holds only the one Dataplane.
+fn map_bytes() -> u64 {
+    let dp = Dataplane::load(&LoadOptions {
+        sizes: sizes(),
+        pin_dir: None,
+    })
+    .unwrap_or_else(|e| panic!("loading a Dataplane with {:?}: {e:#}", sizes()));
+    let mut total = 0;
+    let mut maps = 0;
+    for fd in std::fs::read_dir("/proc/self/fdinfo").expect("read /proc/self/fdinfo") {
+        let Ok(info) = std::fs::read_to_string(fd.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        if !info.lines().any(|l| l.starts_with("map_type:")) {
+            continue;
+        }
+        let memlock = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .map(|v| v.trim().parse::<u64>());
+        total += memlock
+            .expect("map fdinfo without memlock")
+            .expect("memlock is a number");
+        maps += 1;
+    }
+    assert!(maps > 0, "no BPF map fds found after loading the Dataplane");
+    drop(dp);
+    total
+}
+
+/// The lbd config: `VIPS` VIPs with `BACKENDS_PER_VIP` distinct backends each, no health checks (so RSS is the
+/// state, not probe traffic).
+fn config(ifname: &str, pin_dir: &str, sock: &str) -> String {
+    let s = sizes();
+    let mut c = format!(
+        "[daemon]\ninterface = \"{ifname}\"\nxdp_mode = \"generic\"\npin_dir = \"{pin_dir}\"\n\
+         control_socket = \"{sock}\"\nmetrics_addr = \"127.0.0.1:9100\"\nencap_src_v4 = \"198.18.0.1\"\n\
+         max_vips = {}\nmax_backends = {}\nmax_ring_size = {}\n",
+        s.max_vips, s.max_backends, s.max_ring_size
+    );
+    for v in 0..VIPS {
+        write!(c, "\n[[vip]]\naddress = \"198.19.0.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\nbackends = [\n", v + 1)
+            .unwrap();
+        for b in 0..BACKENDS_PER_VIP {
+            writeln!(c, "    {{ address = \"198.18.{}.{}\" }},", v + 1, b + 1).unwrap();
+        }
+        c.push_str("]\n");
+    }
+    c
+}
+
+fn lbd_rss() -> Result<u64, String> {
+    let lbd = std::panic::catch_unwind(|| target_binary("lbd"))
+        .map_err(|_| "lbd binary not built".to_string())?;
+    let pid = std::process::id();
+    let ns = NetNs::new("bench");
+    let peer = NetNs::new("benchp");
+    let ifname = format!("lbb{pid}");
+    veth_pair(&ns, &ifname, &peer, "p0");
+    ns.link_up(&ifname);
+    peer.link_up("p0");
+    ns.add_addr(&ifname, "198.18.0.1/24");
+    let dir = std::env::temp_dir().join(format!("lb-bench-{pid}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let pin_dir = format!("/sys/fs/bpf/lb-bench-{pid}");
+    let sock = dir.join("lbd.sock");
+    let cfg = dir.join("lbd.toml");
+    std::fs::write(&cfg, config(&ifname, &pin_dir, &sock.to_string_lossy()))
+        .map_err(|e| e.to_string())?;
+    // nsenter keeps this mount namespace, where bpffs is mounted (`ip netns exec` remounts /sys).
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(&lbd)
+        .arg("--config")
+        .arg(&cfg);
+    // lbd logs every VIP it adds; the figures are what this prints.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = ChildGuard::spawn(cmd, "lbd");
+    let result = wait_and_measure(&mut child, &sock);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn wait_and_measure(child: &mut ChildGuard, sock: &std::path::Path) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        if !child.alive() {
+            return Err("lbd exited before opening its control socket".into());
+        }
+        if Instant::now() > deadline {
+            return Err("lbd did not open its control socket within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let it finish programming the maps after the socket appears.
+    std::thread::sleep(Duration::from_secs(2));
+    // nsenter execs lbd, so the child pid is lbd's.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .map_err(|e| format!("lbd exited before it could be measured: {e}"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmRSS in /proc/<lbd>/status")?;
+    Ok(kb * 1024)
+}

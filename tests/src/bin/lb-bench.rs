@@ -1,0 +1,112 @@
+//! `lb-bench dataplane|maglev [--json]`: what `cargo xtask bench` runs. Needs root.
+
+use lb_tests::bench;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser)]
+#[command(about = "Dataplane and Maglev benchmarks")]
+struct Cli {
+    what: What,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    Dataplane,
+    Maglev,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if !lb_tests::netns::is_root() {
+        eprintln!("lb-bench: needs root (loads BPF programs, creates network namespaces)");
+        std::process::exit(1);
+    }
+    match cli.what {
+        What::Dataplane => dataplane(cli.json),
+        What::Maglev => maglev(cli.json),
+    }
+}
+
+fn maglev(json: bool) {
+    let r = bench::maglev::run();
+    for n in &r.notes {
+        eprintln!("lb-bench maglev: {n}");
+    }
+    if json {
+        let build: serde_json::Map<String, serde_json::Value> = r
+            .build_ms
+            .iter()
+            .map(|(n, ms)| (n.to_string(), serde_json::json!(ms)))
+            .collect();
+        let obj = serde_json::json!({
+            "build_ms": build,
+            "map_bytes": r.map_bytes,
+            "lbd_rss_bytes": r.lbd_rss_bytes,
+        });
+        println!("{obj}");
+        return;
+    }
+    println!("Maglev build, M = 65537 (median of several builds):");
+    for (n, ms) in &r.build_ms {
+        println!("  {n:>5} backends: {ms:8.2} ms");
+    }
+    println!("100 VIPs x 100 backends:");
+    println!(
+        "  BPF maps (kernel memlock): {:>12} bytes ({:.1} MiB)",
+        r.map_bytes,
+        r.map_bytes as f64 / 1048576.0
+    );
+    match r.lbd_rss_bytes {
+        Some(b) => println!(
+            "  lbd RSS:                   {b:>12} bytes ({:.1} MiB)",
+            b as f64 / 1048576.0
+        ),
+        None => println!("  lbd RSS:                   not measured (see above)"),
+    }
+}
+
+fn dataplane(json: bool) {
+    let r = bench::dataplane::run();
+    if json {
+        let paths: serde_json::Map<String, serde_json::Value> = r
+            .paths
+            .iter()
+            .map(|(name, ns, _)| (name.to_string(), serde_json::json!(round(*ns))))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "floor_ns": round(r.floor_ns), "paths": paths })
+        );
+        return;
+    }
+    println!(
+        "lb_xdp, ns per packet: kernel BPF run-time statistics over single runs on fresh packets, minus the"
+    );
+    println!("empty program's figure; the program's counters proved every run took its path.");
+    println!(
+        "  {:<16} {:>8} {:>8}   {:>13}",
+        "path", "ns/pkt", "x floor", "timer ns/call"
+    );
+    println!(
+        "  {:<16} {:>8.1} {:>8}   {:>13.0}",
+        "empty (subtr.)", r.empty_ns, "", r.empty_timer_ns
+    );
+    println!(
+        "  {:<16} {:>8.1} {:>8.1}   {:>13.0}",
+        "floor", r.floor_ns, 1.0, r.floor_timer_ns
+    );
+    for (name, ns, timer) in &r.paths {
+        println!(
+            "  {name:<16} {ns:>8.1} {:>8.1}   {timer:>13.0}",
+            ns / r.floor_ns
+        );
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
