@@ -105,6 +105,18 @@ fn dataplane(json: bool) {
             ns / r.floor_ns
         );
     }
+    println!(
+        "warm (one packet, {} runs in one call, caches hot; only paths whose rewrite keeps them on their path):",
+        100_000
+    );
+    let floor = r
+        .warm
+        .iter()
+        .find(|(n, _)| *n == "floor")
+        .map_or(f64::NAN, |(_, ns)| *ns);
+    for (name, ns) in &r.warm {
+        println!("  {name:<16} {ns:>8.1} {:>8.1}", ns / floor);
+    }
 }
 
 fn round(x: f64) -> f64 {
