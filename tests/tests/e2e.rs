@@ -532,3 +532,162 @@ fn send_raw_ipv4(packet: &[u8], dst: std::net::Ipv4Addr) {
         assert_eq!(n, packet.len() as isize, "sendto: {err}");
     }
 }
+
+/// `lbctl --json <args>` against the real lbd, parsed.
+fn lbctl_json(lab: &Lab, lbd: &Lbd, args: &[&str]) -> serde_json::Value {
+    let mut argv = vec!["--json"];
+    argv.extend_from_slice(args);
+    let out = lbd.lbctl(lab, &argv);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl {args:?}: not JSON ({e}): {out}"))
+}
+
+fn vip_entry<'a>(list: &'a serde_json::Value, vip: &str) -> Option<&'a serde_json::Value> {
+    list.as_array()?.iter().find(|v| {
+        let a = &v["vip"];
+        format!("{}:{}", a["address"].as_str().unwrap_or(""), a["port"]) == vip
+            || format!("[{}]:{}", a["address"].as_str().unwrap_or(""), a["port"]) == vip
+    })
+}
+
+#[test]
+fn lbctl_round_trips_every_command_against_the_real_daemon() {
+    if skip_unless_root("lbctl_round_trips_every_command_against_the_real_daemon") {
+        return;
+    }
+    let (lab, lbd) = start(3, |_| {});
+    let status = lbctl_json(&lab, &lbd, &["status"]);
+    assert_eq!(status["interface"], lab::HOST_IF, "status: {status}");
+
+    let vip2 = format!("{}:{}", lab::VIP2_V4, lab::HTTP_PORT);
+    let b = |i: usize| lab::backend_v4(i).to_string();
+    lbctl_json(
+        &lab,
+        &lbd,
+        &[
+            "vip",
+            "add",
+            &format!("{vip2}/tcp"),
+            "--backend",
+            &b(0),
+            "--backend",
+            &format!("{}=200", b(1)),
+            "--health",
+            "kind = \"tcp\"",
+        ],
+    );
+    let list = lbctl_json(&lab, &lbd, &["vip", "list"]);
+    let added =
+        vip_entry(&list, &vip2).unwrap_or_else(|| panic!("vip add: {vip2} not listed: {list}"));
+    assert_eq!(
+        added["backends"].as_array().map(Vec::len),
+        Some(2),
+        "{added}"
+    );
+
+    // Traffic reaches the VIP that lbctl added.
+    let t = traffic::http_burst(
+        &lab.client().ns,
+        SocketAddr::new(IpAddr::V4(lab::VIP2_V4), lab::HTTP_PORT),
+        60,
+        4,
+    );
+    assert_eq!(t.failures, 0, "{:?}", t.errors);
+
+    lbctl_json(
+        &lab,
+        &lbd,
+        &[
+            "backend",
+            "add",
+            &format!("{vip2}/tcp"),
+            &b(2),
+            "--weight",
+            "50",
+        ],
+    );
+    lbctl_json(
+        &lab,
+        &lbd,
+        &["backend", "weight", &format!("{vip2}/tcp"), &b(2), "300"],
+    );
+    lbctl_json(
+        &lab,
+        &lbd,
+        &["backend", "drain", &format!("{vip2}/tcp"), &b(0)],
+    );
+    lbctl_json(
+        &lab,
+        &lbd,
+        &["backend", "del", &format!("{vip2}/tcp"), &b(1)],
+    );
+    let list = lbctl_json(&lab, &lbd, &["vip", "list"]);
+    let v = vip_entry(&list, &vip2).expect("still listed");
+    let weights: BTreeMap<String, u64> = v["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|x| {
+            (
+                x["address"].as_str().unwrap_or("").to_string(),
+                x["weight"].as_u64().unwrap_or(999),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        BTreeMap::from([(b(0), 0), (b(2), 300)]),
+        "after add/weight/drain/del: {v}"
+    );
+
+    let health = lbctl_json(&lab, &lbd, &["health"]);
+    assert!(
+        health.as_array().is_some_and(|h| h.len() >= 9),
+        "health rows: {health}"
+    );
+    let stats = lbctl_json(&lab, &lbd, &["stats", "--interval", "0"]);
+    assert!(stats.to_string().contains("pass_not_vip"), "stats: {stats}");
+    let flows = lbctl_json(&lab, &lbd, &["flows", "--limit", "10"]);
+    assert!(
+        flows.as_array().is_some_and(|f| !f.is_empty()),
+        "flows after traffic: {flows}"
+    );
+    let sim = lbctl_json(
+        &lab,
+        &lbd,
+        &[
+            "simulate",
+            "tcp",
+            "198.18.0.2",
+            "40000",
+            &lab::VIP_V4.to_string(),
+            "80",
+        ],
+    );
+    assert!(
+        sim.to_string().contains("198.18.0.1"),
+        "simulate names a lab backend: {sim}"
+    );
+
+    let cfg = lab.dir.path().join("lbd.toml");
+    lbctl_json(
+        &lab,
+        &lbd,
+        &["config", "check", cfg.to_str().expect("utf-8")],
+    );
+    let bad = lab.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\nbogus = 1\n").expect("write bad config");
+    let out = lbd.lbctl_output(&lab, &["config", "check", bad.to_str().expect("utf-8")]);
+    assert!(
+        !out.status.success(),
+        "config check accepted an unknown key"
+    );
+
+    // Reload from the file drops the runtime-added VIP; deleting it by hand first must work too.
+    lbctl_json(&lab, &lbd, &["vip", "del", &format!("{vip2}/tcp")]);
+    assert!(
+        vip_entry(&lbctl_json(&lab, &lbd, &["vip", "list"]), &vip2).is_none(),
+        "vip del"
+    );
+    lbctl_json(&lab, &lbd, &["reload"]);
+    lbd.shutdown_detach(&lab);
+}
