@@ -192,3 +192,31 @@ pub fn udp_burst(ns: &NetNs, vip: SocketAddr, n: usize) -> Tally {
     }
     t
 }
+
+/// Sends a complete IPv4 packet (header included) through a raw socket of the calling thread's namespace.
+pub fn send_raw_ipv4(packet: &[u8], dst: std::net::Ipv4Addr) {
+    // SAFETY: plain socket syscalls on a descriptor owned by this function.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n, packet.len() as isize, "sendto: {err}");
+    }
+}

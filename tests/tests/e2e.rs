@@ -477,7 +477,9 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
     .bytes();
     let icmp =
         lb_tests::packets::icmp4_frag_needed(client_ip, lab::VIP_V4, 1400, &quoted[..28]).bytes();
-    lab.client().ns.run(|| send_raw_ipv4(&icmp, lab::VIP_V4));
+    lab.client()
+        .ns
+        .run(|| traffic::send_raw_ipv4(&icmp, lab::VIP_V4));
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -503,34 +505,6 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(conn);
-}
-
-/// Sends a complete IPv4 packet (header included) through a raw socket of the calling thread's namespace.
-fn send_raw_ipv4(packet: &[u8], dst: std::net::Ipv4Addr) {
-    // SAFETY: plain socket syscalls on a descriptor owned by this function.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let n = libc::sendto(
-            fd,
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(n, packet.len() as isize, "sendto: {err}");
-    }
 }
 
 /// `lbctl --json <args>` against the real lbd, parsed.

@@ -1,0 +1,101 @@
+//! `lbd decap` on a backend: the real binary attaches lb_decap (pinned, so it stays after the command exits), an
+//! IP-in-IP packet for the backend carrying a datagram to a VIP reaches a socket bound to the VIP, and
+//! `--detach` removes the program.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use lb_tests::lab::{BpffsDir, target_binary};
+use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
+use lb_tests::packets::{Ip, encap4};
+use lb_tests::traffic::send_raw_ipv4;
+
+const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 1);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 210, 10);
+
+fn lbd_decap(ns: &NetNs, args: &[&str]) -> std::process::Output {
+    // nsenter keeps the host's mount namespace: the pins must land on the host's bpffs.
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns.name()))
+        .arg("--")
+        .arg(target_binary("lbd"))
+        .arg("decap")
+        .args(args)
+        .output()
+        .expect("run lbd decap")
+}
+
+#[test]
+fn lbd_decap_attaches_decapsulates_and_detaches() {
+    if skip_unless_root("lbd_decap_attaches_decapsulates_and_detaches") {
+        return;
+    }
+    let sender = NetNs::new("dcs");
+    let backend = NetNs::new("dcb");
+    veth_pair(&sender, "s0", &backend, "b0");
+    sender.add_addr("s0", &format!("{SENDER}/24"));
+    backend.add_addr("b0", &format!("{BACKEND}/24"));
+    backend.add_addr("lo", &format!("{VIP}/32"));
+    let pins = BpffsDir::new("decap");
+    let pin_dir = pins.path().to_str().expect("utf-8").to_string();
+
+    let out = lbd_decap(
+        &backend,
+        &[
+            "--iface",
+            "b0",
+            "--vip",
+            &VIP.to_string(),
+            "--pin-dir",
+            &pin_dir,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "lbd decap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = backend.ip(&["link", "show", "b0"]);
+    assert!(
+        link.contains("lb_decap"),
+        "lb_decap not attached after lbd decap exited:\n{link}"
+    );
+
+    let sock =
+        backend.run(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(VIP), 5000)).expect("bind VIP"));
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let inner = Ip::udp(
+        IpAddr::V4(SENDER),
+        4000,
+        IpAddr::V4(VIP),
+        5000,
+        b"through the tunnel",
+    )
+    .bytes();
+    let outer = encap4(SENDER, BACKEND, &inner);
+    sender.run(|| send_raw_ipv4(&outer, BACKEND));
+    let mut buf = [0u8; 64];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .expect("the decapsulated datagram reaches the VIP's socket");
+    assert_eq!(&buf[..n], b"through the tunnel");
+    assert_eq!(from, SocketAddr::new(IpAddr::V4(SENDER), 4000));
+
+    let out = lbd_decap(
+        &backend,
+        &["--iface", "b0", "--detach", "--pin-dir", &pin_dir],
+    );
+    assert!(
+        out.status.success(),
+        "lbd decap --detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = backend.ip(&["link", "show", "b0"]);
+    assert!(
+        !link.contains("lb_decap"),
+        "lb_decap still attached after --detach:\n{link}"
+    );
+}
