@@ -51,6 +51,10 @@ pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
 /// `GlobalConfig::flags`: answer over-MTU packets with ICMP too-big (else counted drop).
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
 
+/// `lb_loadgen` gives frame `n` the source port `LOADGEN_PORT_BASE + n % LOADGEN_PORTS`: that many distinct flows.
+pub const LOADGEN_PORT_BASE: u16 = 1024;
+pub const LOADGEN_PORTS: u32 = 60_000;
+
 /// XDP verdicts, as the kernel numbers them.
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;

@@ -23,9 +23,48 @@ pub const fn ipv4_header(words: &[u16; 10]) -> u16 {
     !fold(sum)
 }
 
+/// The checksum `check` after one 16-bit word it covers changed from `old` to `new` (RFC 1624, eqn. 3). All three in
+/// memory order, as read from the packet; the one's-complement sum does not care which byte order that is.
+#[inline(always)]
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u64 + (!old) as u64 + new as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Full checksum of `words` with word `skip` (the checksum's own slot) taken as zero.
+    fn full(words: &[u16], skip: usize) -> u16 {
+        let sum: u64 = words
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != skip)
+            .map(|(_, &w)| w as u64)
+            .sum();
+        !fold(sum)
+    }
+
+    #[test]
+    fn replace16_matches_a_full_recomputation() {
+        let mut words = [
+            0x4500u16, 0x0073, 0, 0x4000, 0x4011, 0, 0xc0a8, 0x0001, 0xc0a8, 0x00c7,
+        ];
+        words[5] = full(&words, 5);
+        // Every port value, including the ones that make the sum wrap.
+        for new in (0..=u16::MAX).step_by(251).chain([0xffff, 0, 1]) {
+            let old = words[0];
+            let incremental = replace16(words[5], old, new);
+            words[0] = new;
+            let want = full(&words, 5);
+            // 0x0000 and 0xffff are the same number in one's complement; receivers accept either.
+            assert!(
+                incremental == want || (incremental | want) == 0xffff && (incremental & want) == 0,
+                "{old:#06x} -> {new:#06x}: incremental {incremental:#06x}, full {want:#06x}"
+            );
+            words[5] = incremental;
+        }
+    }
 
     #[test]
     fn rfc1071_example_header() {

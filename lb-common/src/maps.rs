@@ -22,6 +22,8 @@ pub const NEW_FLOW_RATE: &str = "LB_NEW_FLOW_RATE";
 pub const NEXTHOP_CACHE: &str = "LB_NEXTHOP_CACHE";
 /// `DevMapHash` keyed by ifindex: the interfaces `XDP_REDIRECT` may send to.
 pub const TX_PORTS: &str = "LB_TX_PORTS";
+/// `PerCpuArray<u32>` with one entry: `lb_loadgen`'s frame counter on this CPU.
+pub const LOADGEN_SEQ: &str = "LB_LOADGEN_SEQ";
 /// `HashMap<AddrKey, u32>` for `lb_decap`: VIP addresses this backend serves.
 pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
 /// `HashMap<AddrKey, u32>` for `lb_decap`: this host's own tunnel endpoint addresses.
@@ -35,5 +37,7 @@ pub const PROG_DECAP: &str = "lb_decap";
 pub const PROG_PASS: &str = "lb_pass";
 /// Benchmark floor: parse Ethernet + IPv4, swap MACs, `XDP_TX`.
 pub const PROG_FLOOR: &str = "lb_floor";
+/// Load-test packet generator, run with BPF_PROG_TEST_RUN in live-frames mode; never attached by lbd.
+pub const PROG_LOADGEN: &str = "lb_loadgen";
 /// Benchmark calibration: returns `XDP_PASS` without touching the packet.
 pub const PROG_EMPTY: &str = "lb_empty";

@@ -8,6 +8,7 @@ mod decap;
 mod encap;
 mod fib;
 mod icmp;
+mod loadgen;
 mod maps;
 mod parse;
 mod select;
@@ -57,6 +58,12 @@ pub fn lb_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Load-test generator (see loadgen.rs): next source port, `XDP_TX`; anything else is dropped.
+#[xdp]
+pub fn lb_loadgen(ctx: XdpContext) -> u32 {
+    loadgen::try_lb_loadgen(&ctx).unwrap_or(XDP_DROP)
 }
 
 /// Benchmark floor: the least a forwarding program does (parse Ethernet + IPv4, swap MACs, `XDP_TX`).

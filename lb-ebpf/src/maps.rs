@@ -58,3 +58,6 @@ pub static LB_DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(DEFA
 
 #[map]
 pub static LB_DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(16, 0);
+
+#[map]
+pub static LB_LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

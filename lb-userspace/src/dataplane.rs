@@ -33,6 +33,7 @@ pub const ALL_MAPS: &[&str] = &[
     maps::TX_PORTS,
     maps::DECAP_VIPS,
     maps::DECAP_LOCAL,
+    maps::LOADGEN_SEQ,
 ];
 
 /// Every program of the object.
@@ -42,6 +43,7 @@ pub const ALL_PROGRAMS: &[&str] = &[
     maps::PROG_PASS,
     maps::PROG_FLOOR,
     maps::PROG_EMPTY,
+    maps::PROG_LOADGEN,
 ];
 
 /// The configurable map sizes (`max_entries`), fixed at load time.

@@ -111,7 +111,7 @@ impl Lab {
 
         let attach = |role: &str, v4: Ipv4Addr, v6: Ipv6Addr| -> LabHost {
             let ns = NetNs::new(role);
-            let port = format!("p-{role}");
+            let port = switch_port(role);
             veth_pair(&ns, HOST_IF, &switch, &port);
             switch.ip(&["link", "set", &port, "master", "br0"]);
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
@@ -282,11 +282,21 @@ impl Lab {
     }
 }
 
+/// The switch-side name of a host's port: `p-<role>` (role "lb", "c0", "b1", ...).
+fn switch_port(role: &str) -> String {
+    format!("p-{role}")
+}
+
+/// The switch-side port of client `j` (0-based).
+pub fn client_switch_port(j: usize) -> String {
+    switch_port(&format!("c{j}"))
+}
+
 /// The lab's config as shipped (the demo runs exactly this, with paths made private to the run).
 pub const LAB_CONFIG: &str = include_str!("../../config/lab.toml");
 
-/// Map sizes for helper programs that only need the object loaded (lb_pass, lb_decap).
-fn small_sizes() -> MapSizes {
+/// Map sizes for helper programs that only need the object loaded (lb_pass, lb_decap, the load generator).
+pub fn small_sizes() -> MapSizes {
     MapSizes {
         max_vips: 4,
         max_backends: 8,

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod daemon;
 pub mod fixtures;
 pub mod lab;
+pub mod loadtest;
 pub mod model;
 pub mod netns;
 pub mod packets;

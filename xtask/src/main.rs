@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod loadtest;
 mod setup;
 mod test;
 
@@ -31,6 +32,9 @@ enum Task {
     },
     /// Benchmarks: dataplane ns/packet per path, or Maglev build time and memory.
     Bench(bench::BenchArgs),
+    /// Load tests on the lab: packet rate (trafgen, live frames), wrk through this balancer, HAProxy and nftables,
+    /// iperf3; Markdown + JSON + PNG under target/loadtest/.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
         Task::Test(args) => test::run(&args),
         Task::Demo { args } => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Loadtest(args) => loadtest::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -11,8 +11,19 @@ use crate::cmd::{self, exec, probe};
 /// Debian's compiler and its library source: the only pair that builds `core` for bpfel here (TOOLCHAIN.md);
 /// its clippy lints lb-ebpf.
 const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy"];
-/// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux"];
+/// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`, `ethtool` (the lab's
+/// clients checksum in software), `ss`.
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux", "ethtool"];
+/// What `cargo xtask loadtest` (and its smoke test in the suite) runs: trafgen, wrk, iperf3, HAProxy, nft, and the
+/// font its PNG chart is drawn with.
+const LOADTEST_PACKAGES: &[&str] = &[
+    "netsniff-ng",
+    "wrk",
+    "iperf3",
+    "haproxy",
+    "nftables",
+    "fonts-dejavu-core",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// aya-build runs `rustup run <this>`; lb-userspace/build.rs names it.
 const TOOLCHAIN_NAME: &str = "debian-rustc";
@@ -23,6 +34,8 @@ pub fn run() -> Result<()> {
     require_root()?;
     let mut apt = Apt::default();
     apt.ensure(RUST_PACKAGES.iter().chain(RUNTIME_PACKAGES))?;
+    // HAProxy and iperf3 ship services; the load test runs its own instances in namespaces, never these.
+    no_service_starts(|| apt.ensure(LOADTEST_PACKAGES))?;
     // The LLVM that bpf-linker links must be the one Debian's rustc emits bitcode for; ask the compiler.
     let llvm = llvm_major()?;
     println!("setup: Debian rustc uses LLVM {llvm}");
@@ -75,6 +88,26 @@ impl Apt {
                 .args(&missing),
         )
     }
+}
+
+/// Runs `f` with Debian's policy-rc.d hook refusing every service start (exit 101), unless the machine already
+/// has a policy of its own (containers usually do), which is left as it is.
+fn no_service_starts(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    const POLICY: &str = "/usr/sbin/policy-rc.d";
+    if std::path::Path::new(POLICY).exists() {
+        return f();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        POLICY,
+        "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n",
+    )
+    .with_context(|| format!("writing {POLICY}"))?;
+    std::fs::set_permissions(POLICY, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {POLICY}"))?;
+    let result = f();
+    let removed = std::fs::remove_file(POLICY).with_context(|| format!("removing {POLICY}"));
+    result.and(removed)
 }
 
 fn apt_get() -> Command {

@@ -1,0 +1,246 @@
+//! `cargo xtask loadtest`: how fast, compared to what operators run today, measured in one run on the lab.
+//!
+//! Three phases, each with its own module: packet rate ([`pps`]), HTTP requests through this balancer, HAProxy and
+//! an nftables DNAT balancer ([`requests`]), TCP throughput ([`throughput`]). Every run lasts
+//! [`Options::run_seconds`], every tool runs under a hard time limit, and everything the phases set up (lbd,
+//! HAProxy, nftables tables, iperf3 servers, the lab itself) is torn down by guards, also on error or panic.
+//! [`report`] writes the Markdown table, the JSON and the PNG chart.
+
+pub mod measure;
+pub mod pps;
+pub mod report;
+pub mod requests;
+pub mod results;
+pub mod throughput;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::daemon::Lbd;
+use crate::lab::{Lab, LabOptions};
+use pps::{Floor, LiveGen, Sinks, Traffic};
+use requests::{BalancerCpu, Haproxy, Mode, NftDnat};
+use results::{Machine, Results, WrkBalancer};
+
+pub struct Options {
+    pub quick: bool,
+    /// Length of each measured run (wrk and iperf3 round it up to whole seconds).
+    pub run_seconds: f64,
+    /// Where the report goes (`target/loadtest` for `cargo xtask loadtest`).
+    pub out_dir: PathBuf,
+    /// Progress lines go to stderr instead of stdout (`--json` keeps stdout for the JSON).
+    pub progress_to_stderr: bool,
+}
+
+impl Options {
+    /// Full runs: 7 s each, so no phase exceeds about 60 s with its set-up.
+    pub fn full(out_dir: &Path) -> Options {
+        Options {
+            quick: false,
+            run_seconds: 7.0,
+            out_dir: out_dir.to_path_buf(),
+            progress_to_stderr: false,
+        }
+    }
+
+    /// `--quick`: 1 s runs; every phase stays within about 10 s.
+    pub fn quick(out_dir: &Path) -> Options {
+        Options {
+            quick: true,
+            run_seconds: 1.0,
+            ..Options::full(out_dir)
+        }
+    }
+
+    fn say(&self, msg: &str) {
+        if self.progress_to_stderr {
+            eprintln!("{msg}");
+        } else {
+            println!("{msg}");
+        }
+    }
+}
+
+/// Builds the lab, runs the three phases and writes the report; returns the figures.
+pub fn run(opts: &Options) -> Result<Results> {
+    measure::require_tools()?;
+    // The programs' own ns/packet come from the kernel's run-time statistics, on while this fd lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    opts.say("loadtest: building the lab (client, balancer, 3 backends)");
+    let lab = Lab::new(&LabOptions::default());
+    let iperf_vips = throughput::vip_entries(&lab);
+    let cfg = lab.write_config("loadtest.toml", |c| {
+        let vips = c
+            .get_mut("vip")
+            .and_then(|v| v.as_array_mut())
+            .expect("config/lab.toml has [[vip]] entries");
+        vips.extend(iperf_vips);
+    });
+    let mut r = Results {
+        machine: machine(opts),
+        ..Results::default()
+    };
+
+    let t = Instant::now();
+    opts.say("loadtest: phase 1/3, packet rate (trafgen, live frames; lb_xdp then lb_floor)");
+    pps_phase(&lab, &cfg, opts, &mut r)?;
+    r.phase_seconds.pps = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    opts.say("loadtest: phase 2/3, requests (wrk through lb_xdp, HAProxy, nftables)");
+    wrk_phase(&lab, &cfg, opts, &mut r)?;
+    r.phase_seconds.wrk = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    opts.say("loadtest: phase 3/3, throughput (iperf3 through lb_xdp and direct)");
+    iperf_phase(&lab, &cfg, opts, &mut r)?;
+    r.phase_seconds.iperf3 = t.elapsed().as_secs_f64();
+
+    drop(lab);
+    notes(&mut r);
+    let written = report::write(&r, &opts.out_dir)?;
+    for p in written {
+        opts.say(&format!("loadtest: wrote {}", p.display()));
+    }
+    Ok(r)
+}
+
+fn machine(opts: &Options) -> Machine {
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        quick: opts.quick,
+        run_seconds: opts.run_seconds,
+    }
+}
+
+fn start_lbd(lab: &Lab, cfg: &Path) -> Lbd {
+    let lbd = Lbd::start(lab, cfg);
+    lbd.wait_all_backends_up(lab, Duration::from_secs(20));
+    lbd
+}
+
+fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
+    let secs = opts.run_seconds;
+    let mut hosts: Vec<_> = lab.backends.iter().map(|b| &b.host.ns).collect();
+    // lb_floor sends every frame back towards its source: the client's sink counts those.
+    hosts.push(&lab.client().ns);
+    let sinks = Sinks::install(hosts);
+    // Created first: it puts lb_pass on the client's switch port, which every run then crosses the same way.
+    let mut live = LiveGen::new(lab, Traffic::Syn)?;
+
+    let lbd = start_lbd(lab, cfg);
+    r.pps.trafgen_syn = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
+    r.pps.trafgen_udp = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Udp, secs)?;
+    r.pps.live_syn = live.run(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
+    lbd.shutdown_detach(lab);
+
+    let floor = Floor::attach(lab)?;
+    r.pps.floor_trafgen_syn = pps::trafgen(lab, &sinks, "lb_floor", Traffic::Syn, secs)?;
+    r.pps.floor_live_syn = live.run(lab, &sinks, "lb_floor", Traffic::Syn, secs)?;
+    drop(floor);
+    Ok(())
+}
+
+fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBalancer> {
+    Ok(WrkBalancer {
+        what: what.into(),
+        keepalive: requests::wrk(lab, Mode::KeepAlive, secs, &cpu)?,
+        new_conn: requests::wrk(lab, Mode::NewConnection, secs, &cpu)?,
+    })
+}
+
+fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
+    let secs = opts.run_seconds;
+    let lbd = start_lbd(lab, cfg);
+    r.wrk.xdp = wrk_pair(
+        lab,
+        secs,
+        "lbd + lb_xdp: Maglev, IPIP, direct server return",
+        BalancerCpu::XdpProgram,
+    )?;
+    lbd.shutdown_detach(lab);
+
+    let hap = Haproxy::start(lab)?;
+    r.wrk.haproxy = wrk_pair(
+        lab,
+        secs,
+        "HAProxy, TCP mode, round robin, 2 threads",
+        BalancerCpu::Process(hap.pid()),
+    )?;
+    drop(hap);
+
+    let nat = NftDnat::start(lab)?;
+    r.wrk.nftables = wrk_pair(
+        lab,
+        secs,
+        "nftables DNAT (jhash of client address and port) + masquerade",
+        BalancerCpu::None,
+    )?;
+    drop(nat);
+    Ok(())
+}
+
+fn iperf_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
+    let secs = opts.run_seconds;
+    let _servers = throughput::Servers::start(lab)?;
+    let lbd = start_lbd(lab, cfg);
+    r.iperf3.xdp_one_flow = throughput::iperf(lab, true, false, secs)?;
+    r.iperf3.xdp_many_flows = throughput::iperf(lab, true, true, secs)?;
+    lbd.shutdown_detach(lab);
+    r.iperf3.direct_one_flow = throughput::iperf(lab, false, false, secs)?;
+    r.iperf3.direct_many_flows = throughput::iperf(lab, false, true, secs)?;
+    Ok(())
+}
+
+/// The caveats a reader needs to read the figures right.
+fn notes(r: &mut Results) {
+    let cpus = r.machine.cpus;
+    r.notes.push(format!(
+        "Client, balancer and backends are namespaces on one machine with {cpus} CPUs: they compete for the same \
+         cores, so absolute figures are far below separate hosts; compare within this run (ratios)."
+    ));
+    r.notes.push(
+        "Balancer CPU per request: for lb_xdp the program's own run time (kernel BPF statistics; the veth driver \
+         around it is not included); for HAProxy its process's user + system time (its share of softirq work is not \
+         included); nftables runs in softirq context and cannot be separated from the other namespaces. Lab CPU \
+         per request counts every busy CPU of the machine and is comparable across balancers."
+            .into(),
+    );
+    r.notes.push(
+        "Backends run the project's small test HTTP server (tiny_http, 4 threads); with keep-alive it may limit all \
+         three balancers alike. wrk's read errors in new-connection mode are the server closing as asked and are \
+         not counted as errors."
+            .into(),
+    );
+    r.notes.push(
+        "Packet rate: generated frames come from 198.18.1.0/24 and are dropped by nftables ingress rules on the \
+         receiving hosts (counted there as forwarded). The live-frames generator transmits from inside the kernel, \
+         but every frame still crosses veth, bridge and veth on the same CPUs, so the chain, not the generator, \
+         bounds its rate."
+            .into(),
+    );
+    let lossy: Vec<String> = [
+        ("trafgen_syn", &r.pps.trafgen_syn),
+        ("trafgen_udp", &r.pps.trafgen_udp),
+        ("live_syn", &r.pps.live_syn),
+        ("floor_trafgen_syn", &r.pps.floor_trafgen_syn),
+        ("floor_live_syn", &r.pps.floor_live_syn),
+    ]
+    .iter()
+    .filter(|(_, run)| run.loss > 0.05)
+    .map(|(name, run)| format!("{name} {:.0}%", run.loss * 100.0))
+    .collect();
+    if !lossy.is_empty() {
+        r.notes.push(format!(
+            "Loss above 5% ({}): frames the generator offered faster than the veth/bridge chain could carry them are \
+             dropped at full veth rings, before or after the balancer (compare 'at balancer' with 'offered').",
+            lossy.join(", ")
+        ));
+    }
+}

@@ -1,0 +1,344 @@
+//! Phase 1, packet rate: small TCP SYN and UDP packets from many source ports at the VIP, sent by `trafgen`
+//! (netsniff-ng, through the kernel's packet socket) and by the project's live-frames generator (`lb_loadgen` run
+//! with BPF_PROG_TEST_RUN in live-frames mode, which transmits from inside the kernel). The same streams go through
+//! `lb_xdp` under lbd, then through `lb_floor` attached at the same interface, so the program's cost per packet
+//! stands next to the least a forwarding XDP program costs, measured on the same traffic in the same run.
+//!
+//! Generated packets come from 198.18.1.0/24, an address range no lab host owns: every host that may receive them
+//! (backends after `lb_xdp`, the client for `lb_floor`'s reflections) drops them in an nftables ingress rule with a
+//! counter, so they never load a network stack and each delivery is counted once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
+use lb_common::{LOADGEN_PORT_BASE, LOADGEN_PORTS, maps};
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
+
+use super::measure::{ProgStats, run_bounded, xdp_prog_id};
+use super::results::PpsRun;
+use crate::fixtures::xdp_md;
+use crate::lab::{self, HOST_IF, Lab};
+use crate::netns::{NetNs, mac_str};
+use crate::packets::{Ip, L2, TCP_SYN, frame};
+
+/// Source of every generated packet (outside the lab's segment, see the module doc).
+const GEN_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const GEN_SRC_NET: &str = "198.18.1.0/24";
+const SINK_TABLE: &str = "lbt_sink";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    Syn,
+    Udp,
+}
+
+impl Traffic {
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Syn => "tcp-syn",
+            Traffic::Udp => "udp",
+        }
+    }
+    fn target(self) -> SocketAddr {
+        let port = match self {
+            Traffic::Syn => lab::HTTP_PORT,
+            Traffic::Udp => lab::UDP_PORT,
+        };
+        SocketAddr::new(IpAddr::V4(lab::VIP_V4), port)
+    }
+}
+
+/// nftables ingress rules dropping (and counting) generated packets on a set of hosts; removed on drop.
+pub struct Sinks<'a> {
+    hosts: Vec<&'a NetNs>,
+}
+
+impl<'a> Sinks<'a> {
+    pub fn install(hosts: Vec<&'a NetNs>) -> Sinks<'a> {
+        let rules = format!(
+            "table netdev {SINK_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"{HOST_IF}\" \
+             priority -500; policy accept;\n    ip saddr {GEN_SRC_NET} counter drop\n  }}\n}}\n"
+        );
+        let sinks = Sinks { hosts };
+        for ns in &sinks.hosts {
+            ns.exec(&["nft", &rules]);
+        }
+        sinks
+    }
+
+    /// Generated packets delivered to any of the hosts so far.
+    pub fn delivered(&self) -> Result<u64> {
+        let mut total = 0;
+        for ns in &self.hosts {
+            let out = ns.exec(&["nft", "-j", "list", "table", "netdev", SINK_TABLE]);
+            let v: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j")?;
+            total += counter_packets(&v);
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for Sinks<'_> {
+    fn drop(&mut self) {
+        for ns in &self.hosts {
+            let _ = ns.exec_output(&["nft", "delete", "table", "netdev", SINK_TABLE]);
+        }
+    }
+}
+
+/// Sum of every `"counter": {"packets": N}` in nft's JSON.
+fn counter_packets(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => {
+            let here = m
+                .get("counter")
+                .and_then(|c| c.get("packets"))
+                .and_then(|p| p.as_u64())
+                .unwrap_or(0);
+            here + m.values().map(counter_packets).sum::<u64>()
+        }
+        serde_json::Value::Array(a) => a.iter().map(counter_packets).sum(),
+        _ => 0,
+    }
+}
+
+/// What a generator did: frames sent, over how long, and its own ns per frame when it is a BPF program.
+struct Sent {
+    frames: u64,
+    seconds: f64,
+    generator_ns: Option<f64>,
+}
+
+/// Runs `generate` and reads, around it, the program attached to the balancer's port and the sinks.
+fn measure(
+    lab: &Lab,
+    sinks: &Sinks,
+    program: &str,
+    generator: &str,
+    traffic: Traffic,
+    generate: impl FnOnce() -> Result<Sent>,
+) -> Result<PpsRun> {
+    let id = xdp_prog_id(&lab.balancer.ns, HOST_IF)?;
+    let prog0 = ProgStats::of(id)?;
+    let sink0 = sinks.delivered()?;
+    let sent = generate()?;
+    // Frames still in flight (veth rings, NAPI) land within a few ms.
+    std::thread::sleep(Duration::from_millis(200));
+    let prog1 = ProgStats::of(id)?;
+    let sink1 = sinks.delivered()?;
+    let secs = sent.seconds.max(1e-9);
+    let forwarded = sink1.saturating_sub(sink0);
+    Ok(PpsRun {
+        generator: generator.into(),
+        traffic: traffic.name().into(),
+        program: program.into(),
+        seconds: sent.seconds,
+        offered_pps: sent.frames as f64 / secs,
+        balancer_pps: prog1.runs.saturating_sub(prog0.runs) as f64 / secs,
+        forwarded_pps: forwarded as f64 / secs,
+        loss: if sent.frames == 0 {
+            1.0
+        } else {
+            1.0 - (forwarded as f64 / sent.frames as f64).min(1.0)
+        },
+        prog_ns_per_packet: prog0.ns_per_run(&prog1),
+        generator_ns_per_packet: sent.generator_ns,
+    })
+}
+
+/// trafgen for `seconds` from the client's port, one CPU, every packet a new source port in the generator's window.
+pub fn trafgen(
+    lab: &Lab,
+    sinks: &Sinks,
+    program: &str,
+    traffic: Traffic,
+    seconds: f64,
+) -> Result<PpsRun> {
+    let client = lab.client();
+    let l4 = match traffic {
+        Traffic::Syn => format!(
+            "tcp(sp=dinc({}, {}), dp={}, syn, seq=drnd())",
+            LOADGEN_PORT_BASE,
+            u32::from(LOADGEN_PORT_BASE) + LOADGEN_PORTS - 1,
+            traffic.target().port()
+        ),
+        Traffic::Udp => format!(
+            "udp(sp=dinc({}, {}), dp={}), \"loadtest\"",
+            LOADGEN_PORT_BASE,
+            u32::from(LOADGEN_PORT_BASE) + LOADGEN_PORTS - 1,
+            traffic.target().port()
+        ),
+    };
+    let conf = format!(
+        "{{\n  eth(da={}, sa={}),\n  ipv4(saddr={GEN_SRC}, daddr={}, ttl=64),\n  {l4}\n}}\n",
+        mac_str(lab.balancer.ns.mac(HOST_IF)),
+        mac_str(client.ns.mac(HOST_IF)),
+        traffic.target().ip(),
+    );
+    let path = lab
+        .dir
+        .path()
+        .join(format!("trafgen-{}.cfg", traffic.name()));
+    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+    let path = path.to_str().context("utf-8 path")?.to_string();
+    measure(lab, sinks, program, "trafgen", traffic, || {
+        // trafgen stops on SIGINT and then prints what it sent; `timeout` delivers it after the run time.
+        let secs = format!("{seconds:.2}");
+        let cmd = client.ns.command(&[
+            "timeout",
+            "-s",
+            "INT",
+            &secs,
+            "trafgen",
+            "--dev",
+            HOST_IF,
+            "--conf",
+            &path,
+            "--cpus",
+            "1",
+            "--no-sock-mem",
+        ]);
+        let start = Instant::now();
+        let out = run_bounded(cmd, "trafgen", Duration::from_secs_f64(seconds + 10.0))?;
+        let elapsed = start.elapsed().as_secs_f64().min(seconds);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let frames = text
+            .lines()
+            .find_map(|l| l.trim().strip_suffix("packets outgoing"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .with_context(|| format!("no `N packets outgoing` in trafgen's output:\n{text}"))?;
+        Ok(Sent {
+            frames,
+            seconds: elapsed,
+            generator_ns: None,
+        })
+    })
+}
+
+/// The live-frames generator: `lb_loadgen` run in the client namespace with its ingress set to the client's port;
+/// each `XDP_TX` leaves through that port for real.
+pub struct LiveGen {
+    dp: Dataplane,
+    template: Vec<u8>,
+    ifindex: u32,
+}
+
+/// Frames per BPF_PROG_TEST_RUN call: large enough to hide the syscall, small enough to stop on time.
+const LIVE_CHUNK: u32 = 1 << 16;
+
+impl LiveGen {
+    pub fn new(lab: &Lab, traffic: Traffic) -> Result<LiveGen> {
+        let mut dp = Dataplane::load(&LoadOptions {
+            sizes: lab::small_sizes(),
+            pin_dir: None,
+        })
+        .context("load the eBPF object for lb_loadgen")?;
+        // veth transmits an XDP frame only when its peer runs XDP (it queues to the peer's NAPI).
+        let port = lab::client_switch_port(0);
+        lab.switch.run(|| -> Result<()> {
+            let pass = dp.xdp(maps::PROG_PASS)?;
+            pass.attach(&port, XdpMode::Driver)
+                .with_context(|| format!("attach lb_pass to {port} (the client's switch port)"))?;
+            Ok(())
+        })?;
+        let client = lab.client();
+        let target = traffic.target();
+        let ip = match traffic {
+            Traffic::Syn => Ip::tcp(
+                IpAddr::V4(GEN_SRC),
+                LOADGEN_PORT_BASE,
+                target.ip(),
+                target.port(),
+                TCP_SYN,
+            ),
+            Traffic::Udp => Ip::udp(
+                IpAddr::V4(GEN_SRC),
+                LOADGEN_PORT_BASE,
+                target.ip(),
+                target.port(),
+                b"loadtest",
+            ),
+        };
+        let template = frame(
+            &L2::new(client.ns.mac(HOST_IF), lab.balancer.ns.mac(HOST_IF)),
+            &ip.bytes(),
+        );
+        let ifindex = client.ns.ifindex(HOST_IF);
+        Ok(LiveGen {
+            dp,
+            template,
+            ifindex,
+        })
+    }
+
+    pub fn run(
+        &mut self,
+        lab: &Lab,
+        sinks: &Sinks,
+        program: &str,
+        traffic: Traffic,
+        seconds: f64,
+    ) -> Result<PpsRun> {
+        let client = lab.client();
+        let template = self.template.clone();
+        let ifindex = self.ifindex;
+        let prog = self.dp.xdp(maps::PROG_LOADGEN)?;
+        measure(lab, sinks, program, "live-frames", traffic, || {
+            let info0 = prog.info()?;
+            let ctx = xdp_md(template.len(), ifindex);
+            let _in_client = client.ns.enter();
+            let start = Instant::now();
+            let mut frames = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(&template),
+                    ctx_in: Some(&ctx),
+                    repeat: LIVE_CHUNK,
+                    attrs: TestRunAttrs::new().xdp_live_frames(0),
+                    ..TestRunOptions::new()
+                });
+                if let Err(e) = r {
+                    bail!("lb_loadgen live-frames run: {e:?}");
+                }
+                frames += u64::from(LIVE_CHUNK);
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let info1 = prog.info()?;
+            let runs = info1.run_count().saturating_sub(info0.run_count());
+            let ns = (info1.run_time() - info0.run_time()).as_nanos() as f64 / runs.max(1) as f64;
+            Ok(Sent {
+                frames,
+                seconds: elapsed,
+                generator_ns: Some(ns),
+            })
+        })
+    }
+}
+
+/// `lb_floor` attached (native) to the balancer's port while this lives; lbd must have detached lb_xdp.
+pub struct Floor {
+    _dp: Dataplane,
+}
+
+impl Floor {
+    pub fn attach(lab: &Lab) -> Result<Floor> {
+        let mut dp = Dataplane::load(&LoadOptions {
+            sizes: lab::small_sizes(),
+            pin_dir: None,
+        })
+        .context("load the eBPF object for lb_floor")?;
+        lab.balancer.ns.run(|| -> Result<()> {
+            dp.xdp(maps::PROG_FLOOR)?
+                .attach(HOST_IF, XdpMode::Driver)
+                .context("attach lb_floor to the balancer's port")?;
+            Ok(())
+        })?;
+        Ok(Floor { _dp: dp })
+    }
+}
