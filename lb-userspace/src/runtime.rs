@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lb_common::{Counter, maps};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, FragmentPolicy, Mode, RawBackend, RawVip, VipAddr};
@@ -26,7 +26,11 @@ struct Shared {
     daemon: Mutex<Daemon>,
     checker: std::sync::Mutex<Checker>,
     started: Instant,
-    stop: Notify,
+    /// Becomes true once, on `lbctl shutdown`; the main loop, the control server and the metrics server all wait
+    /// for it. A watch, not a Notify: a Notify permit goes to one waiter only, and the main loop re-registers its
+    /// wait on every event, so under a stream of health events the permit could land elsewhere and the daemon never
+    /// stop.
+    stop: watch::Sender<bool>,
     detach: std::sync::atomic::AtomicBool,
 }
 
@@ -109,30 +113,29 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         checker: std::sync::Mutex::new(Checker::new(tx)),
         daemon: Mutex::new(daemon),
         started: Instant::now(),
-        stop: Notify::new(),
+        stop: watch::Sender::new(false),
         detach: false.into(),
     });
     sync_checks(&*shared.daemon.lock().await, &shared.checker);
 
     let h = shared.clone();
     let stop_ctl = shared.clone();
-    tokio::spawn(async move {
-        server
-            .serve(h, async move { stop_ctl.stop.notified().await })
-            .await
-    });
+    tokio::spawn(async move { server.serve(h, stopped(stop_ctl.stop.subscribe())).await });
     let m = shared.clone();
     let stop_m = shared.clone();
     tokio::spawn(async move {
-        metrics::serve(metrics_listener, move || snapshot(m.clone()), async move {
-            stop_m.stop.notified().await
-        })
+        metrics::serve(
+            metrics_listener,
+            move || snapshot(m.clone()),
+            stopped(stop_m.stop.subscribe()),
+        )
         .await
     });
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut stop = shared.stop.subscribe();
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -147,10 +150,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = shared.stop.notified() => break,
+            _ = stop.wait_for(|&s| s) => break,
         }
     }
-    shared.stop.notify_waiters();
+    shared.stop.send_replace(true);
     let detach = shared.detach.load(std::sync::atomic::Ordering::SeqCst);
     let sock = shared
         .daemon
@@ -180,6 +183,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Completes once `stop` holds true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
 }
 
 async fn reload(shared: &Shared) -> Response {
@@ -556,7 +564,7 @@ impl Handler for Shared {
             Request::Shutdown { detach } => {
                 self.detach
                     .store(detach, std::sync::atomic::Ordering::SeqCst);
-                self.stop.notify_one();
+                self.stop.send_replace(true);
                 Response::ok(if detach {
                     "shutting down and detaching"
                 } else {

@@ -172,12 +172,17 @@ impl Lbd {
         }
     }
 
-    /// `lbctl shutdown --detach` and waits for the process to exit.
+    /// `lbctl shutdown --detach`; panics (with lbd's log) unless the process exits within 10 s.
     pub fn shutdown_detach(mut self, lab: &Lab) {
         let _ = self.lbctl(lab, &["shutdown", "--detach"]);
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while c.alive() && Instant::now() < deadline {
+            while c.alive() {
+                assert!(
+                    Instant::now() < deadline,
+                    "lbd still running 10 s after `lbctl shutdown --detach`; its log:\n{}",
+                    self.log_text()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
