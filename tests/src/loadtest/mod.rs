@@ -13,13 +13,15 @@ pub mod requests;
 pub mod results;
 pub mod throughput;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::daemon::Lbd;
-use crate::lab::{Lab, LabOptions};
+use crate::lab::{self, Lab, LabOptions};
+use crate::traffic;
 use pps::{Floor, LiveGen, Sinks, Traffic};
 use requests::{BalancerCpu, Haproxy, Mode, NftDnat};
 use results::{Machine, Results, WrkBalancer};
@@ -125,6 +127,21 @@ fn start_lbd(lab: &Lab, cfg: &Path) -> Lbd {
     lbd
 }
 
+/// `lbctl shutdown --detach`, then waits until the balancer's port has no XDP program, so the next balancer under
+/// test owns it.
+fn stop_lbd(lab: &Lab, lbd: Lbd) -> Result<()> {
+    let start = Instant::now();
+    lbd.shutdown_detach(lab);
+    while measure::xdp_prog_id(&lab.balancer.ns, lab::HOST_IF).is_ok() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "lb_xdp still attached to the balancer's port 20 s after `lbctl shutdown --detach`"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
     let secs = opts.run_seconds;
     let mut hosts: Vec<_> = lab.backends.iter().map(|b| &b.host.ns).collect();
@@ -138,7 +155,7 @@ fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
     r.pps.trafgen_syn = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
     r.pps.trafgen_udp = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Udp, secs)?;
     r.pps.live_syn = live.run(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
-    lbd.shutdown_detach(lab);
+    stop_lbd(lab, lbd)?;
 
     let floor = Floor::attach(lab)?;
     r.pps.floor_trafgen_syn = pps::trafgen(lab, &sinks, "lb_floor", Traffic::Syn, secs)?;
@@ -147,7 +164,18 @@ fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
     Ok(())
 }
 
+/// Requests sent before each balancer's measured runs, so none of them pays for first contact (ARP, the backends'
+/// accept queues and threads, HAProxy's first connections, empty flow tables).
+const WARM_UP_REQUESTS: usize = 300;
+
 fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBalancer> {
+    let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
+    let warm = traffic::http_burst(&lab.client().ns, vip, WARM_UP_REQUESTS, 16);
+    anyhow::ensure!(
+        warm.failures == 0,
+        "{what}: warm-up requests to {vip} failed:\n{}",
+        warm.render()
+    );
     Ok(WrkBalancer {
         what: what.into(),
         keepalive: requests::wrk(lab, Mode::KeepAlive, secs, &cpu)?,
@@ -164,7 +192,7 @@ fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
         "lbd + lb_xdp: Maglev, IPIP, direct server return",
         BalancerCpu::XdpProgram,
     )?;
-    lbd.shutdown_detach(lab);
+    stop_lbd(lab, lbd)?;
 
     let hap = Haproxy::start(lab)?;
     r.wrk.haproxy = wrk_pair(
@@ -192,7 +220,7 @@ fn iperf_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result
     let lbd = start_lbd(lab, cfg);
     r.iperf3.xdp_one_flow = throughput::iperf(lab, true, false, secs)?;
     r.iperf3.xdp_many_flows = throughput::iperf(lab, true, true, secs)?;
-    lbd.shutdown_detach(lab);
+    stop_lbd(lab, lbd)?;
     r.iperf3.direct_one_flow = throughput::iperf(lab, false, false, secs)?;
     r.iperf3.direct_many_flows = throughput::iperf(lab, false, true, secs)?;
     Ok(())
