@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, maps};
 use lb_userspace::dataplane::MapSizes;
 
@@ -43,27 +43,55 @@ const WARM_REPEAT: u32 = 100_000;
 fn warm_ns(rig: &mut Rig, prog: &str, frame: &[u8], want: u32) -> f64 {
     let ifindex = rig.lab.if_in;
     let xdp = rig.dp.xdp(prog).expect("program");
-    let info0 = xdp.info().expect("program info");
-    let ctx = xdp_md(frame.len(), ifindex);
     let mut out = vec![0u8; 2048];
+    let (ns, ()) = program_ns(xdp, prog, u64::from(WARM_REPEAT), |xdp| {
+        run_checked(xdp, prog, frame, ifindex, WARM_REPEAT, want, &mut out);
+    });
+    ns
+}
+
+/// One BPF_PROG_TEST_RUN of `frame` (`repeat` times); panics unless the verdict is `want`. Returns the test
+/// timer's ns per run.
+fn run_checked(
+    xdp: &mut Xdp,
+    prog: &str,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    want: u32,
+    out: &mut [u8],
+) -> f64 {
+    let ctx = xdp_md(frame.len(), ifindex);
     let r = xdp
         .test_run(TestRunOptions {
             data_in: Some(frame),
-            data_out: Some(&mut out),
+            data_out: Some(out),
             ctx_in: Some(&ctx),
-            repeat: WARM_REPEAT,
+            repeat,
             ..TestRunOptions::new()
         })
         .unwrap_or_else(|e| panic!("{prog}: test_run: {e:?}"));
     assert_eq!(
         r.return_value, want,
-        "{prog}: warm verdict {}",
+        "{prog}: verdict {} where {want} was measured",
         r.return_value
     );
+    r.duration.as_nanos() as f64
+}
+
+/// Runs `f` and returns the program's mean in-program ns per run over it (kernel run-time statistics), checking
+/// that the statistics counted exactly `runs` runs.
+fn program_ns<T>(xdp: &mut Xdp, prog: &str, runs: u64, f: impl FnOnce(&mut Xdp) -> T) -> (f64, T) {
+    let info0 = xdp.info().expect("program info");
+    let value = f(xdp);
     let info1 = xdp.info().expect("program info");
-    let runs = info1.run_count() - info0.run_count();
-    assert_eq!(runs, u64::from(WARM_REPEAT), "{prog}: {runs} runs counted");
-    (info1.run_time() - info0.run_time()).as_nanos() as f64 / runs as f64
+    let counted = info1.run_count() - info0.run_count();
+    assert_eq!(
+        counted, runs,
+        "{prog}: the run-time statistics counted {counted} runs, not {runs} (are they enabled?)"
+    );
+    let ns = (info1.run_time() - info0.run_time()).as_nanos() as f64 / counted as f64;
+    (ns, value)
 }
 
 fn client4(i: usize) -> IpAddr {
@@ -104,37 +132,13 @@ fn pkt(src: IpAddr, sport: u16, dst: IpAddr, flags: u8) -> Vec<u8> {
 fn time_runs(rig: &mut Rig, prog: &str, frames: &[Vec<u8>], want: u32) -> (f64, Vec<f64>) {
     let ifindex = rig.lab.if_in;
     let xdp = rig.dp.xdp(prog).expect("program");
-    let info0 = xdp.info().expect("program info");
     let mut out = vec![0u8; 2048];
-    let timer = frames
-        .iter()
-        .map(|f| {
-            let ctx = xdp_md(f.len(), ifindex);
-            let r = xdp
-                .test_run(TestRunOptions {
-                    data_in: Some(f),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..TestRunOptions::new()
-                })
-                .unwrap_or_else(|e| panic!("{prog}: test_run: {e:?}"));
-            assert_eq!(
-                r.return_value, want,
-                "{prog}: verdict {} where {want} was measured",
-                r.return_value
-            );
-            r.duration.as_nanos() as f64
-        })
-        .collect();
-    let info1 = xdp.info().expect("program info");
-    let runs = info1.run_count() - info0.run_count();
-    assert_eq!(
-        runs,
-        frames.len() as u64,
-        "{prog}: the run-time statistics counted {runs} runs (are they enabled?)"
-    );
-    let ns = (info1.run_time() - info0.run_time()).as_nanos() as f64 / runs as f64;
-    (ns, timer)
+    program_ns(xdp, prog, frames.len() as u64, |xdp| {
+        frames
+            .iter()
+            .map(|f| run_checked(xdp, prog, f, ifindex, 1, want, &mut out))
+            .collect()
+    })
 }
 
 fn counter(rig: &Rig, c: Counter) -> u64 {
