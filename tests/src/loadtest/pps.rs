@@ -148,6 +148,17 @@ fn measure(
     })
 }
 
+const TRAFGEN_TRIES: u32 = 3;
+
+fn last_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 /// trafgen for `seconds` from the client's port, one CPU, every packet a new source port in the generator's window.
 pub fn trafgen(
     lab: &Lab,
@@ -183,42 +194,61 @@ pub fn trafgen(
         .join(format!("trafgen-{}.cfg", traffic.name()));
     std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
     let path = path.to_str().context("utf-8 path")?.to_string();
-    measure(lab, sinks, program, "trafgen", traffic, || {
-        // trafgen stops on SIGINT and then prints what it sent; `timeout` delivers it after the run time.
-        let secs = format!("{seconds:.2}");
-        let cmd = client.ns.command(&[
-            "timeout",
-            "-s",
-            "INT",
-            &secs,
-            "trafgen",
-            "--dev",
-            HOST_IF,
-            "--conf",
-            &path,
-            "--cpus",
-            "1",
-            "--no-sock-mem",
-        ]);
-        let start = Instant::now();
-        let out = run_bounded(cmd, "trafgen", Duration::from_secs_f64(seconds + 10.0))?;
-        let elapsed = start.elapsed().as_secs_f64().min(seconds);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let frames = text
-            .lines()
-            .find_map(|l| l.trim().strip_suffix("packets outgoing"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .with_context(|| format!("no `N packets outgoing` in trafgen's output:\n{text}"))?;
-        Ok(Sent {
-            frames,
-            seconds: elapsed,
-            generator_ns: None,
+    let attempt = || {
+        measure(lab, sinks, program, "trafgen", traffic, || {
+            // trafgen stops on SIGINT and then prints what it sent; `timeout` delivers it after the run time.
+            let secs = format!("{seconds:.2}");
+            let cmd = client.ns.command(&[
+                "timeout",
+                "-s",
+                "INT",
+                &secs,
+                "trafgen",
+                "--dev",
+                HOST_IF,
+                "--conf",
+                &path,
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                // Through dev_queue_xmit like any sender, rather than straight into the driver.
+                "--qdisc-path",
+            ]);
+            let start = Instant::now();
+            let out = run_bounded(cmd, "trafgen", Duration::from_secs_f64(seconds + 10.0))?;
+            let elapsed = start.elapsed().as_secs_f64().min(seconds);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let frames = text
+                .lines()
+                .find_map(|l| l.trim().strip_suffix("packets outgoing"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .with_context(|| format!("no `N packets outgoing` in trafgen's output:\n{text}"))?;
+            Ok(Sent {
+                frames,
+                seconds: elapsed,
+                generator_ns: None,
+            })
         })
-    })
+    };
+    // trafgen 0.6.8 exits when its packet socket's ring reports EAGAIN ("Flushing TX_RING failed"), which a full
+    // veth ring can cause now and then; the run is repeated from scratch (fresh counters) a couple of times.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt() {
+            Err(e) if tries < TRAFGEN_TRIES && format!("{e:#}").contains("TX_RING") => {
+                eprintln!(
+                    "loadtest: trafgen stopped early ({}); running it again",
+                    last_line(&e)
+                );
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The live-frames generator: `lb_loadgen` run in the client namespace with its ingress set to the client's port;
