@@ -6,6 +6,7 @@
 //! HAProxy, nftables tables, iperf3 servers, the lab itself) is torn down by guards, also on error or panic.
 //! [`report`] writes the Markdown table, the JSON and the PNG chart.
 
+pub mod chart;
 pub mod measure;
 pub mod pps;
 pub mod report;
