@@ -287,6 +287,11 @@ fn switch_port(role: &str) -> String {
     format!("p-{role}")
 }
 
+/// The switch-side port of the balancer.
+pub fn balancer_switch_port() -> String {
+    switch_port("lb")
+}
+
 /// The switch-side port of client `j` (0-based).
 pub fn client_switch_port(j: usize) -> String {
     switch_port(&format!("c{j}"))

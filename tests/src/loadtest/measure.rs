@@ -106,39 +106,71 @@ pub fn if_counters(ns: &NetNs, ifname: &str) -> Result<IfCounters> {
     })
 }
 
+/// Transmit drops of every interface in `ns` whose name starts with `prefix`, by name.
+pub fn tx_drops(ns: &NetNs, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let out = ns.exec(&["ip", "-s", "-j", "link", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing `ip -s -j link`")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            let name = l["ifname"].as_str()?;
+            let dropped = l["stats64"]["tx"]["dropped"].as_u64()?;
+            name.starts_with(prefix)
+                .then(|| (name.to_string(), dropped))
+        })
+        .collect())
+}
+
 /// Runs `cmd` to completion within `limit`, capturing its output; past the limit it is killed and this fails.
-/// Every traffic tool runs through here, so no run of the load test can hang.
+/// Every traffic tool runs through here, so no run of the load test can hang. The pipes are drained while the
+/// tool runs: a tool that writes more than a pipe holds would otherwise block until the limit.
 pub fn run_bounded(cmd: Command, what: &str, limit: Duration) -> Result<Output> {
+    use std::io::Read;
     let mut cmd = cmd;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut guard = ChildGuard::spawn(cmd, what);
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let child = guard.child_mut();
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + limit;
-    loop {
-        if !guard.alive() {
-            break;
+    let status = loop {
+        if let Some(status) = guard.child_mut().try_wait().context("wait")? {
+            break status;
         }
         if Instant::now() >= deadline {
+            // Dropping the guard kills the tool. The readers are not joined: a grandchild (under `timeout`, say)
+            // may still hold the pipes open.
+            drop(guard);
             bail!("{what} did not finish within {limit:?}; killed");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let child = guard.child_mut();
-    let status = child.wait().context("wait")?;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    use std::io::Read;
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_end(&mut stdout);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut stderr);
-    }
+    };
     Ok(Output {
         status,
-        stdout,
-        stderr,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     })
 }
 

@@ -82,6 +82,19 @@ pub fn run(opts: &Options) -> Result<Results> {
         vips.extend(iperf_vips);
         // The production default, not the lab's small table: a SYN stream from 60,000 ports would otherwise keep a
         // nearly full LRU evicting on every insert, which measures the table size rather than the balancer.
+        // Health checks with room for a saturated machine: with the default 300 ms timeout a packet flood on two
+        // cores can delay a check enough to take a healthy backend out in the middle of a measurement.
+        for vip in c
+            .get_mut("vip")
+            .and_then(|v| v.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(h) = vip.get_mut("health").and_then(|h| h.as_table_mut()) {
+                h.insert("timeout_ms".into(), 450.into());
+                h.insert("fall".into(), 4.into());
+            }
+        }
         c.get_mut("daemon")
             .and_then(|d| d.as_table_mut())
             .expect("config/lab.toml has a [daemon] table")
@@ -265,6 +278,16 @@ fn notes(r: &mut Results) {
          the generator, bounds its rate."
             .into(),
     );
+    let many = &r.iperf3.xdp_many_flows;
+    if many.ring_drops > 0 {
+        r.notes.push(format!(
+            "Throughput: retransmissions follow frames dropped at full veth receive rings (256 frames, one queue per \
+             veth); in the many-flows run through lb_xdp {} of {} such drops were at the balancer's port, where bursts \
+             arrive faster than the program and the veth chain drain them on one CPU. Real NICs have deeper rings \
+             and one queue per core.",
+            many.balancer_ring_drops, many.ring_drops
+        ));
+    }
     let lossy: Vec<String> = [
         ("trafgen_syn", &r.pps.trafgen_syn),
         ("trafgen_udp", &r.pps.trafgen_udp),

@@ -124,4 +124,9 @@ pub struct IperfRun {
     /// Received by the servers, summed over flows.
     pub gbit_per_s: f64,
     pub retransmits: u64,
+    /// Frames the lab's switch could not hand to a host because that host's veth receive ring was full, over all
+    /// ports during the run: where the retransmitted segments were lost.
+    pub ring_drops: u64,
+    /// The part of `ring_drops` at the balancer's port (in front of lb_xdp).
+    pub balancer_ring_drops: u64,
 }

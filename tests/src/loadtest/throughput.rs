@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::measure::{check, run_bounded};
+use super::measure::{check, run_bounded, tx_drops};
 use super::results::IperfRun;
 use crate::lab::{self, ChildGuard, Lab};
 
@@ -92,6 +92,7 @@ pub fn iperf(lab: &Lab, via_vip: bool, many: bool, seconds: f64) -> Result<Iperf
     let secs = seconds.ceil().max(1.0) as u64;
     let clients = if many { lab.backends.len() } else { 1 };
     let streams = if many { STREAMS_PER_CLIENT } else { 1 };
+    let drops0 = tx_drops(&lab.switch, "p-")?;
     let outputs: Vec<Result<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|i| {
@@ -116,12 +117,22 @@ pub fn iperf(lab: &Lab, via_vip: bool, many: bool, seconds: f64) -> Result<Iperf
                         "--json".into(),
                     ];
                     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-                    let out = run_bounded(
-                        lab.client().ns.command(&argv),
-                        "iperf3 client",
-                        Duration::from_secs(secs + 15),
-                    )?;
-                    check(&out, "iperf3 client")
+                    // A server still closing the previous test answers "busy" for a moment.
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        let out = run_bounded(
+                            lab.client().ns.command(&argv),
+                            "iperf3 client",
+                            Duration::from_secs(secs + 15),
+                        )?;
+                        match check(&out, "iperf3 client") {
+                            Err(e) if tries < 3 && format!("{e:#}").contains("busy") => {
+                                std::thread::sleep(Duration::from_millis(500));
+                            }
+                            other => return other,
+                        }
+                    }
                 })
             })
             .collect();
@@ -130,11 +141,24 @@ pub fn iperf(lab: &Lab, via_vip: bool, many: bool, seconds: f64) -> Result<Iperf
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
+    let drops1 = tx_drops(&lab.switch, "p-")?;
+    let balancer_port = lab::balancer_switch_port();
     let mut run = IperfRun {
         flows: clients as u32 * streams,
         seconds: secs as f64,
         ..IperfRun::default()
     };
+    for (port, after) in &drops1 {
+        let before = drops0
+            .iter()
+            .find(|(p, _)| p == port)
+            .map_or(0, |(_, d)| *d);
+        let d = after.saturating_sub(before);
+        run.ring_drops += d;
+        if *port == balancer_port {
+            run.balancer_ring_drops += d;
+        }
+    }
     for out in outputs {
         let (bps, retrans) = parse_iperf(&out?)?;
         run.gbit_per_s += bps / 1e9;
