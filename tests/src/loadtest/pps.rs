@@ -159,6 +159,21 @@ fn last_line(e: &anyhow::Error) -> String {
         .to_string()
 }
 
+/// Frames sent and, when it says, seconds spent sending, from trafgen's summary:
+/// `N packets outgoing` and `S sec, U usec on CPU0 (N packets)`.
+fn parse_trafgen(text: &str) -> Option<(u64, Option<f64>)> {
+    let frames = text
+        .lines()
+        .find_map(|l| l.trim().strip_suffix("packets outgoing"))
+        .and_then(|n| n.trim().parse::<u64>().ok())?;
+    let sending = text.lines().find_map(|l| {
+        let (sec, rest) = l.trim().split_once(" sec, ")?;
+        let usec = rest.split_once(" usec on CPU")?.0;
+        Some(sec.trim().parse::<f64>().ok()? + usec.trim().parse::<f64>().ok()? / 1e6)
+    });
+    Some((frames, sending))
+}
+
 /// trafgen for `seconds` from the client's port, one CPU, every packet a new source port in the generator's window.
 pub fn trafgen(
     lab: &Lab,
@@ -222,14 +237,12 @@ pub fn trafgen(
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            let frames = text
-                .lines()
-                .find_map(|l| l.trim().strip_suffix("packets outgoing"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
+            let (frames, sending) = parse_trafgen(&text)
                 .with_context(|| format!("no `N packets outgoing` in trafgen's output:\n{text}"))?;
             Ok(Sent {
                 frames,
-                seconds: elapsed,
+                // Its own sending time leaves out its start-up inside the `timeout` window.
+                seconds: sending.filter(|&s| s > 0.0).unwrap_or(elapsed),
                 generator_ns: None,
             })
         })
@@ -370,5 +383,22 @@ impl Floor {
             Ok(())
         })?;
         Ok(Floor { _dp: dp })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_trafgen_summary() {
+        let text = "     1 packets to schedule\n    54 bytes in total\nRunning! Hang up with ^C!\n\n\n     \
+                    2075904 packets outgoing\n   112098816 bytes outgoing\n           5 sec, 7966 usec on CPU0 \
+                    (2075904 packets)\n";
+        let (frames, secs) = parse_trafgen(text).unwrap();
+        assert_eq!(frames, 2_075_904);
+        assert!((secs.unwrap() - 5.007966).abs() < 1e-9);
+        assert_eq!(parse_trafgen("54 bytes in total\n"), None);
+        assert_eq!(parse_trafgen("7 packets outgoing\n"), Some((7, None)));
     }
 }
