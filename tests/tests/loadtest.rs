@@ -16,13 +16,7 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
     let r =
         loadtest::run(&Options::quick(out.path())).unwrap_or_else(|e| panic!("loadtest: {e:#}"));
 
-    for (name, run) in [
-        ("trafgen_syn", &r.pps.trafgen_syn),
-        ("trafgen_udp", &r.pps.trafgen_udp),
-        ("live_syn", &r.pps.live_syn),
-        ("floor_trafgen_syn", &r.pps.floor_trafgen_syn),
-        ("floor_live_syn", &r.pps.floor_live_syn),
-    ] {
+    for (name, run) in r.pps.named() {
         assert!(
             run.offered_pps > 0.0 && run.balancer_pps > 0.0 && run.forwarded_pps > 0.0,
             "{name}: no traffic went through: {run:?}"

@@ -288,17 +288,13 @@ fn notes(r: &mut Results) {
             many.balancer_ring_drops, many.ring_drops
         ));
     }
-    let lossy: Vec<String> = [
-        ("trafgen_syn", &r.pps.trafgen_syn),
-        ("trafgen_udp", &r.pps.trafgen_udp),
-        ("live_syn", &r.pps.live_syn),
-        ("floor_trafgen_syn", &r.pps.floor_trafgen_syn),
-        ("floor_live_syn", &r.pps.floor_live_syn),
-    ]
-    .iter()
-    .filter(|(_, run)| run.loss > 0.05)
-    .map(|(name, run)| format!("{name} {:.0}%", run.loss * 100.0))
-    .collect();
+    let lossy: Vec<String> = r
+        .pps
+        .named()
+        .iter()
+        .filter(|(_, run)| run.loss > 0.05)
+        .map(|(name, run)| format!("{name} {:.0}%", run.loss * 100.0))
+        .collect();
     if !lossy.is_empty() {
         r.notes.push(format!(
             "Loss above 5% ({}): frames the generator offered faster than the veth/bridge chain could carry them are \

@@ -48,6 +48,19 @@ pub struct PpsPhase {
     pub floor_live_syn: PpsRun,
 }
 
+impl PpsPhase {
+    /// Every run with its JSON field name, in report order.
+    pub fn named(&self) -> [(&'static str, &PpsRun); 5] {
+        [
+            ("trafgen_syn", &self.trafgen_syn),
+            ("trafgen_udp", &self.trafgen_udp),
+            ("live_syn", &self.live_syn),
+            ("floor_trafgen_syn", &self.floor_trafgen_syn),
+            ("floor_live_syn", &self.floor_live_syn),
+        ]
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct PpsRun {
     /// "trafgen" or "live-frames".
