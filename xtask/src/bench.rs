@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use crate::cmd::{self, exec, phase};
+use crate::cmd::{self, phase};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -40,13 +40,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "lb-userspace",
         "--bins",
     ]);
-    if args.json {
-        // Cargo reports on stderr; stdout stays the one JSON object.
-        let status = build.status()?;
-        anyhow::ensure!(status.success(), "building lbd failed ({status})");
-    } else {
-        exec(&mut build)?;
-    }
+    cmd::exec_for(&mut build, args.json, false)?;
     let mut c = cmd::cargo();
     c.current_dir(cmd::workspace_root()).args([
         "run",
@@ -61,10 +55,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ]);
     if args.json {
         c.arg("--json");
-        // Keep stdout exactly one JSON object: no command trace.
-        let status = c.status()?;
-        anyhow::ensure!(status.success(), "lb-bench {what} failed ({status})");
-        return Ok(());
     }
-    exec(&mut c)
+    cmd::exec_for(&mut c, args.json, true)
 }

@@ -30,6 +30,23 @@ pub fn exec(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a step of a task that may print JSON. Traced like [`exec`] normally; with `json`, untraced and with its
+/// stdout silenced unless it is the step that prints the JSON (`prints_json`), so stdout carries exactly one object.
+pub fn exec_for(c: &mut Command, json: bool, prints_json: bool) -> Result<()> {
+    if !json {
+        return exec(c);
+    }
+    if !prints_json {
+        c.stdout(Stdio::null());
+    }
+    let d = describe(c);
+    let status = c.status().with_context(|| format!("cannot start `{d}`"))?;
+    if !status.success() {
+        bail!("`{d}` failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs a command quietly and returns trimmed stdout if it exited 0, None otherwise (also if it is missing).
 pub fn probe(c: &mut Command) -> Option<String> {
     let out = c.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::cmd::{self, exec, phase};
+use crate::cmd::{self, phase};
 use crate::setup;
 
 #[derive(Args)]
@@ -23,37 +23,32 @@ pub fn run(args: &LoadtestArgs) -> Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("loadtest");
-    let quiet = args.json;
-    // With --json, stdout must be exactly the JSON object: set-up and build chatter go to stderr.
-    let run_step = |c: &mut std::process::Command| -> Result<()> {
-        if quiet {
-            let status = c.stdout(std::process::Stdio::null()).status()?;
-            anyhow::ensure!(status.success(), "{c:?} failed ({status})");
-            Ok(())
-        } else {
-            exec(c)
-        }
-    };
-    if quiet {
-        let status = std::process::Command::new(std::env::current_exe()?)
-            .arg("setup")
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(status.success(), "cargo xtask setup failed ({status})");
+    let json = args.json;
+    if json {
+        // setup prints its progress on stdout, which --json keeps for the JSON: run it as a child with stdout muted.
+        cmd::exec_for(
+            std::process::Command::new(std::env::current_exe()?).arg("setup"),
+            true,
+            false,
+        )?;
     } else {
         setup::run()?;
         phase("build lbd, lbctl, lb-lab, lb-loadtest (release)");
     }
-    run_step(cmd::cargo().current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "lb-userspace",
-        "-p",
-        "lb-tests",
-        "--bins",
-    ]))?;
-    if !quiet {
+    cmd::exec_for(
+        cmd::cargo().current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "lb-tests",
+            "--bins",
+        ]),
+        json,
+        false,
+    )?;
+    if !json {
         phase("loadtest");
     }
     let mut c = cmd::cargo();
@@ -72,11 +67,8 @@ pub fn run(args: &LoadtestArgs) -> Result<()> {
     if args.quick {
         c.arg("--quick");
     }
-    if args.json {
+    if json {
         c.arg("--json");
-        let status = c.status()?;
-        anyhow::ensure!(status.success(), "lb-loadtest failed ({status})");
-        return Ok(());
     }
-    exec(&mut c)
+    cmd::exec_for(&mut c, json, true)
 }
