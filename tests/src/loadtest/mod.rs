@@ -74,35 +74,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     opts.say("loadtest: building the lab (client, balancer, 3 backends)");
     let lab = Lab::new(&LabOptions::default());
     let iperf_vips = throughput::vip_entries(&lab);
-    let cfg = lab.write_config("loadtest.toml", |c| {
-        let vips = c
-            .get_mut("vip")
-            .and_then(|v| v.as_array_mut())
-            .expect("config/lab.toml has [[vip]] entries");
-        vips.extend(iperf_vips);
-        // The production default, not the lab's small table: a SYN stream from 60,000 ports would otherwise keep a
-        // nearly full LRU evicting on every insert, which measures the table size rather than the balancer.
-        // Health checks with room for a saturated machine: with the default 300 ms timeout a packet flood on two
-        // cores can delay a check enough to take a healthy backend out in the middle of a measurement.
-        for vip in c
-            .get_mut("vip")
-            .and_then(|v| v.as_array_mut())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(h) = vip.get_mut("health").and_then(|h| h.as_table_mut()) {
-                h.insert("timeout_ms".into(), 450.into());
-                h.insert("fall".into(), 4.into());
-            }
-        }
-        c.get_mut("daemon")
-            .and_then(|d| d.as_table_mut())
-            .expect("config/lab.toml has a [daemon] table")
-            .insert(
-                "flow_table_size".into(),
-                i64::from(lb_common::DEFAULT_FLOW_TABLE_SIZE).into(),
-            );
-    });
+    let cfg = lab.write_config("loadtest.toml", |c| loadtest_config(c, iperf_vips));
     let mut r = Results {
         machine: machine(opts),
         ..Results::default()
@@ -130,6 +102,33 @@ pub fn run(opts: &Options) -> Result<Results> {
         opts.say(&format!("loadtest: wrote {}", p.display()));
     }
     Ok(r)
+}
+
+/// The lab config, adapted for measuring: the iperf3 services added, the production flow-table size, and health
+/// checks with room for a saturated machine.
+fn loadtest_config(c: &mut toml::Table, iperf_vips: Vec<toml::Value>) {
+    let vips = c
+        .get_mut("vip")
+        .and_then(|v| v.as_array_mut())
+        .expect("config/lab.toml has [[vip]] entries");
+    vips.extend(iperf_vips);
+    // With the default 300 ms timeout, a packet flood on two cores can delay a check enough to take a healthy
+    // backend out in the middle of a measurement.
+    for vip in vips.iter_mut() {
+        if let Some(h) = vip.get_mut("health").and_then(|h| h.as_table_mut()) {
+            h.insert("timeout_ms".into(), 450.into());
+            h.insert("fall".into(), 4.into());
+        }
+    }
+    // The production default, not the lab's small table: a SYN stream from 60,000 ports would otherwise keep a
+    // nearly full LRU evicting on every insert, which measures the table size rather than the balancer.
+    c.get_mut("daemon")
+        .and_then(|d| d.as_table_mut())
+        .expect("config/lab.toml has a [daemon] table")
+        .insert(
+            "flow_table_size".into(),
+            i64::from(lb_common::DEFAULT_FLOW_TABLE_SIZE).into(),
+        );
 }
 
 fn machine(opts: &Options) -> Machine {
