@@ -100,11 +100,23 @@ impl Bench {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
+        // The log is appended to across restarts, and a restarted lbd finds the VIP map already programmed: only
+        // one more "lbd running" line says this process has finished starting.
+        let started_before = self.started_count();
         let mut child = ChildGuard::spawn(cmd, "lbd");
-        self.wait_for(&mut child, "the VIP map to be programmed", || {
-            self.pins.path().join(maps::VIPS).exists() && !vips(self.pins.path()).is_empty()
+        self.wait_for(&mut child, "lbd to finish starting", || {
+            self.started_count() > started_before
         });
+        assert!(
+            self.pins.path().join(maps::VIPS).exists() && !vips(self.pins.path()).is_empty(),
+            "lbd started but the VIP map is not programmed; log:\n{}",
+            self.log_text()
+        );
         child
+    }
+
+    fn started_count(&self) -> usize {
+        self.log_text().matches("lbd running").count()
     }
 
     fn wait_for(&self, child: &mut ChildGuard, what: &str, cond: impl Fn() -> bool) {
@@ -343,10 +355,12 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
         "not forwarding without the daemon: {c1} -> {c2}"
     );
 
-    let mut lbd = b.start(&config);
-    b.wait_for(&mut lbd, "adoption in the log", || {
-        b.log_text().contains("adopted the pinned XDP link")
-    });
+    let lbd = b.start(&config);
+    assert!(
+        b.log_text().contains("adopted the pinned XDP link"),
+        "link not adopted; log:\n{}",
+        b.log_text()
+    );
     assert!(
         b.log_text().contains("adopted the pinned maps' state"),
         "maps not adopted; log:\n{}",
