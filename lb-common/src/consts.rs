@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// New flows per second per CPU before the flow table stops taking inserts (0 = no cap).
 pub const DEFAULT_NEW_FLOW_CAP: u32 = 0;
+/// `LB_VIP_FILTER` words (`u64`): a one-hash Bloom filter of VIP addresses, 65,536 bits in 8 KiB (fits L1), so a
+/// packet for no VIP costs one array read instead of two hash-map misses. With `n` VIP addresses a non-VIP
+/// address still takes the hash lookups with probability about `n / 65536`.
+pub const VIP_FILTER_WORDS: u32 = 1024;
 /// How long a cached `bpf_fib_lookup` answer for a backend is trusted.
 pub const NEXTHOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 /// Length of the new-flow rate window.

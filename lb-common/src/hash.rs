@@ -3,7 +3,10 @@
 //! MurmurHash3's 32-bit block mix over the fixed 10 words of a [`FlowKey`] (no tail, no loop bound to prove), seeded.
 //! The words are the raw wire bytes read as native `u32`s, exactly as the program loads them.
 
-use crate::types::FlowKey;
+use crate::{
+    consts::VIP_FILTER_WORDS,
+    types::{AddrWords, FlowKey},
+};
 
 /// Fixed seed: the same flow must map to the same backend on every balancer of a fleet (ECMP may move a flow
 /// between balancers; with equal configs they agree on its backend even without shared flow state).
@@ -60,6 +63,19 @@ pub const fn ring_index(hash: u32, ring_slot: u32, ring_size: u32, stride: u32) 
         None => None,
     }
 }
+
+/// The `LB_VIP_FILTER` bit of an address (`0..VIP_FILTER_WORDS * 64`): the four words folded (an IPv4 address has
+/// three zero words), then Fibonacci hashing, whose top bits depend on every input bit. Not seeded: the filter only
+/// saves lookups, a collision costs the two hash-map misses a packet would pay without it.
+#[inline(always)]
+pub const fn vip_filter_bit(addr: &AddrWords) -> u32 {
+    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - VIP_FILTER_BITS_LOG2)
+}
+
+/// `log2` of the filter's bit count; `VIP_FILTER_WORDS * 64 == 1 << VIP_FILTER_BITS_LOG2`.
+const VIP_FILTER_BITS_LOG2: u32 = 16;
+const _: () = assert!(VIP_FILTER_WORDS * 64 == 1 << VIP_FILTER_BITS_LOG2);
 
 #[cfg(test)]
 mod tests {
@@ -118,6 +134,32 @@ mod tests {
         let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
         // 400 expected per bucket; a uniform hash stays well inside ±30% at this count.
         assert!(*min > 280 && *max < 520, "uneven: min {min} max {max}");
+    }
+
+    #[test]
+    fn vip_filter_bits_are_in_range_and_spread() {
+        let mut seen = [0u64; VIP_FILTER_WORDS as usize];
+        let mut distinct = 0;
+        // 256 consecutive IPv4 addresses (a VIP /24) and 256 IPv6 ones differing in the last word.
+        for i in 0..=255u8 {
+            for addr in [
+                [u32::from_ne_bytes([198, 19, 0, i]), 0, 0, 0],
+                [0x00fd, 0x1900, 0, u32::from_ne_bytes([0, 0, 0, i])],
+            ] {
+                let bit = vip_filter_bit(&addr);
+                assert!(bit < VIP_FILTER_WORDS * 64);
+                let (w, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
+                if seen[w] & m == 0 {
+                    distinct += 1;
+                }
+                seen[w] |= m;
+            }
+        }
+        // 512 addresses into 65,536 bits: a spreading hash collides only a few times.
+        assert!(
+            distinct > 500,
+            "only {distinct} distinct bits for 512 addresses"
+        );
     }
 
     #[test]

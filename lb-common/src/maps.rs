@@ -2,6 +2,10 @@
 
 /// `HashMap<VipKey, VipMeta>`: the virtual services.
 pub const VIPS: &str = "LB_VIPS";
+/// `Array<u64>` of `VIP_FILTER_WORDS` words: bit [`crate::hash::vip_filter_bit`] is set for every address that
+/// has an `LB_VIPS` entry. A clear bit proves "not a VIP"; userspace sets a bit before the first entry of its address
+/// goes in and clears it after the last one goes out.
+pub const VIP_FILTER: &str = "LB_VIP_FILTER";
 /// `Array<u32>` of `2 * max_vips * max_ring_size` backend ids: two Maglev ring slots per VIP (double buffer).
 pub const RING: &str = "LB_RING";
 /// `Array<Backend>` indexed by [`crate::BackendId`]; id 0 is never used.

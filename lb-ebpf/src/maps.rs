@@ -8,7 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     AddrKey, Backend, BackendId, BackendStats, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS,
     DEFAULT_MAX_RING_SIZE, DEFAULT_MAX_VIPS, FlowKey, FlowState, GlobalConfig, NextHop,
-    RING_SLOTS_PER_VIP, RateWindow, VipKey, VipMeta, VipStats, counters::COUNTER_COUNT,
+    RING_SLOTS_PER_VIP, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats,
+    counters::COUNTER_COUNT,
 };
 
 /// Interfaces a redirect may target; small because a balancer has a handful of NICs.
@@ -16,6 +17,9 @@ const MAX_TX_PORTS: u32 = 64;
 
 #[map]
 pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 #[map]
 pub static LB_RING: Array<BackendId> = Array::with_max_entries(

@@ -11,8 +11,9 @@ use aya::{
     programs::Xdp,
 };
 use lb_common::{
-    AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig,
-    RING_SLOTS_PER_VIP, VipKey, VipMeta, VipStats, consts, maps,
+    AddrKey, AddrWords, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState,
+    GlobalConfig, RING_SLOTS_PER_VIP, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats, consts,
+    hash::vip_filter_bit, maps,
 };
 
 /// The compiled `lb-ebpf` object, built by `build.rs` through aya-build.
@@ -21,6 +22,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Every map of the object, in the order they are pinned.
 pub const ALL_MAPS: &[&str] = &[
     maps::VIPS,
+    maps::VIP_FILTER,
     maps::RING,
     maps::BACKENDS,
     maps::FLOWS,
@@ -146,7 +148,10 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        Ok(Dataplane { ebpf, sizes: s })
+        let mut dp = Dataplane { ebpf, sizes: s };
+        // Adopted maps may hold VIPs whose addresses the filter does not cover (pins from a build without it).
+        dp.sync_vip_filter()?;
+        Ok(dp)
     }
 
     /// The sizes the maps were created with.
@@ -233,6 +238,8 @@ impl Dataplane {
             meta.vip_id,
             self.sizes.max_vips
         );
+        // The bit first: an entry the filter hides would send the VIP's packets to the kernel.
+        self.update_filter_word(&key.addr, true)?;
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .insert(key, meta, 0)
             .with_context(|| format!("inserting into {}", maps::VIPS))
@@ -242,7 +249,68 @@ impl Dataplane {
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .remove(key)
-            .with_context(|| format!("removing from {}", maps::VIPS))
+            .with_context(|| format!("removing from {}", maps::VIPS))?;
+        self.update_filter_word(&key.addr, false)
+    }
+
+    /// The `LB_VIP_FILTER` words that cover exactly the addresses in `LB_VIPS`.
+    fn wanted_filter(&self) -> Result<Vec<u64>> {
+        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+        for key in self.hash::<VipKey, VipMeta>(maps::VIPS)?.keys() {
+            let key = key.with_context(|| format!("iterating {}", maps::VIPS))?;
+            let bit = vip_filter_bit(&key.addr);
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        Ok(words)
+    }
+
+    /// Sets `addr`'s filter bit (`adding`: its entry is about to be inserted), or recomputes the word holding it
+    /// from `LB_VIPS` (an entry was removed; another address may share the bit). Only that one word is written.
+    fn update_filter_word(&mut self, addr: &AddrWords, adding: bool) -> Result<()> {
+        let bit = vip_filter_bit(addr);
+        let index = bit / 64;
+        let remaining = if adding {
+            None
+        } else {
+            Some(self.wanted_filter()?[index as usize])
+        };
+        let mut arr = self.array_mut::<u64>(maps::VIP_FILTER)?;
+        let have = arr
+            .get(&index, 0)
+            .with_context(|| format!("reading {}[{index}]", maps::VIP_FILTER))?;
+        let want = remaining.unwrap_or(have | 1 << (bit % 64));
+        if have != want {
+            arr.set(index, want, 0)
+                .with_context(|| format!("writing {}[{index}]", maps::VIP_FILTER))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every filter word that differs from what `LB_VIPS` needs.
+    fn sync_vip_filter(&mut self) -> Result<()> {
+        let wanted = self.wanted_filter()?;
+        let mut arr = self.array_mut::<u64>(maps::VIP_FILTER)?;
+        for (index, want) in (0..VIP_FILTER_WORDS).zip(wanted) {
+            let have = arr
+                .get(&index, 0)
+                .with_context(|| format!("reading {}[{index}]", maps::VIP_FILTER))?;
+            if have != want {
+                arr.set(index, want, 0)
+                    .with_context(|| format!("writing {}[{index}]", maps::VIP_FILTER))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The filter as the program sees it (tests check it covers every VIP address).
+    pub fn vip_filter(&self) -> Result<Vec<u64>> {
+        let arr = self.array::<u64>(maps::VIP_FILTER)?;
+        (0..VIP_FILTER_WORDS)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .with_context(|| format!("reading {}[{i}]", maps::VIP_FILTER))
+            })
+            .collect()
     }
 
     /// Every VIP in the map.

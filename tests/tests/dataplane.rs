@@ -1575,3 +1575,91 @@ fn decap() {
     let cases = rows.into_iter().map(|p| Case::one(setup(), p)).collect();
     run("decap", cases);
 }
+
+/// `LB_VIP_FILTER` (docs/dataplane.md, before step 1): userspace keeps it covering exactly the VIP addresses; the
+/// program consults it (a hidden VIP goes to the kernel); a colliding non-VIP address still takes the lookups and
+/// is passed.
+#[test]
+fn vip_filter() {
+    if skip_unless_root("vip_filter") {
+        return;
+    }
+    let mut rig = Rig::new("vipfilter");
+    let web = vip(v4(VIP4), 80, IPPROTO_TCP, 1, 0, &RING3);
+    let web6 = vip(v6(VIP6), 443, IPPROTO_TCP, 2, 0, &RING3);
+    let setup = Setup::new(vec![web.clone(), web6]);
+    rig.apply(&setup);
+    let bit_of = |ip: IpAddr| hash::vip_filter_bit(&AddrKey::new(ip).addr);
+    let words_for = |ips: &[IpAddr]| {
+        let mut w = vec![0u64; VIP_FILTER_WORDS as usize];
+        for ip in ips {
+            let b = bit_of(*ip);
+            w[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        w
+    };
+    assert_eq!(
+        rig.dp.vip_filter().unwrap(),
+        words_for(&[v4(VIP4), v6(VIP6)]),
+        "the filter does not cover exactly the two VIP addresses"
+    );
+
+    let verdict = |rig: &mut Rig, ip: &Ip| {
+        let c0 = rig.dp.counters().unwrap();
+        let (action, _) = rig
+            .test_run(maps::PROG_LB, &frame(&l2in(), &ip.bytes()))
+            .unwrap();
+        let c1 = rig.dp.counters().unwrap();
+        let moved: Vec<Counter> = c0
+            .iter()
+            .zip(&c1)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect();
+        (action, moved)
+    };
+    let to_vip = tcp4(40000, VIP4, 80, TCP_ACK);
+    assert_eq!(
+        verdict(&mut rig, &to_vip),
+        (XDP_TX, vec![Counter::Tx]),
+        "VIP packet with the filter in place"
+    );
+
+    // A non-VIP address sharing VIP4's bit: the filter lets it through to the lookups, which miss.
+    let twin = (0..1u32 << 17)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i))
+        .find(|a| *a != VIP4 && bit_of(v4(*a)) == bit_of(v4(VIP4)))
+        .expect("198.18.0.0/15 has an address sharing VIP4's filter bit");
+    assert_eq!(
+        verdict(&mut rig, &tcp4(40000, twin, 80, TCP_ACK)),
+        (XDP_PASS, vec![Counter::PassNotVip]),
+        "{twin} shares VIP4's filter bit but is no VIP"
+    );
+
+    // The program reads the filter: with VIP4's word cleared behind userspace's back, its packets are not seen.
+    let index = bit_of(v4(VIP4)) / 64;
+    {
+        let map = rig.dp.ebpf_mut().map_mut(maps::VIP_FILTER).unwrap();
+        let mut arr = aya::maps::Array::<_, u64>::try_from(map).unwrap();
+        arr.set(index, 0, 0).unwrap();
+    }
+    assert_eq!(
+        verdict(&mut rig, &to_vip),
+        (XDP_PASS, vec![Counter::PassNotVip]),
+        "VIP packet with its filter bit cleared"
+    );
+
+    // Removing one VIP clears only its address's bit; removing all leaves the filter empty.
+    rig.apply(&Setup::new(vec![web]));
+    assert_eq!(rig.dp.vip_filter().unwrap(), words_for(&[v4(VIP4)]));
+    assert_eq!(
+        verdict(&mut rig, &to_vip),
+        (XDP_TX, vec![Counter::Tx]),
+        "VIP packet after the filter was rewritten"
+    );
+    rig.apply(&Setup::new(vec![]));
+    assert!(
+        rig.dp.vip_filter().unwrap().iter().all(|&w| w == 0),
+        "filter bits left after every VIP was removed"
+    );
+}
