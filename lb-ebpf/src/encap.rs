@@ -32,7 +32,8 @@ pub fn rewrite_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Verdict> {
 }
 
 /// Replaces the L2 header (`l2_len` bytes, VLAN tag included) by Ethernet + an outer IP header towards `be`.
-/// `inner_len` is the frame length minus `l2_len`; `inner_family` picks protocol 4 or 41.
+/// `inner_len` is the frame length minus `l2_len`; `inner_family` picks protocol 4 or 41; `label_hash` (the flow's
+/// hash) gives an IPv6 outer header its flow label and is unused for IPv4.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -46,7 +47,7 @@ pub fn encapsulate(
     be: &Backend,
     cfg: &GlobalConfig,
     nh: &NextHop,
-    hash: u32,
+    label_hash: u32,
 ) -> Result<(), Verdict> {
     let inner_proto = if inner_family == FAMILY_V4 {
         IPPROTO_IPIP
@@ -86,7 +87,7 @@ pub fn encapsulate(
         }
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_MALFORMED)?;
-        let label = hash & 0xf_ffff;
+        let label = label_hash & 0xf_ffff;
         unsafe {
             (*eth).proto = ETH_P_IPV6;
             *ip = Ipv6Hdr {

@@ -113,7 +113,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         let hash = flow_hash(&key);
         let cfg = config()?;
         let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return forward(ctx, &l3, &meta, cfg, id, hash, len);
+        return forward(ctx, &l3, &meta, cfg, id, FlowHash::known(&key, hash), len);
     }
 
     // Step 4: inbound ICMP too-big, steered by the quoted flow.
@@ -136,7 +136,15 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             }
         };
         let id = id.ok_or(DROP_NO_BACKEND)?;
-        return forward(ctx, &l3, &meta, cfg, id, hash, len);
+        return forward(
+            ctx,
+            &l3,
+            &meta,
+            cfg,
+            id,
+            FlowHash::known(&q.flow, hash),
+            len,
+        );
     }
 
     // Step 5: TCP/UDP VIP lookup; only a VIP packet has its L4 header validated.
@@ -175,20 +183,21 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if meta.flags & VIP_F_FRAG_HASH3 != 0 {
         let hash = flow_hash(&key.three_tuple());
         let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return forward(ctx, &l3, &meta, cfg, id, hash, len);
+        return forward(ctx, &l3, &meta, cfg, id, FlowHash::known(&key, hash), len);
     }
-    let hash = flow_hash(&key);
     let found = if syn {
         Lookup::Stale
     } else {
         conntrack::lookup(&key)
     };
-    let id = match found {
-        Lookup::Hit(id) => id,
+    // An established flow needs no hash unless it is encapsulated in IPv6 (flow label): `forward` computes it then.
+    let (id, hash) = match found {
+        Lookup::Hit(id) => (id, None),
         other => {
             if let Lookup::Miss = other {
                 stats::vip_lru_miss(meta.vip_id);
             }
+            let hash = flow_hash(&key);
             let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
             if conntrack::admit_new_flow(cfg) {
                 conntrack::insert(&key, id, meta.vip_id);
@@ -196,10 +205,34 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             } else {
                 stats::count(Counter::NewFlowCapped);
             }
-            id
+            (id, Some(hash))
         }
     };
-    forward(ctx, &l3, &meta, cfg, id, hash, len)
+    forward(ctx, &l3, &meta, cfg, id, FlowHash { key: &key, hash }, len)
+}
+
+/// A flow's hash, or the key to compute it from when it is first needed.
+struct FlowHash<'a> {
+    key: &'a FlowKey,
+    hash: Option<u32>,
+}
+
+impl<'a> FlowHash<'a> {
+    #[inline(always)]
+    fn known(key: &'a FlowKey, hash: u32) -> Self {
+        FlowHash {
+            key,
+            hash: Some(hash),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self) -> u32 {
+        match self.hash {
+            Some(h) => h,
+            None => flow_hash(self.key),
+        }
+    }
 }
 
 /// Step 8: encapsulate or rewrite MACs, route, and pick `XDP_TX` or a redirect.
@@ -210,7 +243,7 @@ fn forward(
     meta: &VipMeta,
     cfg: &GlobalConfig,
     id: BackendId,
-    hash: u32,
+    hash: FlowHash,
     len: u64,
 ) -> Result<Verdict, Verdict> {
     stats::backend_packet(id, len);
@@ -234,7 +267,12 @@ fn forward(
         cfg.encap_src_v6
     };
     let nh = fib::next_hop(ctx, id, be.family, &be.addr, &src)?;
-    encap::encapsulate(ctx, l3.off, inner_len, l3.family, &be, cfg, &nh, hash)?;
+    let label = if be.family == FAMILY_V4 {
+        0
+    } else {
+        hash.get()
+    };
+    encap::encapsulate(ctx, l3.off, inner_len, l3.family, &be, cfg, &nh, label)?;
     Ok(fib::emit(ctx, &nh))
 }
 
