@@ -314,25 +314,30 @@ async fn edit(shared: &Shared, f: impl FnOnce(&mut Config) -> Result<String, Str
     }
 }
 
+/// The `[daemon]` section as the file would give it, for running validated settings through the file rules again.
+fn raw_daemon(d: &crate::config::DaemonConfig) -> crate::config::RawDaemon {
+    crate::config::RawDaemon {
+        interface: d.interface.clone(),
+        xdp_mode: Some(format!("{:?}", d.xdp_mode).to_lowercase()),
+        pin_dir: Some(d.pin_dir.clone()),
+        control_socket: Some(d.control_socket.clone()),
+        metrics_addr: Some(d.metrics_addr.to_string()),
+        max_vips: Some(d.sizes.max_vips),
+        max_backends: Some(d.sizes.max_backends),
+        flow_table_size: Some(d.sizes.flow_table_size),
+        max_ring_size: Some(d.sizes.max_ring_size),
+        encap_src_v4: d.encap_src_v4.map(|a| a.to_string()),
+        encap_src_v6: d.encap_src_v6.map(|a| a.to_string()),
+        mtu: Some(d.mtu),
+        new_flow_cap: Some(d.new_flow_cap),
+        icmp_too_big: Some(d.icmp_too_big),
+    }
+}
+
 /// Runs the file validation over an edited config (so runtime edits meet the same rules as the file).
 fn revalidate(cfg: &Config) -> Result<(), String> {
     let raw = crate::config::RawConfig {
-        daemon: crate::config::RawDaemon {
-            interface: cfg.daemon.interface.clone(),
-            xdp_mode: Some(format!("{:?}", cfg.daemon.xdp_mode).to_lowercase()),
-            pin_dir: Some(cfg.daemon.pin_dir.clone()),
-            control_socket: Some(cfg.daemon.control_socket.clone()),
-            metrics_addr: Some(cfg.daemon.metrics_addr.to_string()),
-            max_vips: Some(cfg.daemon.sizes.max_vips),
-            max_backends: Some(cfg.daemon.sizes.max_backends),
-            flow_table_size: Some(cfg.daemon.sizes.flow_table_size),
-            max_ring_size: Some(cfg.daemon.sizes.max_ring_size),
-            encap_src_v4: cfg.daemon.encap_src_v4.map(|a| a.to_string()),
-            encap_src_v6: cfg.daemon.encap_src_v6.map(|a| a.to_string()),
-            mtu: Some(cfg.daemon.mtu),
-            new_flow_cap: Some(cfg.daemon.new_flow_cap),
-            icmp_too_big: Some(cfg.daemon.icmp_too_big),
-        },
+        daemon: raw_daemon(&cfg.daemon),
         vips: cfg
             .vips
             .iter()
@@ -427,25 +432,10 @@ impl Handler for Shared {
                     health: vip.health.clone(),
                 };
                 edit(self, move |cfg| {
-                    // Validate the new VIP through the file rules by round-tripping it with the rest.
-                    let mut errs = Vec::new();
+                    // The new VIP alone through the file rules, under the running daemon settings (the whole
+                    // config is validated again after the edit).
                     let probe = crate::config::RawConfig {
-                        daemon: crate::config::RawDaemon {
-                            interface: cfg.daemon.interface.clone(),
-                            xdp_mode: None,
-                            pin_dir: None,
-                            control_socket: None,
-                            metrics_addr: None,
-                            max_vips: Some(cfg.daemon.sizes.max_vips),
-                            max_backends: Some(cfg.daemon.sizes.max_backends),
-                            flow_table_size: Some(cfg.daemon.sizes.flow_table_size),
-                            max_ring_size: Some(cfg.daemon.sizes.max_ring_size),
-                            encap_src_v4: cfg.daemon.encap_src_v4.map(|a| a.to_string()),
-                            encap_src_v6: cfg.daemon.encap_src_v6.map(|a| a.to_string()),
-                            mtu: None,
-                            new_flow_cap: None,
-                            icmp_too_big: None,
-                        },
+                        daemon: raw_daemon(&cfg.daemon),
                         vips: vec![raw],
                     };
                     match probe.validate() {
@@ -455,10 +445,7 @@ impl Handler for Shared {
                             cfg.vips.push(v);
                             Ok(msg)
                         }
-                        Err(e) => {
-                            errs.extend(e.0);
-                            Err(errs.join("; "))
-                        }
+                        Err(e) => Err(e.0.join("; ")),
                     }
                 })
                 .await

@@ -47,19 +47,7 @@ impl Checker {
             }
         }
         let up = self.stop(&key).map(|row| row.up).unwrap_or(true);
-        let row = BackendHealth {
-            key,
-            kind: spec.kind,
-            target,
-            up,
-            last_ok: None,
-            last_reason: String::new(),
-            last_latency_us: None,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
-            checks: 0,
-            transitions: 0,
-        };
+        let row = BackendHealth::new(key, spec.kind, target, up);
         self.table.lock().expect("health table").insert(key, row);
         let handle = (spec.kind != CheckKind::None).then(|| {
             tokio::spawn(run(
@@ -262,22 +250,15 @@ mod tests {
     use super::*;
 
     fn row() -> BackendHealth {
-        BackendHealth {
-            key: HealthKey {
+        BackendHealth::new(
+            HealthKey {
                 vip: crate::control::api::parse_vip("198.18.0.10:80/tcp").unwrap(),
                 backend: "198.18.1.1".parse().unwrap(),
             },
-            kind: CheckKind::Tcp,
-            target: "198.18.1.1:80".parse().unwrap(),
-            up: true,
-            last_ok: None,
-            last_reason: String::new(),
-            last_latency_us: None,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
-            checks: 0,
-            transitions: 0,
-        }
+            CheckKind::Tcp,
+            "198.18.1.1:80".parse().unwrap(),
+            true,
+        )
     }
 
     #[test]

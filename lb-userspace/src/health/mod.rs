@@ -225,6 +225,25 @@ pub struct BackendHealth {
     pub transitions: u64,
 }
 
+impl BackendHealth {
+    /// A backend with no probe run yet, starting in state `up`.
+    pub fn new(key: HealthKey, kind: CheckKind, target: SocketAddr, up: bool) -> Self {
+        BackendHealth {
+            key,
+            kind,
+            target,
+            up,
+            last_ok: None,
+            last_reason: String::new(),
+            last_latency_us: None,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            checks: 0,
+            transitions: 0,
+        }
+    }
+}
+
 /// Probes against real servers on loopback (plain sockets, as the daemon uses in its namespace).
 #[cfg(test)]
 mod tests {
