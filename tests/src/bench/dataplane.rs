@@ -4,8 +4,8 @@
 //! is no longer for a VIP), and a packet is a new flow only once. So every iteration here is its own
 //! `repeat = 1` run over a fresh copy of a packet chosen for the path. The figure is the kernel's own BPF run-time
 //! statistics (BPF_ENABLE_STATS: time inside the program, per run), minus the same figure for an empty program,
-//! which is what the statistics themselves cost. After each path the program's own counters must show that every
-//! iteration took the measured path. The test-run timer's per-call duration is reported beside it: it includes
+//! which is what the statistics themselves cost; the paths are measured in interleaved rounds (see [`ROUNDS`]).
+//! After each round of a path the program's own counters must show that every iteration took the measured path. The test-run timer's per-call duration is reported beside it: it includes
 //! the harness's fixed cost (timer, cold caches after the syscall) and dominates for short programs.
 
 use std::net::IpAddr;
@@ -21,6 +21,10 @@ use super::median;
 
 /// Iterations per path.
 const RUNS: usize = 20_000;
+/// The runs of every path are split into this many rounds; each round measures the empty program, the floor and
+/// every path back to back, and a figure is the median over rounds of (path − empty of the same round). A burst of
+/// load on this shared machine then moves one round of every figure, not every round of one figure.
+pub const ROUNDS: usize = 5;
 /// Distinct established flows the established paths cycle through.
 const FLOWS: usize = 1_000;
 
@@ -150,36 +154,51 @@ fn counter(rig: &Rig, c: Counter) -> u64 {
         .map_or(0, |(_, v)| v)
 }
 
-/// Measures one path and proves it: `verdict_counter` must grow by exactly the number of runs, and so must
-/// `new_flows` (for `expect_new`) or not at all; `lru_misses` never.
-#[allow(clippy::too_many_arguments)]
-fn path(
-    rig: &mut Rig,
-    name: &'static str,
-    frames: &[Vec<u8>],
-    verdict: u32,
+/// What a path's runs must show in the program's own counters.
+struct Proof {
     verdict_counter: Counter,
     vip_id: Option<u32>,
     expect_new: bool,
-    empty: f64,
-) -> (&'static str, f64, f64) {
-    let c0 = counter(rig, verdict_counter);
-    let v0 = vip_id.map(|id| rig.dp.vip_stats(id).expect("vip stats"));
-    let (ns, mut timer) = time_runs(rig, maps::PROG_LB, frames, verdict);
+}
+
+/// One measured program on one kind of packet.
+struct Item<'a> {
+    name: &'static str,
+    prog: &'static str,
+    frames: &'a [Vec<u8>],
+    verdict: u32,
+    proof: Option<Proof>,
+}
+
+/// Runs `frames` and proves the path: the verdict counter must grow by exactly the number of runs, and so must
+/// `new_flows` (for `expect_new`) or not at all; `lru_misses` never. Returns the in-program ns per run and each
+/// run's test-timer duration.
+fn proven_runs(
+    rig: &mut Rig,
+    name: &str,
+    frames: &[Vec<u8>],
+    verdict: u32,
+    proof: &Proof,
+) -> (f64, Vec<f64>) {
+    let c0 = counter(rig, proof.verdict_counter);
+    let v0 = proof
+        .vip_id
+        .map(|id| rig.dp.vip_stats(id).expect("vip stats"));
+    let measured = time_runs(rig, maps::PROG_LB, frames, verdict);
     let n = frames.len() as u64;
-    let dc = counter(rig, verdict_counter) - c0;
+    let dc = counter(rig, proof.verdict_counter) - c0;
     assert_eq!(
         dc,
         n,
         "{name}: {} grew by {dc}, not by the {n} runs",
-        verdict_counter.name()
+        proof.verdict_counter.name()
     );
-    if let (Some(id), Some(v0)) = (vip_id, v0) {
+    if let (Some(id), Some(v0)) = (proof.vip_id, v0) {
         let v1 = rig.dp.vip_stats(id).expect("vip stats");
         let new = v1.new_flows - v0.new_flows;
         assert_eq!(
             new,
-            if expect_new { n } else { 0 },
+            if proof.expect_new { n } else { 0 },
             "{name}: {new} flow-table inserts in {n} runs"
         );
         assert_eq!(
@@ -192,7 +211,32 @@ fn path(
             "{name}: not every run was counted on the VIP"
         );
     }
-    (name, ns - empty, median(&mut timer))
+    measured
+}
+
+/// Measures every item in `ROUNDS` rounds, each round running a slice of every item's packets back to back.
+/// Returns per item: the in-program ns of each round, and all test-timer durations.
+fn interleaved(rig: &mut Rig, items: &[Item]) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut out: Vec<(Vec<f64>, Vec<f64>)> = items.iter().map(|_| Default::default()).collect();
+    for round in 0..ROUNDS {
+        for (item, (ns, timer)) in items.iter().zip(out.iter_mut()) {
+            let per = item.frames.len() / ROUNDS;
+            let slice = &item.frames[round * per..(round + 1) * per];
+            let (n, t) = match &item.proof {
+                Some(proof) => proven_runs(rig, item.name, slice, item.verdict, proof),
+                None => time_runs(rig, item.prog, slice, item.verdict),
+            };
+            ns.push(n);
+            timer.extend(t);
+        }
+    }
+    out
+}
+
+/// Median over rounds of `item - empty` of the same round.
+fn net_median(item: &[f64], empty: &[f64]) -> f64 {
+    let mut d: Vec<f64> = item.iter().zip(empty).map(|(a, e)| a - e).collect();
+    median(&mut d)
 }
 
 pub fn run() -> Report {
@@ -240,19 +284,14 @@ pub fn run() -> Report {
             )
         })
         .collect();
-    // The run-time statistics are on while this descriptor is open, and only then.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let (empty, mut empty_timer) =
-        time_runs(&mut rig, maps::PROG_EMPTY, &non_vip, lb_common::XDP_PASS);
-    let (floor, mut floor_timer) =
-        time_runs(&mut rig, maps::PROG_FLOOR, &non_vip, lb_common::XDP_TX);
-
     let cycle = |make: &dyn Fn(usize) -> Vec<u8>| -> Vec<Vec<u8>> {
         (0..RUNS).map(|i| make(i % FLOWS)).collect()
     };
     let est4 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4), TCP_ACK);
     let est6 = |i: usize| pkt(client6(i), sport(i), IpAddr::V6(VIP6), TCP_ACK);
     let l2 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4B), TCP_ACK);
+    // The run-time statistics are on while this descriptor is open, and only then.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     // Warm the flow table (and the next-hop cache) with one packet of each established flow.
     for make in [&est4 as &dyn Fn(usize) -> Vec<u8>, &est6, &l2] {
         let warm: Vec<Vec<u8>> = (0..FLOWS).map(make).collect();
@@ -261,59 +300,70 @@ pub fn run() -> Report {
     let new4: Vec<Vec<u8>> = (0..RUNS)
         .map(|i| pkt(client4(i + 7 * FLOWS), sport(i), IpAddr::V4(VIP4), TCP_SYN))
         .collect();
-
-    let paths = vec![
-        path(
-            &mut rig,
-            "non_vip",
-            &non_vip,
-            lb_common::XDP_PASS,
-            Counter::PassNotVip,
-            None,
-            false,
-            empty,
-        ),
-        path(
-            &mut rig,
+    let (est4_frames, est6_frames, l2_frames) = (cycle(&est4), cycle(&est6), cycle(&l2));
+    let lb = |name, frames, verdict, verdict_counter, vip_id, expect_new| Item {
+        name,
+        prog: maps::PROG_LB,
+        frames,
+        verdict,
+        proof: Some(Proof {
+            verdict_counter,
+            vip_id,
+            expect_new,
+        }),
+    };
+    let (tx, pass) = (lb_common::XDP_TX, lb_common::XDP_PASS);
+    let items = [
+        Item {
+            name: "empty",
+            prog: maps::PROG_EMPTY,
+            frames: &non_vip,
+            verdict: pass,
+            proof: None,
+        },
+        Item {
+            name: "floor",
+            prog: maps::PROG_FLOOR,
+            frames: &non_vip,
+            verdict: tx,
+            proof: None,
+        },
+        lb("non_vip", &non_vip, pass, Counter::PassNotVip, None, false),
+        lb(
             "established_v4",
-            &cycle(&est4),
-            lb_common::XDP_TX,
+            &est4_frames,
+            tx,
             Counter::Tx,
             Some(0),
             false,
-            empty,
         ),
-        path(
-            &mut rig,
-            "new_flow_v4",
-            &new4,
-            lb_common::XDP_TX,
-            Counter::Tx,
-            Some(0),
-            true,
-            empty,
-        ),
-        path(
-            &mut rig,
+        lb("new_flow_v4", &new4, tx, Counter::Tx, Some(0), true),
+        lb(
             "established_v6",
-            &cycle(&est6),
-            lb_common::XDP_TX,
+            &est6_frames,
+            tx,
             Counter::Tx,
             Some(1),
             false,
-            empty,
         ),
-        path(
-            &mut rig,
-            "l2dsr_v4",
-            &cycle(&l2),
-            lb_common::XDP_TX,
-            Counter::Tx,
-            Some(2),
-            false,
-            empty,
-        ),
+        lb("l2dsr_v4", &l2_frames, tx, Counter::Tx, Some(2), false),
     ];
+    let mut measured = interleaved(&mut rig, &items);
+    let empty_rounds = measured[0].0.clone();
+    let mut timer_median = |i: usize| median(&mut measured[i].1);
+    let (empty_timer, floor_timer) = (timer_median(0), timer_median(1));
+    let paths: Vec<(&'static str, f64, f64)> = (2..items.len())
+        .map(|i| {
+            (
+                items[i].name,
+                net_median(&measured[i].0, &empty_rounds),
+                median(&mut measured[i].1),
+            )
+        })
+        .collect();
+    let floor = net_median(&measured[1].0, &empty_rounds);
+    let empty = median(&mut measured[0].0.clone());
+
     // Warm: the same packet again and again. The L2 DSR packet's rewrite (MACs only) keeps it on its path, so the
     // counters must again grow by exactly the number of runs.
     let warm_empty = warm_ns(&mut rig, maps::PROG_EMPTY, &non_vip[0], lb_common::XDP_PASS);
@@ -342,10 +392,10 @@ pub fn run() -> Report {
 
     Report {
         empty_ns: empty,
-        floor_ns: floor - empty,
+        floor_ns: floor,
         paths,
-        empty_timer_ns: median(&mut empty_timer),
-        floor_timer_ns: median(&mut floor_timer),
+        empty_timer_ns: empty_timer,
+        floor_timer_ns: floor_timer,
         warm,
     }
 }

@@ -86,7 +86,11 @@ fn dataplane(json: bool) {
     println!(
         "lb_xdp, ns per packet: kernel BPF run-time statistics over single runs on fresh packets, minus the"
     );
-    println!("empty program's figure; the program's counters proved every run took its path.");
+    println!(
+        "empty program's figure, median of {} interleaved rounds; the program's counters proved every run took",
+        lb_tests::bench::dataplane::ROUNDS
+    );
+    println!("its path.");
     println!(
         "  {:<16} {:>8} {:>8}   {:>13}",
         "path", "ns/pkt", "x floor", "timer ns/call"
