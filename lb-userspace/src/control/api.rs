@@ -16,7 +16,8 @@ pub enum Request {
     Status,
     VipList,
     VipAdd {
-        vip: VipSpec,
+        /// Boxed: a VIP with its health check is several times larger than every other request.
+        vip: Box<VipSpec>,
     },
     VipDel {
         vip: VipAddr,

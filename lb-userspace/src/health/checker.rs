@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::tls::TlsClient;
 use super::{BackendHealth, CheckKind, CheckSpec, HealthEvent, HealthKey};
 
 type Table = Arc<Mutex<HashMap<HealthKey, BackendHealth>>>;
@@ -137,16 +138,28 @@ impl Drop for Checker {
     }
 }
 
-async fn probe(spec: &CheckSpec, target: SocketAddr) -> Result<(), String> {
+/// The TLS client of an HTTPS check, set up once per check task. An error (a CA file deleted since the config was
+/// validated) fails every probe with that reason, so the operator sees why in `lbctl health` and the log.
+type Tls = Result<Option<TlsClient>, String>;
+
+fn prepare_tls(spec: &CheckSpec, target: SocketAddr) -> Tls {
+    if spec.kind != CheckKind::Https {
+        return Ok(None);
+    }
+    TlsClient::new(&spec.tls(), target.ip()).map(Some)
+}
+
+async fn probe(spec: &CheckSpec, target: SocketAddr, tls: &Tls) -> Result<(), String> {
     let timeout = spec.timeout();
     match spec.kind {
         CheckKind::Tcp => super::tcp::probe(target, timeout).await,
-        CheckKind::Http => {
+        CheckKind::Http | CheckKind::Https => {
             super::http::probe(
                 target,
                 spec.path.as_deref().unwrap_or(super::DEFAULT_HTTP_PATH),
                 spec.expect_status.unwrap_or(super::DEFAULT_HTTP_STATUS),
                 timeout,
+                tls.as_ref().map_err(Clone::clone)?.as_ref(),
             )
             .await
         }
@@ -173,11 +186,12 @@ async fn run(
 ) {
     let mut ticker = tokio::time::interval(spec.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tls = prepare_tls(&spec, target);
     loop {
         ticker.tick().await;
         let started = Instant::now();
         // Each probe bounds itself by the timeout too; this outer bound also covers DNS-free connect stalls.
-        let result = match tokio::time::timeout(spec.timeout(), probe(&spec, target)).await {
+        let result = match tokio::time::timeout(spec.timeout(), probe(&spec, target, &tls)).await {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {} ms", spec.timeout_ms)),
         };

@@ -1,24 +1,29 @@
-//! HTTP GET check over hyper's HTTP/1 client connection (no pool, no TLS): healthy when the status is the expected
-//! one. A fresh connection per probe is what a health check should measure anyway.
+//! HTTP(S) GET check over hyper's HTTP/1 client connection (no pool): healthy when the status is the expected
+//! one. A fresh connection (and TLS handshake) per probe is what a health check should measure anyway.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::tls::TlsClient;
 
 /// Bodies are read (so keep-alive servers see a clean exchange) but capped: a health endpoint is small.
 const MAX_BODY: usize = 64 << 10;
 
+/// One check: GET `path` (over TLS with `tls`), healthy when the answer has `expect_status`.
 pub async fn probe(
     target: SocketAddr,
     path: &str,
     expect_status: u16,
     timeout: Duration,
+    tls: Option<&TlsClient>,
 ) -> Result<(), String> {
-    let (status, _) = get(target, path, timeout).await?;
+    let (status, _) = bounded(timeout, fetch(target, path, tls)).await?;
     if status == expect_status {
         Ok(())
     } else {
@@ -26,28 +31,54 @@ pub async fn probe(
     }
 }
 
-/// GET `path` from `target`; the whole exchange (connect, request, body) is bounded by `timeout`.
+/// GET `path` from `target` over plain HTTP; the whole exchange (connect, request, body) is bounded by `timeout`.
+/// (The metrics tests scrape with it.)
+#[cfg(test)]
 pub async fn get(
     target: SocketAddr,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    match tokio::time::timeout(timeout, exchange(target, path)).await {
+    bounded(timeout, fetch(target, path, None)).await
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    f: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, f).await {
         Ok(r) => r,
         Err(_) => Err(format!("http timed out after {} ms", timeout.as_millis())),
     }
 }
 
-async fn exchange(target: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let stream = TcpStream::connect(target)
+async fn fetch(
+    target: SocketAddr,
+    path: &str,
+    tls: Option<&TlsClient>,
+) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match tls {
+        None => exchange(TokioIo::new(tcp), target.to_string(), path).await,
+        Some(tls) => {
+            let host = tls.host().unwrap_or_else(|| target.to_string());
+            exchange(TokioIo::new(tls.connect(tcp).await?), host, path).await
+        }
+    }
+}
+
+async fn exchange<S>(io: S, host: String, path: &str) -> Result<(u16, String), String>
+where
+    S: Read + Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("http handshake: {e}"))?;
     let conn = tokio::spawn(conn);
     let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, target.to_string())
+        .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "lbd-health")
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())

@@ -1,4 +1,4 @@
-//! Active health checks: one tokio task per (VIP, backend) probes the backend (TCP connect, HTTP GET, UDP
+//! Active health checks: one tokio task per (VIP, backend) probes the backend (TCP connect, HTTP or HTTPS GET, UDP
 //! send/expect) and applies rise/fall hysteresis; state changes are logged, counted and sent to the daemon as
 //! [`HealthEvent`]s, and a table of the latest results answers `lbctl health`.
 //!
@@ -12,6 +12,7 @@
 mod checker;
 pub(crate) mod http;
 mod tcp;
+pub(crate) mod tls;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,8 @@ pub enum CheckKind {
     #[default]
     Tcp,
     Http,
+    /// HTTP over TLS: the handshake (and, unless `tls_verify = false`, the certificate) must succeed too.
+    Https,
     Udp,
     /// No probing: the backend is always up (weight and drain still apply).
     None,
@@ -59,6 +62,15 @@ pub struct CheckSpec {
     /// HTTP: the status a healthy backend answers (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
+    /// HTTPS: SNI and the name the certificate must be valid for (default: the backend's address, as an IP SAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// HTTPS: PEM file of the CAs to trust instead of the system store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// HTTPS: `false` accepts any certificate (the handshake must still succeed). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
     /// UDP: payload sent (required for udp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send: Option<String>,
@@ -95,6 +107,9 @@ impl Default for CheckSpec {
             port: None,
             path: None,
             expect_status: None,
+            tls_server_name: None,
+            tls_ca_file: None,
+            tls_verify: None,
             send: None,
             expect: None,
             interval_ms: DEFAULT_INTERVAL_MS,
@@ -153,23 +168,66 @@ impl CheckSpec {
                 err("expect_status", s.to_string(), "must be 100..=599");
             }
         }
-        let kind_only = |field: &str, set: bool, kind: CheckKind, errors: &mut Vec<String>| {
-            if set && self.kind != kind {
+        if let Some(n) = &self.tls_server_name
+            && let Err(e) = tls::server_name(n)
+        {
+            err(
+                "tls_server_name",
+                format!("{n:?}"),
+                &format!("is not a server name: {e}"),
+            );
+        }
+        // The trust store is loaded here, so a missing or empty CA file (or an empty system store) rejects the
+        // config instead of marking every backend down.
+        if let Some(f) = &self.tls_ca_file
+            && !f.starts_with('/')
+        {
+            // lbd's working directory is whatever its service manager chose; a relative path would move with it.
+            err("tls_ca_file", format!("{f:?}"), "must be an absolute path");
+        } else if self.kind == CheckKind::Https
+            && self.tls_verify.unwrap_or(true)
+            && let Err(e) = tls::roots(self.tls_ca_file.as_deref())
+        {
+            let (field, value) = match &self.tls_ca_file {
+                Some(f) => ("tls_ca_file", format!("{f:?}")),
+                None => ("tls_verify", "true".to_owned()),
+            };
+            err(field, value, &format!("cannot be used: {e}"));
+        }
+        let kind_only = |field: &str, set: bool, kinds: &[CheckKind], errors: &mut Vec<String>| {
+            if set && !kinds.contains(&self.kind) {
+                let names: Vec<String> = kinds.iter().map(|k| format!("{k:?}")).collect();
                 errors.push(format!(
-                    "{field_path}.{field}: set but kind is {:?} (only for {:?})",
-                    self.kind, kind
+                    "{field_path}.{field}: set but kind is {:?} (only for {})",
+                    self.kind,
+                    names.join(" or ")
                 ));
             }
         };
-        kind_only("path", self.path.is_some(), CheckKind::Http, &mut errors);
+        let web = &[CheckKind::Http, CheckKind::Https];
+        let tls = &[CheckKind::Https];
+        kind_only("path", self.path.is_some(), web, &mut errors);
         kind_only(
             "expect_status",
             self.expect_status.is_some(),
-            CheckKind::Http,
+            web,
             &mut errors,
         );
-        kind_only("send", self.send.is_some(), CheckKind::Udp, &mut errors);
-        kind_only("expect", self.expect.is_some(), CheckKind::Udp, &mut errors);
+        kind_only(
+            "tls_server_name",
+            self.tls_server_name.is_some(),
+            tls,
+            &mut errors,
+        );
+        kind_only("tls_ca_file", self.tls_ca_file.is_some(), tls, &mut errors);
+        kind_only("tls_verify", self.tls_verify.is_some(), tls, &mut errors);
+        kind_only("send", self.send.is_some(), &[CheckKind::Udp], &mut errors);
+        kind_only(
+            "expect",
+            self.expect.is_some(),
+            &[CheckKind::Udp],
+            &mut errors,
+        );
         if self.kind == CheckKind::Udp && self.send.as_deref().unwrap_or("").is_empty() {
             errors.push(format!(
                 "{field_path}.send: missing; a udp check needs a payload to send"
@@ -189,6 +247,15 @@ impl CheckSpec {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The TLS settings of an HTTPS check.
+    pub fn tls(&self) -> tls::TlsSettings<'_> {
+        tls::TlsSettings {
+            server_name: self.tls_server_name.as_deref(),
+            ca_file: self.tls_ca_file.as_deref(),
+            verify: self.tls_verify.unwrap_or(true),
+        }
     }
 }
 
@@ -345,12 +412,14 @@ mod tests {
     async fn http_status_must_match() {
         let ok = http_server(Some(200)).await;
         let broken = http_server(Some(503)).await;
-        http::probe(ok, "/healthz", 200, T)
+        http::probe(ok, "/healthz", 200, T, None)
             .await
             .expect("200 is healthy");
-        let err = http::probe(broken, "/healthz", 200, T).await.unwrap_err();
+        let err = http::probe(broken, "/healthz", 200, T, None)
+            .await
+            .unwrap_err();
         assert!(err.contains("status 503"), "{err}");
-        http::probe(broken, "/", 503, T)
+        http::probe(broken, "/", 503, T, None)
             .await
             .expect("503 healthy when expected");
     }
@@ -359,7 +428,7 @@ mod tests {
     async fn http_check_times_out_on_a_silent_server() {
         let silent = http_server(None).await;
         let started = std::time::Instant::now();
-        let err = http::probe(silent, "/", 200, Duration::from_millis(150))
+        let err = http::probe(silent, "/", 200, Duration::from_millis(150), None)
             .await
             .unwrap_err();
         assert!(err.contains("timed out"), "{err}");

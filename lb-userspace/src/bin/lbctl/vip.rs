@@ -62,7 +62,9 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
             };
-            let r = ctx.call(&Request::VipAdd { vip: spec })?;
+            let r = ctx.call(&Request::VipAdd {
+                vip: Box::new(spec),
+            })?;
             done(ctx, r)
         }
         VipCmd::Del { vip } => {
