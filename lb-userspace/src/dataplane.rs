@@ -2,6 +2,7 @@
 //! the `lb-common` types. Attaching programs and pinning links is the daemon's business (see `attach`); this file
 //! only optionally pins maps so that a restarted daemon adopts the running state.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, ensure};
@@ -11,9 +12,9 @@ use aya::{
     programs::Xdp,
 };
 use lb_common::{
-    AddrKey, AddrWords, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState,
-    GlobalConfig, RING_SLOTS_PER_VIP, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats, consts,
-    hash::vip_filter_bit, maps,
+    AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig,
+    RING_SLOTS_PER_VIP, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats, consts, hash::vip_filter_bit,
+    maps,
 };
 
 /// The compiled `lb-ebpf` object, built by `build.rs` through aya-build.
@@ -47,6 +48,14 @@ pub const ALL_PROGRAMS: &[&str] = &[
     maps::PROG_EMPTY,
     maps::PROG_LOADGEN,
 ];
+
+/// Word `index` of the `LB_VIP_FILTER` that covers exactly the addresses of `keys`.
+fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
+    keys.iter()
+        .map(|k| vip_filter_bit(&k.addr))
+        .filter(|bit| bit / 64 == index)
+        .fold(0, |word, bit| word | 1 << (bit % 64))
+}
 
 /// The configurable map sizes (`max_entries`), fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +109,9 @@ pub struct LoadOptions {
 pub struct Dataplane {
     ebpf: Ebpf,
     sizes: MapSizes,
+    /// The keys in `LB_VIPS` (read at load, then kept by every write here): which addresses the filter must cover,
+    /// without walking the map on every removal.
+    vip_keys: HashSet<VipKey>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -148,9 +160,17 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        let mut dp = Dataplane { ebpf, sizes: s };
+        let mut dp = Dataplane {
+            ebpf,
+            sizes: s,
+            vip_keys: HashSet::new(),
+        };
+        dp.vip_keys = dp.vips()?.into_iter().map(|(k, _)| k).collect();
         // Adopted maps may hold VIPs whose addresses the filter does not cover (pins from a build without it).
-        dp.sync_vip_filter()?;
+        for index in 0..VIP_FILTER_WORDS {
+            let want = filter_word(&dp.vip_keys, index);
+            dp.write_filter_word(index, |_| want)?;
+        }
         Ok(dp)
     }
 
@@ -239,10 +259,13 @@ impl Dataplane {
             self.sizes.max_vips
         );
         // The bit first: an entry the filter hides would send the VIP's packets to the kernel.
-        self.update_filter_word(&key.addr, true)?;
+        let bit = vip_filter_bit(&key.addr);
+        self.write_filter_word(bit / 64, |have| have | 1 << (bit % 64))?;
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .insert(key, meta, 0)
-            .with_context(|| format!("inserting into {}", maps::VIPS))
+            .with_context(|| format!("inserting into {}", maps::VIPS))?;
+        self.vip_keys.insert(*key);
+        Ok(())
     }
 
     /// Removes a VIP; its packets go to the kernel again (`PassNotVip`).
@@ -250,54 +273,23 @@ impl Dataplane {
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .remove(key)
             .with_context(|| format!("removing from {}", maps::VIPS))?;
-        self.update_filter_word(&key.addr, false)
+        self.vip_keys.remove(key);
+        // Another address (or another entry of this one) may share the bit.
+        let index = vip_filter_bit(&key.addr) / 64;
+        let want = filter_word(&self.vip_keys, index);
+        self.write_filter_word(index, |_| want)
     }
 
-    /// The `LB_VIP_FILTER` words that cover exactly the addresses in `LB_VIPS`.
-    fn wanted_filter(&self) -> Result<Vec<u64>> {
-        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for key in self.hash::<VipKey, VipMeta>(maps::VIPS)?.keys() {
-            let key = key.with_context(|| format!("iterating {}", maps::VIPS))?;
-            let bit = vip_filter_bit(&key.addr);
-            words[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-        Ok(words)
-    }
-
-    /// Sets `addr`'s filter bit (`adding`: its entry is about to be inserted), or recomputes the word holding it
-    /// from `LB_VIPS` (an entry was removed; another address may share the bit). Only that one word is written.
-    fn update_filter_word(&mut self, addr: &AddrWords, adding: bool) -> Result<()> {
-        let bit = vip_filter_bit(addr);
-        let index = bit / 64;
-        let remaining = if adding {
-            None
-        } else {
-            Some(self.wanted_filter()?[index as usize])
-        };
+    /// Rewrites filter word `index` to `want(current)` when that differs.
+    fn write_filter_word(&mut self, index: u32, want: impl FnOnce(u64) -> u64) -> Result<()> {
         let mut arr = self.array_mut::<u64>(maps::VIP_FILTER)?;
         let have = arr
             .get(&index, 0)
             .with_context(|| format!("reading {}[{index}]", maps::VIP_FILTER))?;
-        let want = remaining.unwrap_or(have | 1 << (bit % 64));
+        let want = want(have);
         if have != want {
             arr.set(index, want, 0)
                 .with_context(|| format!("writing {}[{index}]", maps::VIP_FILTER))?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites every filter word that differs from what `LB_VIPS` needs.
-    fn sync_vip_filter(&mut self) -> Result<()> {
-        let wanted = self.wanted_filter()?;
-        let mut arr = self.array_mut::<u64>(maps::VIP_FILTER)?;
-        for (index, want) in (0..VIP_FILTER_WORDS).zip(wanted) {
-            let have = arr
-                .get(&index, 0)
-                .with_context(|| format!("reading {}[{index}]", maps::VIP_FILTER))?;
-            if have != want {
-                arr.set(index, want, 0)
-                    .with_context(|| format!("writing {}[{index}]", maps::VIP_FILTER))?;
-            }
         }
         Ok(())
     }

@@ -1649,7 +1649,25 @@ fn vip_filter() {
         "VIP packet with its filter bit cleared"
     );
 
-    // Removing one VIP clears only its address's bit; removing all leaves the filter empty.
+    // Removing one VIP clears only its address's bit, and only once no service of that address is left; removing
+    // all leaves the filter empty.
+    let web443 = vip(v4(VIP4), 443, IPPROTO_TCP, 3, 0, &RING3);
+    rig.apply(&Setup::new(vec![web.clone(), web443]));
+    let (_, meta80) = rig
+        .dp
+        .vips()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == web.key)
+        .unwrap();
+    rig.dp.remove_vip(&web.key).unwrap();
+    assert_eq!(
+        rig.dp.vip_filter().unwrap(),
+        words_for(&[v4(VIP4)]),
+        "VIP4:443 still needs the bit VIP4:80 had"
+    );
+    // Back as the rig installed it, so the rig can remove it again.
+    rig.dp.upsert_vip(&web.key, &meta80).unwrap();
     rig.apply(&Setup::new(vec![web]));
     assert_eq!(rig.dp.vip_filter().unwrap(), words_for(&[v4(VIP4)]));
     assert_eq!(
