@@ -20,6 +20,7 @@ use lb_common::AddrKey;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 
 use crate::netns::{self, NetNs, veth_pair};
+use crate::pki::LabPki;
 
 pub const LAN_V4_PREFIX: u8 = 24;
 pub const LAN_V6_PREFIX: u8 = 64;
@@ -35,6 +36,8 @@ pub const VIP2_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
 pub const VIP_V4_NET: &str = "198.19.0.0/24";
 pub const VIP_V6_NET: &str = "fd00:19::/64";
 pub const HTTP_PORT: u16 = 80;
+/// Every backend also serves HTTPS here, with the lab's certificate (see `pki`).
+pub const HTTPS_PORT: u16 = 443;
 pub const UDP_PORT: u16 = 53;
 /// Interface name of every host's port on the segment (names are per namespace).
 pub const HOST_IF: &str = "eth0";
@@ -90,6 +93,8 @@ pub struct Lab {
     pub clients: Vec<LabHost>,
     pub balancer: LabHost,
     pub switch: NetNs,
+    /// The lab's CA and the backends' certificate (files in `dir`).
+    pub pki: LabPki,
     /// A private directory for configs, sockets and logs of this lab.
     pub dir: TempDir,
     /// Where lbd pins its maps and link (on the host's bpffs; removed on drop).
@@ -103,6 +108,7 @@ impl Lab {
         netns::cleanup_stale();
         cleanup_stale();
         let dir = TempDir::new("lab");
+        let pki = LabPki::create(dir.path());
         let pin_dir = BpffsDir::new("lab");
 
         let switch = NetNs::new("sw");
@@ -177,6 +183,7 @@ impl Lab {
             clients,
             balancer,
             switch,
+            pki,
             dir,
             pin_dir,
         };
@@ -186,9 +193,8 @@ impl Lab {
         lab
     }
 
-    /// Starts backend `i`'s servers (HTTP on :80 of every address, UDP on :53 of the VIPs and its own addresses)
-    /// and waits until
-    /// they accept connections.
+    /// Starts backend `i`'s servers (HTTP on :80 and HTTPS on :443 of every address, UDP on :53 of the VIPs and its
+    /// own addresses) and waits until they accept connections.
     pub fn start_server(&mut self, i: usize) {
         let exe = lab_binary();
         let b = &mut self.backends[i];
@@ -204,7 +210,7 @@ impl Lab {
         .iter()
         .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
         .collect();
-        let http_port = HTTP_PORT.to_string();
+        let (http_port, https_port) = (HTTP_PORT.to_string(), HTTPS_PORT.to_string());
         let mut argv = vec![
             exe.to_str().expect("utf-8 path"),
             "serve",
@@ -212,6 +218,12 @@ impl Lab {
             &b.name,
             "--http-port",
             &http_port,
+            "--https-port",
+            &https_port,
+            "--tls-cert",
+            self.pki.cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            self.pki.key.to_str().expect("utf-8 path"),
         ];
         for u in &udp {
             argv.extend(["--udp", u.as_str()]);

@@ -9,5 +9,6 @@ pub mod loadtest;
 pub mod model;
 pub mod netns;
 pub mod packets;
+pub mod pki;
 pub mod servers;
 pub mod traffic;

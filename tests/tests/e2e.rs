@@ -690,3 +690,98 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     }
     lbd.shutdown_detach(&lab);
 }
+
+/// Health rows of the VIP printed as `vip` (e.g. "198.19.0.10:443/tcp").
+fn health_of(lbd: &Lbd, vip: &str) -> Vec<lb_userspace::health::BackendHealth> {
+    match lbd.call(&Request::Health) {
+        Response::Health(rows) => rows
+            .into_iter()
+            .filter(|r| r.key.vip.to_string() == vip)
+            .collect(),
+        other => panic!("Health: unexpected answer {other:?}"),
+    }
+}
+
+/// Waits until `cond` holds for the VIP's rows (all of them present); panics with the rows and lbd's log.
+fn wait_health(
+    lbd: &Lbd,
+    vip: &str,
+    what: &str,
+    cond: impl Fn(&lb_userspace::health::BackendHealth) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = health_of(lbd, vip);
+        if rows.len() == 3 && rows.iter().all(&cond) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vip}: not {what} within 15 s: {rows:#?}\nlbd log:\n{}",
+            lbd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// HTTPS health checks through the real lbd: the backends serve a certificate of a CA made for this lab. A check
+/// that trusts that CA and asks for the certificate's name passes, and follows a backend whose server stops and
+/// returns; a check asking for another name fails on every backend, saying why.
+#[test]
+fn https_health_checks_verify_the_backends_certificates() {
+    if skip_unless_root("https_health_checks_verify_the_backends_certificates") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        backends: 3,
+        clients: 1,
+    });
+    let ca = lab.pki.ca.to_str().expect("utf-8 path").to_owned();
+    let https_vip = |address: std::net::Ipv4Addr, name: &str| -> toml::Value {
+        let text = format!(
+            r#"address = "{address}"
+port = {port}
+protocol = "tcp"
+backends = [{{ address = "{b0}" }}, {{ address = "{b1}" }}, {{ address = "{b2}" }}]
+health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_ca_file = "{ca}", interval_ms = 200, timeout_ms = 1000, rise = 2, fall = 2 }}
+"#,
+            port = lab::HTTPS_PORT,
+            b0 = lab::backend_v4(0),
+            b1 = lab::backend_v4(1),
+            b2 = lab::backend_v4(2),
+        );
+        toml::Value::Table(text.parse().expect("VIP table"))
+    };
+    let cfg = lab.write_config("lbd.toml", |cfg| {
+        cfg.insert(
+            "vip".into(),
+            toml::Value::Array(vec![
+                https_vip(lab::VIP_V4, lb_tests::pki::BACKEND_TLS_NAME),
+                https_vip(lab::VIP2_V4, "other.lab"),
+            ]),
+        );
+    });
+    let lbd = Lbd::start(&lab, &cfg);
+    let (good, wrong) = (
+        format!("{}:{}/tcp", lab::VIP_V4, lab::HTTPS_PORT),
+        format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTPS_PORT),
+    );
+
+    wait_health(&lbd, &good, "passing its checks", |r| {
+        r.up && r.last_ok == Some(true) && r.checks >= 2
+    });
+    wait_health(&lbd, &wrong, "down for the certificate's name", |r| {
+        !r.up && r.last_reason.contains("certificate")
+    });
+    println!("wrong name: {}", health_of(&lbd, &wrong)[0].last_reason);
+
+    lab.stop_server(1);
+    let victim = lab::backend_v4(1);
+    wait_health(&lbd, &good, "down for backend-2 only", |r| {
+        r.up == (r.key.backend != IpAddr::V4(victim))
+    });
+    lab.start_server(1);
+    wait_health(&lbd, &good, "all up again", |r| {
+        r.up && r.last_ok == Some(true)
+    });
+}

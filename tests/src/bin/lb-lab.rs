@@ -39,6 +39,15 @@ enum Cmd {
         /// UDP address to answer on (repeatable).
         #[arg(long)]
         udp: Vec<SocketAddr>,
+        /// Also serve HTTPS on this port (needs --tls-cert and --tls-key).
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        https_port: Option<u16>,
+        /// PEM certificate chain for HTTPS.
+        #[arg(long)]
+        tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key for HTTPS.
+        #[arg(long)]
+        tls_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -48,13 +57,24 @@ fn main() -> ExitCode {
             name,
             http_port,
             udp,
-        } => match lb_tests::servers::serve(&name, http_port, &udp) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("lb-lab serve: {e:#}");
-                ExitCode::FAILURE
+            https_port,
+            tls_cert,
+            tls_key,
+        } => {
+            let https = match (https_port, tls_cert, tls_key) {
+                (Some(port), Some(cert), Some(key)) => {
+                    Some(lb_tests::servers::Https { port, cert, key })
+                }
+                _ => None,
+            };
+            match lb_tests::servers::serve(&name, http_port, &udp, https.as_ref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lb-lab serve: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Cmd::Up { seconds } => {
             let lab = Lab::new(&LabOptions::default());
             let cfg = lab.write_config("lab.toml", |_| {});
