@@ -34,6 +34,10 @@ pub struct Daemon {
     /// Backends health reports down. Absent = up (the checkers start every backend up).
     down: BTreeSet<BackendKey>,
     pub attachment: Attachment,
+    /// The interface's ifindex when `lb_xdp` was attached to it; 0 while the interface is gone.
+    ifindex: u32,
+    /// Times `lb_xdp` was attached again to a re-created interface.
+    pub reattachments: u64,
     pub ring_builds: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -111,6 +115,8 @@ impl Daemon {
             metas: BTreeMap::new(),
             down: BTreeSet::new(),
             attachment,
+            ifindex,
+            reattachments: 0,
             ring_builds: 0,
             reloads_ok: 0,
             reloads_failed: 0,
@@ -196,6 +202,43 @@ impl Daemon {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether `lb_xdp` runs on the interface now (false while the interface is gone).
+    pub fn attached(&self) -> bool {
+        self.ifindex != 0
+    }
+
+    /// Follows the interface: when it was re-created (a driver reload, a bond or VLAN built again), the kernel
+    /// detached `lb_xdp` from the old device and the new one starts without a program, so it is attached again, with
+    /// the maps as they are. Called periodically; cheap when nothing changed (one ifindex lookup).
+    pub fn watch_interface(&mut self) -> Result<()> {
+        let d = &self.config.daemon;
+        let now = attach::ifindex(&d.interface).unwrap_or(0);
+        if now == self.ifindex {
+            return Ok(());
+        }
+        if now == 0 {
+            warn!(interface = %d.interface, "the interface is gone and lb_xdp with it; it is attached again when the interface returns");
+            self.ifindex = 0;
+            return Ok(());
+        }
+        // The pinned link still names the old device: attach_pinned finds it defunct and attaches afresh.
+        self.attachment = attach::attach_pinned(
+            self.dp.xdp(maps::PROG_LB)?,
+            maps::PROG_LB,
+            &d.interface,
+            d.xdp_mode,
+            &d.pin_dir,
+        )
+        .with_context(|| format!("attaching {} to {} again", maps::PROG_LB, d.interface))?;
+        self.dp
+            .add_tx_port(now)
+            .context("adding the interface to LB_TX_PORTS")?;
+        self.ifindex = now;
+        self.reattachments += 1;
+        info!(interface = %d.interface, ifindex = now, mode = %self.attachment, "the interface was re-created; lb_xdp attached to it again");
+        Ok(())
     }
 
     pub fn state(&self) -> &DesiredState {

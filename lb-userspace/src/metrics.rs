@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub ring_rebuilds: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Whether `lb_xdp` runs on the interface now.
+    pub attached: bool,
+    /// Times `lb_xdp` was attached again to a re-created interface.
+    pub reattachments: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +160,21 @@ pub fn render(snap: &Snapshot) -> String {
             .inc_by(n);
     }
 
+    let attached = Gauge::<i64>::default();
+    attached.set(i64::from(snap.attached));
+    registry.register(
+        "xdp_attached",
+        "1 while lb_xdp runs on the configured interface, 0 while the interface is gone",
+        attached,
+    );
+    let reattachments = Counter::<u64>::default();
+    reattachments.inc_by(snap.reattachments);
+    registry.register(
+        "xdp_reattachments",
+        "Times lb_xdp was attached again to a re-created interface",
+        reattachments,
+    );
+
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -268,6 +287,8 @@ mod tests {
             ring_rebuilds: 7,
             reloads_ok: 2,
             reloads_failed: 1,
+            attached: true,
+            reattachments: 3,
         }
     }
 
@@ -288,6 +309,8 @@ mod tests {
             "lb_ring_rebuilds_total 7",
             r#"lb_reloads_total{result="ok"} 2"#,
             r#"lb_reloads_total{result="failed"} 1"#,
+            "lb_xdp_attached 1",
+            "lb_xdp_reattachments_total 3",
             "# TYPE lb_backend_up gauge",
             "# TYPE lb_verdicts counter",
             "# EOF",

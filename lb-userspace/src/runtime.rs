@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use lb_common::{Counter, maps};
@@ -94,6 +94,9 @@ fn start_ebpf_logger(dp: &mut Dataplane) {
     });
 }
 
+/// How often lbd checks that its interface is still the device it attached `lb_xdp` to.
+const INTERFACE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics_listener = metrics::bind(config.daemon.metrics_addr)
@@ -136,8 +139,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stop = shared.stop.subscribe();
+    let mut interface_watch = tokio::time::interval(INTERFACE_WATCH_INTERVAL);
+    interface_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = interface_watch.tick() => {
+                if let Err(e) = shared.daemon.lock().await.watch_interface() {
+                    warn!("following the interface: {e:#}");
+                }
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 reload(&shared).await;
@@ -213,6 +223,8 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         ring_rebuilds: d.ring_builds,
         reloads_ok: d.reloads_ok,
         reloads_failed: d.reloads_failed,
+        attached: d.attached(),
+        reattachments: d.reattachments,
     }
 }
 
@@ -407,6 +419,8 @@ impl Handler for Shared {
                     adopted: d.attachment == crate::attach::Attachment::Adopted,
                     reloads_ok: d.reloads_ok,
                     reloads_failed: d.reloads_failed,
+                    attached: d.attached(),
+                    reattachments: d.reattachments,
                 })
             }
             Request::VipList => match vip_list(&*self.daemon.lock().await) {

@@ -48,6 +48,8 @@ impl Handler for Fake {
                 adopted: false,
                 reloads_ok: 1,
                 reloads_failed: 0,
+                attached: true,
+                reattachments: 0,
             }),
             Request::VipList => Response::Vips(vec![VipInfo {
                 vip,

@@ -1,5 +1,6 @@
 //! The real `lbd` binary in a network namespace: config validation before anything is touched, SIGHUP diff
-//! reloads, and SIGKILL + restart adopting the pinned maps and link while the program keeps forwarding.
+//! reloads, SIGKILL + restart adopting the pinned maps and link while the program keeps forwarding, and the program
+//! attached again when its interface is re-created.
 //!
 //! Needs `target/<profile>/lbd`: build it first with `cargo build -p lb-userspace` (`cargo xtask test` does).
 
@@ -40,11 +41,7 @@ impl Bench {
     fn new(tag: &str) -> Bench {
         let lb = NetNs::new(tag);
         let peer = NetNs::new(&format!("{tag}peer"));
-        veth_pair(&lb, "eth0", &peer, "eth0");
-        lb.add_addr("eth0", &format!("{LB_ADDR}/24"));
-        peer.add_addr("eth0", &format!("{PEER_ADDR}/24"));
-        lb.link_up("eth0");
-        peer.link_up("eth0");
+        wire(&lb, &peer);
         // Tags are unique per test, so tag + pid is unique per run.
         let dir = std::env::temp_dir().join(format!("lbt-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -153,6 +150,15 @@ impl Bench {
             }
         });
     }
+}
+
+/// The balancer's `eth0` and the peer's, addressed and up.
+fn wire(lb: &NetNs, peer: &NetNs) {
+    veth_pair(lb, "eth0", peer, "eth0");
+    lb.add_addr("eth0", &format!("{LB_ADDR}/24"));
+    peer.add_addr("eth0", &format!("{PEER_ADDR}/24"));
+    lb.link_up("eth0");
+    peer.link_up("eth0");
 }
 
 fn open_map(pins: &Path, name: &str) -> MapData {
@@ -382,5 +388,43 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
         c3 >= c2 + 20,
         "counters did not continue after the restart: {c2} -> {c3}"
     );
+    drop(lbd);
+}
+
+#[test]
+fn a_recreated_interface_gets_lb_xdp_again() {
+    if skip_unless_root("a_recreated_interface_gets_lb_xdp_again") {
+        return;
+    }
+    let b = Bench::new("lbdif");
+    let mut lbd = b.start(&b.config(&[VIP]));
+    b.send_non_vip(20);
+    let c1 = counter(b.pins.path(), Counter::PassNotVip);
+    assert!(c1 >= 20, "lb_xdp did not see the datagrams: {c1}");
+
+    // A driver reload or a rebuilt bond looks like this: the device goes away (the kernel detaches the program
+    // with it) and a device of the same name comes back without one.
+    b.lb.ip(&["link", "del", "eth0"]);
+    b.wait_for(&mut lbd, "the interface loss in the log", || {
+        b.log_text().contains("the interface is gone")
+    });
+    wire(&b.lb, &b.peer);
+    b.wait_for(&mut lbd, "the re-attachment in the log", || {
+        b.log_text().contains("lb_xdp attached to it again")
+    });
+    assert!(b.xdp_attached(), "no XDP program on the new eth0");
+    b.send_non_vip(20);
+    let c2 = counter(b.pins.path(), Counter::PassNotVip);
+    assert!(
+        c2 >= c1 + 20,
+        "the program on the new eth0 does not count into the same maps: {c1} -> {c2}"
+    );
+    let status = lb_userspace::control::client::Client::connect(&b.dir.0.join("lbd.sock"))
+        .and_then(|mut c| c.call(&lb_userspace::control::api::Request::Status))
+        .expect("lbctl status");
+    let lb_userspace::control::api::Response::Status(s) = status else {
+        panic!("status answered {status:?}")
+    };
+    assert!(s.attached && s.reattachments == 1, "{s:?}");
     drop(lbd);
 }

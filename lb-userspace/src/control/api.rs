@@ -136,6 +136,10 @@ pub struct StatusInfo {
     pub adopted: bool,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Whether `lb_xdp` runs on the interface now (false while the interface is gone).
+    pub attached: bool,
+    /// Times `lb_xdp` was attached again to a re-created interface.
+    pub reattachments: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,14 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
         ("pid", s.pid.to_string()),
         ("interface", s.interface.clone()),
         ("xdp mode", s.xdp_mode.clone()),
+        (
+            "attached",
+            if s.attached {
+                format!("yes (attached again {} times)", s.reattachments)
+            } else {
+                "no: the interface is gone; lb_xdp is attached again when it returns".to_owned()
+            },
+        ),
         ("config", s.config_path.clone()),
         ("uptime", format!("{}s", s.uptime_secs)),
         ("vips", s.vips.to_string()),
