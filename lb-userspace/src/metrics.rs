@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -50,6 +51,13 @@ struct VipLabels {
 struct BackendLabels {
     vip: String,
     backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    vip: String,
+    backend: String,
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,6 +141,17 @@ pub fn render(snap: &Snapshot) -> String {
         "backend_health_transitions",
         "Health state changes of a backend",
     );
+    let checks = counter_family::<CheckLabels>(
+        &mut registry,
+        "backend_health_checks",
+        "Health probes of a backend by result",
+    );
+    let latency = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "backend_health_check_latency_seconds",
+        "Duration of a backend's latest health probe",
+        latency.clone(),
+    );
     for h in &snap.health {
         let l = BackendLabels {
             vip: h.key.vip.to_string(),
@@ -140,6 +159,18 @@ pub fn render(snap: &Snapshot) -> String {
         };
         up.get_or_create(&l).set(i64::from(h.up));
         transitions.get_or_create(&l).inc_by(h.transitions);
+        for (result, n) in [("ok", h.checks - h.failures), ("failed", h.failures)] {
+            checks
+                .get_or_create(&CheckLabels {
+                    vip: l.vip.clone(),
+                    backend: l.backend.clone(),
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
+        if let Some(us) = h.last_latency_us {
+            latency.get_or_create(&l).set(us as f64 / 1e6);
+        }
     }
 
     let rebuilds = Counter::<u64>::default();
@@ -282,6 +313,7 @@ mod tests {
                 consecutive_ok: 5,
                 consecutive_fail: 0,
                 checks: 5,
+                failures: 1,
                 transitions: 1,
             }],
             ring_rebuilds: 7,
@@ -306,6 +338,9 @@ mod tests {
             r#"lb_backend_bytes_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1400"#,
             r#"lb_backend_up{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
             r#"lb_backend_health_transitions_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
+            r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="ok"} 4"#,
+            r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="failed"} 1"#,
+            r#"lb_backend_health_check_latency_seconds{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 0.0001"#,
             "lb_ring_rebuilds_total 7",
             r#"lb_reloads_total{result="ok"} 2"#,
             r#"lb_reloads_total{result="failed"} 1"#,

@@ -76,6 +76,7 @@ impl Handler for Fake {
                 consecutive_ok: 3,
                 consecutive_fail: 0,
                 checks: 3,
+                failures: 1,
                 transitions: 0,
             }]),
             Request::Stats => {

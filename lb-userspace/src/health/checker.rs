@@ -236,6 +236,7 @@ fn apply(
                 .then(|| format!("{} consecutive successes", row.consecutive_ok))
         }
         Err(reason) => {
+            row.failures += 1;
             row.consecutive_fail = row.consecutive_fail.saturating_add(1);
             row.consecutive_ok = 0;
             let flip = (row.up && row.consecutive_fail >= spec.fall).then(|| {
@@ -301,5 +302,6 @@ mod tests {
         let up = apply(&mut r, &spec, Ok(()), 1).expect("second success flips up");
         assert!(up.up && r.up);
         assert_eq!((r.transitions, r.checks), (2, 9));
+        assert_eq!(r.failures, 6, "{r:?}");
     }
 }

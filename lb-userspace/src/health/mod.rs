@@ -289,6 +289,9 @@ pub struct BackendHealth {
     pub consecutive_ok: u32,
     pub consecutive_fail: u32,
     pub checks: u64,
+    /// Probes that failed, of `checks`.
+    #[serde(default)]
+    pub failures: u64,
     pub transitions: u64,
 }
 
@@ -306,6 +309,7 @@ impl BackendHealth {
             consecutive_ok: 0,
             consecutive_fail: 0,
             checks: 0,
+            failures: 0,
             transitions: 0,
         }
     }
