@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 h.consecutive_ok.to_string(),
                 h.consecutive_fail.to_string(),
+                format!("{}/{}", h.failures, h.checks),
                 h.transitions.to_string(),
             ]
         })
@@ -38,7 +39,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     output::table(
         &[
             "vip", "backend", "check", "target", "state", "last", "ms", "ok_run", "fail_run",
-            "flips",
+            "failed", "flips",
         ],
         &table,
     );
