@@ -79,6 +79,13 @@ where
     family
 }
 
+/// A counter without labels, registered with its current value.
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
 /// The text exposition of `snap` (OpenMetrics, which Prometheus scrapes natively).
 pub fn render(snap: &Snapshot) -> String {
     let mut registry = Registry::with_prefix("lb");
@@ -173,12 +180,11 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
 
-    let rebuilds = Counter::<u64>::default();
-    rebuilds.inc_by(snap.ring_rebuilds);
-    registry.register(
+    counter(
+        &mut registry,
         "ring_rebuilds",
         "Maglev rings built and installed",
-        rebuilds,
+        snap.ring_rebuilds,
     );
 
     let reloads =
@@ -198,12 +204,11 @@ pub fn render(snap: &Snapshot) -> String {
         "1 while lb_xdp runs on the configured interface, 0 while the interface is gone",
         attached,
     );
-    let reattachments = Counter::<u64>::default();
-    reattachments.inc_by(snap.reattachments);
-    registry.register(
+    counter(
+        &mut registry,
         "xdp_reattachments",
         "Times lb_xdp was attached again to a re-created interface",
-        reattachments,
+        snap.reattachments,
     );
 
     let mut out = String::new();

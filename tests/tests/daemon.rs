@@ -141,6 +141,15 @@ impl Bench {
         self.lb.ip(&["link", "show", "dev", "eth0"]).contains("xdp")
     }
 
+    /// Sends 20 non-VIP datagrams and asserts that `lb_xdp` counted them on top of `before` (its `PassNotVip`
+    /// counter in the pinned maps); returns the new count. `what` says which step failed.
+    fn passes_non_vip(&self, before: u64, what: &str) -> u64 {
+        self.send_non_vip(20);
+        let now = counter(self.pins.path(), Counter::PassNotVip);
+        assert!(now >= before + 20, "{what}: pass_not_vip {before} -> {now}");
+        now
+    }
+
     /// Sends `n` UDP datagrams from the peer to the balancer's own address: `lb_xdp` passes them (not a VIP).
     fn send_non_vip(&self, n: usize) {
         self.peer.run(|| {
@@ -340,12 +349,7 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
     let meta = vip_meta(b.pins.path(), VIP).expect("VIP programmed");
     let ring_before = ring(b.pins.path(), &meta);
 
-    b.send_non_vip(20);
-    let c1 = counter(b.pins.path(), Counter::PassNotVip);
-    assert!(
-        c1 >= 20,
-        "lb_xdp did not see the datagrams: pass_not_vip = {c1}"
-    );
+    let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
     kill(&lbd, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -354,12 +358,7 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(b.xdp_attached(), "the program went away with the process");
-    b.send_non_vip(20);
-    let c2 = counter(b.pins.path(), Counter::PassNotVip);
-    assert!(
-        c2 >= c1 + 20,
-        "not forwarding without the daemon: {c1} -> {c2}"
-    );
+    let c2 = b.passes_non_vip(c1, "not forwarding without the daemon");
 
     let lbd = b.start(&config);
     assert!(
@@ -382,12 +381,7 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
         ring_before,
         "backend ids changed across the restart"
     );
-    b.send_non_vip(20);
-    let c3 = counter(b.pins.path(), Counter::PassNotVip);
-    assert!(
-        c3 >= c2 + 20,
-        "counters did not continue after the restart: {c2} -> {c3}"
-    );
+    b.passes_non_vip(c2, "counters did not continue after the restart");
     drop(lbd);
 }
 
@@ -398,9 +392,7 @@ fn a_recreated_interface_gets_lb_xdp_again() {
     }
     let b = Bench::new("lbdif");
     let mut lbd = b.start(&b.config(&[VIP]));
-    b.send_non_vip(20);
-    let c1 = counter(b.pins.path(), Counter::PassNotVip);
-    assert!(c1 >= 20, "lb_xdp did not see the datagrams: {c1}");
+    let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
     // A driver reload or a rebuilt bond looks like this: the device goes away (the kernel detaches the program
     // with it) and a device of the same name comes back without one.
@@ -413,11 +405,9 @@ fn a_recreated_interface_gets_lb_xdp_again() {
         b.log_text().contains("lb_xdp attached to it again")
     });
     assert!(b.xdp_attached(), "no XDP program on the new eth0");
-    b.send_non_vip(20);
-    let c2 = counter(b.pins.path(), Counter::PassNotVip);
-    assert!(
-        c2 >= c1 + 20,
-        "the program on the new eth0 does not count into the same maps: {c1} -> {c2}"
+    b.passes_non_vip(
+        c1,
+        "the program on the new eth0 does not count into the same maps",
     );
     let status = lb_userspace::control::client::Client::connect(&b.dir.0.join("lbd.sock"))
         .and_then(|mut c| c.call(&lb_userspace::control::api::Request::Status))
