@@ -4,13 +4,24 @@
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// IPv6 Hop-by-Hop Options header (a next-header value, not a protocol of its own).
+pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
+/// IPv6 Routing header.
+pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_IPV6_FRAG: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 Destination Options header.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// IPv6 extension headers `lb_xdp` walks before it gives up on finding TCP/UDP/ICMPv6 (hop-by-hop, destination
+/// options, routing with no segments left, atomic fragment): real traffic carries one or two; the bound keeps the
+/// verifier's view of the walk small.
+pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 
 pub const IPV4_HDR_LEN: usize = 20;
 pub const IPV6_HDR_LEN: usize = 40;
@@ -37,8 +48,16 @@ pub const DEFAULT_NEW_FLOW_CAP: u32 = 0;
 pub const VIP_FILTER_WORDS: u32 = 1024;
 /// How long a cached `bpf_fib_lookup` answer for a backend is trusted.
 pub const NEXTHOP_CACHE_TTL_NS: u64 = 1_000_000_000;
-/// Length of the new-flow rate window.
-pub const NEW_FLOW_WINDOW_NS: u64 = 1_000_000_000;
+/// How long a failed `bpf_fib_lookup` (no route, unresolved neighbour) is remembered: a burst towards a backend
+/// whose neighbour is not resolved yet costs one lookup per CPU, not one per packet, and the backend is tried again
+/// soon after its neighbour entry appears (the health checks' own traffic resolves it).
+pub const NEXTHOP_NEG_TTL_NS: u64 = 100_000_000;
+/// Length of a rate window (`LB_RATE_WINDOWS`).
+pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
+/// ICMP too-big answers per second per CPU (0 = no limit). Each answer costs a checksum over up to 1,232 quoted
+/// bytes and can be triggered by spoofed packets; 1,000 per second is Linux's own global default for ICMP errors
+/// (`net.ipv4.icmp_msgs_per_sec`).
+pub const DEFAULT_ICMP_ANSWER_CAP: u32 = 1000;
 
 /// `VipMeta::flags`: forward by rewriting the destination MAC only (L2 DSR) instead of IP-in-IP encapsulation.
 pub const VIP_F_L2DSR: u32 = 1 << 0;
@@ -54,6 +73,19 @@ pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
 
 /// `GlobalConfig::flags`: answer over-MTU packets with ICMP too-big (else counted drop).
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
+
+/// Indices of `LB_RATE_WINDOWS`: what each per-CPU one-second budget limits.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Flow-table inserts (`GlobalConfig::new_flow_cap`).
+    NewFlows = 0,
+    /// ICMP too-big answers to over-MTU packets (`GlobalConfig::icmp_answer_cap`).
+    IcmpAnswers = 1,
+}
+
+/// Length of `LB_RATE_WINDOWS`.
+pub const RATE_LIMIT_COUNT: u32 = 2;
 
 /// `lb_loadgen` gives frame `n` the source port `LOADGEN_PORT_BASE + n % LOADGEN_PORTS`: that many distinct flows.
 pub const LOADGEN_PORT_BASE: u16 = 1024;

@@ -20,20 +20,24 @@ macro_rules! counters {
 counters! {
     /// `lb_xdp`: ARP, LLDP and every other non-IP ethertype.
     PassNotIp = "pass_not_ip",
-    /// `lb_xdp`: IP traffic whose destination is not a VIP.
+    /// `lb_xdp`: IP traffic whose destination is not a VIP address.
     PassNotVip = "pass_not_vip",
     /// `lb_xdp`: too short or inconsistent to tell whether it is for a VIP (truncated Ethernet, VLAN or IP header);
-    /// the kernel gets it untouched and applies its own checks.
+    /// the kernel gets it untouched and applies its own checks (and discards an invalid IP header itself).
     PassMalformed = "pass_malformed",
-    /// `lb_xdp`: for a VIP address but not steerable (IPv6 extension headers other than Fragment, ICMP other than
-    /// too-big, a second VLAN tag, a protocol other than TCP/UDP).
+    /// `lb_xdp`: a frame whose IP layer the program does not look into (a second VLAN tag, 802.1ad).
     PassUnsupported = "pass_unsupported",
     /// `lb_xdp`: forwarded out of the ingress interface.
     Tx = "tx",
     /// `lb_xdp`: forwarded through the devmap to another interface.
     Redirect = "redirect",
-    /// `lb_xdp`: a VIP packet with a truncated or invalid TCP/UDP/ICMP header.
+    /// `lb_xdp`: for a VIP address, with a truncated or invalid header after the IP header (TCP, UDP, ICMP and
+    /// its quote, an IPv6 extension header).
     DropMalformed = "drop_malformed",
+    /// `lb_xdp`: for a VIP address but for no service there (another port or protocol, an ICMP type other than
+    /// echo request and too-big, an IPv6 header chain the program does not walk). Dropped, not passed: the kernel
+    /// would route it back towards the upstream router that sent it, a loop until the TTL runs out.
+    DropNotServed = "drop_not_served",
     /// `lb_xdp`: a fragment for a VIP whose fragment policy is `drop`.
     DropFragment = "drop_fragment",
     /// `lb_xdp`: the VIP's ring has no backend for this hash, or the backend entry is unset.
@@ -45,8 +49,12 @@ counters! {
     /// `lb_xdp`: would exceed the MTU after encapsulation and no ICMP answer is possible (IPv4 without DF, ICMP itself,
     /// or ICMP answers disabled).
     DropOverMtu = "drop_over_mtu",
+    /// `lb_xdp`: over the MTU, and the ICMP too-big answer it deserved was over this CPU's answer budget.
+    DropIcmpRateLimited = "drop_icmp_rate_limited",
     /// `lb_xdp`: answered with ICMP fragmentation-needed / ICMPv6 packet-too-big (sent with `XDP_TX`).
     IcmpTooBigSent = "icmp_too_big_sent",
+    /// `lb_xdp`: an ICMP / ICMPv6 echo request to a VIP address, answered with an echo reply (sent with `XDP_TX`).
+    IcmpEchoReply = "icmp_echo_reply",
     /// `lb_xdp`: an inbound ICMP too-big about a VIP flow, steered to that flow's backend (also counted in Tx/Redirect).
     IcmpSteered = "icmp_steered",
     /// `lb_xdp`: a fragment forwarded by the 3-tuple hash (also counted in Tx/Redirect).
@@ -61,6 +69,10 @@ counters! {
     DecapPassNotVip = "decap_pass_not_vip",
     /// `lb_decap`: IP-in-IP for this host with a truncated inner header (dropped).
     DecapDropMalformed = "decap_drop_malformed",
+    /// `lb_decap`: IP-in-IP for this host from a source that is not a configured balancer (dropped).
+    DecapDropSource = "decap_drop_source",
+    /// `lb_decap`: a fragmented IP-in-IP packet for this host (dropped; balancers never send one).
+    DecapDropFragment = "decap_drop_fragment",
 }
 
 /// Length of `LB_COUNTERS`.

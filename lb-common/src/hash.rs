@@ -60,19 +60,6 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     finish(h, len)
 }
 
-/// The ring entry a hash selects: `slot * stride + hash % ring_size`. `None` when the sizes are unusable
-/// (userspace never writes such a VIP; the program counts it as "no backend").
-#[inline(always)]
-pub const fn ring_index(hash: u32, ring_slot: u32, ring_size: u32, stride: u32) -> Option<u32> {
-    if ring_size == 0 || ring_size > stride {
-        return None;
-    }
-    match ring_slot.checked_mul(stride) {
-        Some(base) => base.checked_add(hash % ring_size),
-        None => None,
-    }
-}
-
 /// The `LB_VIP_FILTER` bit of an address (`0..VIP_FILTER_WORDS * 64`): the four words folded (an IPv4 address has
 /// three zero words), then Fibonacci hashing, whose top bits depend on every input bit. Not seeded: the filter only
 /// saves lookups, a collision costs the two hash-map misses a packet would pay without it.
@@ -179,13 +166,5 @@ mod tests {
             distinct > 500,
             "only {distinct} distinct bits for 512 addresses"
         );
-    }
-
-    #[test]
-    fn ring_index_bounds() {
-        assert_eq!(ring_index(10, 3, 7, 11), Some(3 * 11 + 3));
-        assert_eq!(ring_index(10, 0, 0, 11), None);
-        assert_eq!(ring_index(10, 0, 12, 11), None);
-        assert_eq!(ring_index(1, u32::MAX, 7, 11), None);
     }
 }

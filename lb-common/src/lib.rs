@@ -15,6 +15,7 @@ pub mod consts;
 pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod lookup;
 pub mod maps;
 pub mod types;
 

@@ -33,11 +33,14 @@ pub struct VipMeta {
     pub ring_size: u32,
 }
 
-/// `LB_BACKENDS` value.
+/// `LB_BACKENDS` value. A backend id stands for one (service, address) pair.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: AddrWords,
+    /// The service (`VipMeta::vip_id`) this backend belongs to: a flow-table entry naming this backend is used only
+    /// by packets of that service, so an entry that outlived a reuse of the id never crosses into another service.
+    pub vip_id: u32,
     pub family: u8,
     /// `BACKEND_F_*`.
     pub flags: u8,
@@ -60,12 +63,12 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// `LB_FLOWS` value.
+/// `LB_FLOWS` value. Which service the flow belongs to is not stored: the backend entry names its owner, and that
+/// is what a hit is checked against (docs/dataplane.md, step 7).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub backend_id: BackendId,
-    pub vip_id: u32,
 }
 
 /// `LB_CONFIG[0]`: settings of the whole dataplane.
@@ -84,6 +87,8 @@ pub struct GlobalConfig {
     pub mtu: u32,
     /// `CFG_F_*`.
     pub flags: u32,
+    /// ICMP too-big answers per second per CPU; 0 = no limit.
+    pub icmp_answer_cap: u32,
 }
 
 /// `LB_VIP_STATS` value (per CPU).
@@ -106,7 +111,8 @@ pub struct BackendStats {
     pub bytes: u64,
 }
 
-/// `LB_NEW_FLOW_RATE[0]` (per CPU).
+/// `LB_RATE_WINDOWS[RateLimit]` (per CPU): what was taken from a one-second budget since `window_start_ns`
+/// (`bpf_ktime_get_ns()`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateWindow {
@@ -120,8 +126,9 @@ pub struct RateWindow {
 pub struct NextHop {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// Egress interface; 0 remembers a failed lookup (no interface has index 0).
     pub ifindex: u32,
-    /// `bpf_ktime_get_ns()` after which the entry must be looked up again; 0 = empty.
+    /// `bpf_ktime_get_coarse_ns()` after which the entry must be looked up again; 0 = empty.
     pub expires_ns: u64,
 }
 
@@ -137,10 +144,10 @@ pub struct AddrKey {
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipMeta>() == 16);
-    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<Backend>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowState>() == 8);
-    assert!(core::mem::size_of::<GlobalConfig>() == 36);
+    assert!(core::mem::size_of::<FlowState>() == 4);
+    assert!(core::mem::size_of::<GlobalConfig>() == 40);
     assert!(core::mem::size_of::<VipStats>() == 32);
     assert!(core::mem::size_of::<BackendStats>() == 16);
     assert!(core::mem::size_of::<RateWindow>() == 16);
@@ -240,10 +247,12 @@ mod user {
     }
 
     impl Backend {
-        pub fn new(addr: IpAddr, flags: u8) -> Self {
+        /// Backend `addr` of service `vip_id`.
+        pub fn new(addr: IpAddr, vip_id: u32, flags: u8) -> Self {
             let (addr, family) = addr_words(addr);
             Backend {
                 addr,
+                vip_id,
                 family,
                 flags,
                 _pad: [0; 2],

@@ -1,23 +1,38 @@
-//! `lb_decap`: the backend side of IP-in-IP. Strips the outer header of tunnel packets addressed to this host
-//! whose inner destination is a VIP it serves; everything else goes up untouched.
+//! `lb_decap`: the backend side of IP-in-IP. Strips the outer header of tunnel packets from a configured balancer,
+//! addressed to this host, whose inner destination is a VIP it serves; everything else goes up untouched, except
+//! tunnel packets for this host that are fragmented, from anyone else, or cut short (docs/dataplane.md, `lb_decap`).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    AddrKey, Counter, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6, XDP_DROP, XDP_PASS,
+    AddrKey, AddrWords, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_IPV6_FRAG,
 };
 
 use crate::{
-    maps::{LB_DECAP_LOCAL, LB_DECAP_VIPS},
-    parse::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, ptr_at},
-    stats::Verdict,
+    maps::{LB_DECAP_FROM, LB_DECAP_LOCAL, LB_DECAP_VIPS},
+    parse::{
+        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_MF_OFFSET, Ipv4Hdr, Ipv6FragHdr, Ipv6Hdr,
+        frame_len, ptr_at,
+    },
+    verdict::{
+        DECAP_BAD_SOURCE, DECAP_FRAGMENT, DECAP_MALFORMED, DECAP_NOT_TUNNEL, DECAP_NOT_VIP,
+        DECAP_OK, Verdict,
+    },
 };
 
-const NOT_TUNNEL: Verdict = Verdict::new(XDP_PASS, Counter::DecapPassNotTunnel);
-const NOT_VIP: Verdict = Verdict::new(XDP_PASS, Counter::DecapPassNotVip);
-const MALFORMED: Verdict = Verdict::new(XDP_DROP, Counter::DecapDropMalformed);
 /// adjust_head cannot fail for a shrink inside a frame whose bytes were just checked; if it does, leave the
 /// packet to the kernel like any other packet this program cannot handle.
-const ADJUST_FAILED: Verdict = NOT_TUNNEL;
+const ADJUST_FAILED: Verdict = DECAP_NOT_TUNNEL;
+
+/// The outer header of a tunnel packet, as far as the checks need it.
+struct Outer {
+    len: usize,
+    /// The inner protocol: 4 or 41.
+    proto: u8,
+    fragment: bool,
+    family: u8,
+    src: AddrWords,
+    dst: AddrWords,
+}
 
 #[inline(always)]
 pub fn try_lb_decap(ctx: &XdpContext) -> Verdict {
@@ -27,70 +42,93 @@ pub fn try_lb_decap(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn inner(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(NOT_TUNNEL)?;
+fn key(addr: AddrWords, family: u8) -> AddrKey {
+    AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+/// Step 1: an IP-in-IP outer header, or `DecapPassNotTunnel`.
+#[inline(always)]
+fn outer(ctx: &XdpContext) -> Result<Outer, Verdict> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DECAP_NOT_TUNNEL)?;
     let et = unsafe { (*eth).proto };
-    let (outer_len, proto, local) = if et == ETH_P_IPV4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(NOT_TUNNEL)?;
+    let o = if et == ETH_P_IPV4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DECAP_NOT_TUNNEL)?;
         let vihl = unsafe { (*ip).version_ihl };
         let ihl = ((vihl & 0x0f) as usize) << 2;
-        if vihl >> 4 != 4 || ihl < 20 || ETH_HLEN + ihl > ctx.data_end() - ctx.data() {
-            return Err(NOT_TUNNEL);
+        if vihl >> 4 != 4 || ihl < 20 || ETH_HLEN + ihl > frame_len(ctx) {
+            return Err(DECAP_NOT_TUNNEL);
         }
-        let local = AddrKey {
-            addr: [unsafe { (*ip).dst }, 0, 0, 0],
+        Outer {
+            len: ihl,
+            proto: unsafe { (*ip).proto },
+            fragment: unsafe { (*ip).frag_off } & IP_MF_OFFSET != 0,
             family: FAMILY_V4,
-            _pad: [0; 3],
-        };
-        (ihl, unsafe { (*ip).proto }, local)
-    } else if et == ETH_P_IPV6 {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(NOT_TUNNEL)?;
-        if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
-            return Err(NOT_TUNNEL);
+            src: [unsafe { (*ip).src }, 0, 0, 0],
+            dst: [unsafe { (*ip).dst }, 0, 0, 0],
         }
-        let local = AddrKey {
-            addr: unsafe { (*ip).dst },
+    } else if et == ETH_P_IPV6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DECAP_NOT_TUNNEL)?;
+        if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
+            return Err(DECAP_NOT_TUNNEL);
+        }
+        let mut o = Outer {
+            len: 40,
+            proto: unsafe { (*ip).next_hdr },
+            fragment: false,
             family: FAMILY_V6,
-            _pad: [0; 3],
+            src: unsafe { (*ip).src },
+            dst: unsafe { (*ip).dst },
         };
-        (40, unsafe { (*ip).next_hdr }, local)
+        if o.proto == IPPROTO_IPV6_FRAG {
+            let fh: *const Ipv6FragHdr = ptr_at(ctx, ETH_HLEN + 40).ok_or(DECAP_NOT_TUNNEL)?;
+            o.proto = unsafe { (*fh).next_hdr };
+            o.len += 8;
+            o.fragment = true;
+        }
+        o
     } else {
-        return Err(NOT_TUNNEL);
+        return Err(DECAP_NOT_TUNNEL);
     };
-    if proto != IPPROTO_IPIP && proto != IPPROTO_IPV6 {
-        return Err(NOT_TUNNEL);
+    if o.proto != IPPROTO_IPIP && o.proto != IPPROTO_IPV6 {
+        return Err(DECAP_NOT_TUNNEL);
     }
-    if LB_DECAP_LOCAL.get_ptr(local).is_none() {
-        return Err(NOT_TUNNEL);
+    Ok(o)
+}
+
+#[inline(always)]
+fn inner(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let o = outer(ctx)?;
+    // Step 2.
+    if LB_DECAP_LOCAL.get_ptr(key(o.dst, o.family)).is_none() {
+        return Err(DECAP_NOT_TUNNEL);
     }
-    let inner_off = ETH_HLEN + outer_len;
-    let (vip, new_et) = if proto == IPPROTO_IPIP {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off).ok_or(MALFORMED)?;
-        (
-            AddrKey {
-                addr: [unsafe { (*ip).dst }, 0, 0, 0],
-                family: FAMILY_V4,
-                _pad: [0; 3],
-            },
-            ETH_P_IPV4,
-        )
+    // Steps 3 and 4.
+    if o.fragment {
+        return Err(DECAP_FRAGMENT);
+    }
+    if LB_DECAP_FROM.get_ptr(key(o.src, o.family)).is_none() {
+        return Err(DECAP_BAD_SOURCE);
+    }
+    // Step 5.
+    let inner_off = ETH_HLEN + o.len;
+    let (vip, new_et) = if o.proto == IPPROTO_IPIP {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off).ok_or(DECAP_MALFORMED)?;
+        (key([unsafe { (*ip).dst }, 0, 0, 0], FAMILY_V4), ETH_P_IPV4)
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off).ok_or(MALFORMED)?;
-        (
-            AddrKey {
-                addr: unsafe { (*ip).dst },
-                family: FAMILY_V6,
-                _pad: [0; 3],
-            },
-            ETH_P_IPV6,
-        )
+        let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off).ok_or(DECAP_MALFORMED)?;
+        (key(unsafe { (*ip).dst }, FAMILY_V6), ETH_P_IPV6)
     };
     if LB_DECAP_VIPS.get_ptr(vip).is_none() {
-        return Err(NOT_VIP);
+        return Err(DECAP_NOT_VIP);
     }
-    // Keep the Ethernet addresses: copy them forward over the end of the outer header, then drop the front.
+    // Step 6. Keep the Ethernet addresses: copy them forward over the end of the outer header, drop the front.
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(ADJUST_FAILED)?;
     let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, o.len as i32) } != 0 {
         return Err(ADJUST_FAILED);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(ADJUST_FAILED)?;
@@ -99,5 +137,5 @@ fn inner(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         (*eth).src = src;
         (*eth).proto = new_et;
     }
-    Ok(Verdict::new(XDP_PASS, Counter::DecapOk))
+    Ok(DECAP_OK)
 }

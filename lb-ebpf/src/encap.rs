@@ -1,18 +1,12 @@
 //! Rewrites for the two forwarding modes: IP-in-IP (all four family combinations) and L2 DSR.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{
-    Backend, Counter, FAMILY_V4, GlobalConfig, IPPROTO_IPIP, IPPROTO_IPV6, NextHop, XDP_DROP, csum,
-};
+use lb_common::{Backend, FAMILY_V4, GlobalConfig, IPPROTO_IPIP, IPPROTO_IPV6, NextHop, csum};
 
 use crate::{
     parse::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_DF, Ipv4Hdr, Ipv6Hdr, ptr_at},
-    stats::Verdict,
+    verdict::{DROP_ADJUST, DROP_MALFORMED, Verdict},
 };
-
-const DROP_ADJUST: Verdict = Verdict::new(XDP_DROP, Counter::DropAdjustFailed);
-/// A drop with nothing to blame but the packet's layout (the verifier's view of the new headers).
-const DROP_MALFORMED: Verdict = Verdict::new(XDP_DROP, Counter::DropMalformed);
 
 /// Outer header length for a backend family.
 #[inline(always)]
@@ -23,6 +17,7 @@ pub fn overhead(backend_family: u8) -> usize {
 /// L2 DSR: only the Ethernet addresses change (a VLAN tag stays).
 #[inline(always)]
 pub fn rewrite_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Verdict> {
+    // Step 1 saw the Ethernet header: this cannot fail, the check is for the verifier.
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_MALFORMED)?;
     unsafe {
         (*eth).dst = nh.dmac;
@@ -59,13 +54,13 @@ pub fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
         return Err(DROP_ADJUST);
     }
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_MALFORMED)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_ADJUST)?;
     unsafe {
         (*eth).dst = nh.dmac;
         (*eth).src = nh.smac;
     }
     if be.family == FAMILY_V4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_MALFORMED)?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_ADJUST)?;
         let mut h = Ipv4Hdr {
             version_ihl: 0x45,
             tos: 0,
@@ -86,7 +81,7 @@ pub fn encapsulate(
             *ip = h;
         }
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_MALFORMED)?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DROP_ADJUST)?;
         let label = label_hash & 0xf_ffff;
         unsafe {
             (*eth).proto = ETH_P_IPV6;

@@ -1,4 +1,5 @@
-//! Next hop of a backend: `bpf_fib_lookup`, cached per CPU and per backend, then `XDP_TX` or a devmap redirect.
+//! Next hop of a backend: `bpf_fib_lookup`, cached per CPU and per backend (answers and failures), then `XDP_TX` or
+//! a devmap redirect.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
@@ -6,20 +7,23 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AddrWords, BackendId, Counter, FAMILY_V4, NEXTHOP_CACHE_TTL_NS, NextHop, XDP_DROP, XDP_TX,
+    Backend, BackendId, FAMILY_V4, GlobalConfig, NEXTHOP_CACHE_TTL_NS, NEXTHOP_NEG_TTL_NS, NextHop,
+    XDP_DROP,
 };
 
 use crate::{
     maps::{LB_NEXTHOP_CACHE, LB_TX_PORTS},
-    stats::Verdict,
+    verdict::{DROP_NO_ROUTE, TX, Verdict, redirect},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-pub const DROP_NO_ROUTE: Verdict = Verdict::new(XDP_DROP, Counter::DropNoRoute);
-
-/// The cached or freshly looked-up next hop towards backend `id` at `dst`.
+/// The cached or freshly looked-up next hop towards backend `id`.
+///
+/// The question asked of the FIB depends on the backend alone (its address, and the balancer's own encapsulation
+/// source of that family as the source, in both forwarding modes), because the answer is cached per backend: a
+/// client-dependent question would hand one client's answer to the next.
 ///
 /// The cache is checked against `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, a memory read)
 /// instead of `bpf_ktime_get_ns` (a clocksource read on every packet): a TTL of one second does not need better
@@ -28,27 +32,29 @@ pub const DROP_NO_ROUTE: Verdict = Verdict::new(XDP_DROP, Counter::DropNoRoute);
 pub fn next_hop(
     ctx: &XdpContext,
     id: BackendId,
-    family: u8,
-    dst: &AddrWords,
-    src: &AddrWords,
+    be: &Backend,
+    cfg: &GlobalConfig,
 ) -> Result<NextHop, Verdict> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cache = LB_NEXTHOP_CACHE.get_ptr_mut(id);
     if let Some(c) = cache
         && unsafe { (*c).expires_ns } > now
     {
+        if unsafe { (*c).ifindex } == 0 {
+            return Err(DROP_NO_ROUTE);
+        }
         return Ok(unsafe { *c });
     }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if family == FAMILY_V4 {
+    if be.family == FAMILY_V4 {
         p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = src[0];
-        p.__bindgen_anon_4.ipv4_dst = dst[0];
+        p.__bindgen_anon_3.ipv4_src = cfg.encap_src_v4;
+        p.__bindgen_anon_4.ipv4_dst = be.addr[0];
     } else {
         p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = *src;
-        p.__bindgen_anon_4.ipv6_dst = *dst;
+        p.__bindgen_anon_3.ipv6_src = cfg.encap_src_v6;
+        p.__bindgen_anon_4.ipv6_dst = be.addr;
     }
     let rc = unsafe {
         bpf_fib_lookup(
@@ -58,19 +64,27 @@ pub fn next_hop(
             0,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(DROP_NO_ROUTE);
-    }
-    let nh = NextHop {
-        smac: p.smac,
-        dmac: p.dmac,
-        ifindex: p.ifindex,
-        expires_ns: now + NEXTHOP_CACHE_TTL_NS,
+    let (nh, result) = if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        let nh = NextHop {
+            smac: p.smac,
+            dmac: p.dmac,
+            ifindex: p.ifindex,
+            expires_ns: now + NEXTHOP_CACHE_TTL_NS,
+        };
+        (nh, Ok(nh))
+    } else {
+        let failed = NextHop {
+            smac: [0; 6],
+            dmac: [0; 6],
+            ifindex: 0,
+            expires_ns: now + NEXTHOP_NEG_TTL_NS,
+        };
+        (failed, Err(DROP_NO_ROUTE))
     };
     if let Some(c) = cache {
         unsafe { *c = nh };
     }
-    Ok(nh)
+    result
 }
 
 /// Sends the rewritten frame: back out of the ingress interface, or through the devmap. An egress interface
@@ -78,10 +92,10 @@ pub fn next_hop(
 #[inline(always)]
 pub fn emit(ctx: &XdpContext, nh: &NextHop) -> Verdict {
     if nh.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
-        return Verdict::new(XDP_TX, Counter::Tx);
+        return TX;
     }
     match LB_TX_PORTS.redirect(nh.ifindex, XDP_DROP as u64) {
-        Ok(action) => Verdict::new(action, Counter::Redirect),
+        Ok(action) => redirect(action),
         Err(_) => DROP_NO_ROUTE,
     }
 }

@@ -1,25 +1,102 @@
-//! ICMP: inbound too-big errors about a VIP flow are steered to that flow's backend; outbound too-big answers to
-//! packets that would exceed the MTU once encapsulated.
+//! ICMP: echo requests to a VIP address are answered; inbound too-big errors about a VIP flow are steered to that
+//! flow's backend; packets that would exceed the MTU once encapsulated are answered with too-big errors.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{
-    AddrWords, CFG_F_ICMP_TOO_BIG, Counter, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, XDP_DROP, XDP_PASS, XDP_TX, csum,
+    AddrWords, CFG_F_ICMP_TOO_BIG, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, RateLimit, csum,
 };
 
 use crate::{
     parse::{
         ETH_HLEN, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, L3, Ports, VLAN_HLEN, VlanHdr, frame_len,
-        ptr_at,
+        ptr_at, ptr_within,
     },
-    stats::Verdict,
+    rate,
+    verdict::{
+        DROP_ADJUST, DROP_ICMP_RATE_LIMITED, DROP_OVER_MTU, ICMP_ECHO_REPLY, ICMP_TOO_BIG_SENT,
+        Unbalanced, Verdict,
+    },
 };
 
-const PASS_MALFORMED: Verdict = Verdict::new(XDP_PASS, Counter::PassMalformed);
-pub const PASS_NOT_VIP: Verdict = Verdict::new(XDP_PASS, Counter::PassNotVip);
+const ICMP_ECHO_REPLY_TYPE: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_PKT_TOO_BIG: u8 = 2;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// TTL / hop limit of everything the program originates.
+const ANSWER_TTL: u8 = 64;
+
+/// The ICMP messages the program acts on (docs/dataplane.md, step 4).
+pub enum Message {
+    EchoRequest,
+    TooBig,
+    Other,
+}
+
+/// The message type of an ICMP / ICMPv6 packet whose 8-byte header lies before the IP end.
+#[inline(always)]
+pub fn message(ctx: &XdpContext, l3: &L3) -> Result<Message, Unbalanced> {
+    let icmp: *const IcmpHdr = ptr_within(ctx, l3.l4, l3.end).ok_or(Unbalanced::Malformed)?;
+    let (ty, code) = unsafe { ((*icmp).ty, (*icmp).code) };
+    let m = if l3.family == FAMILY_V4 {
+        match ty {
+            ICMP_ECHO_REQUEST => Message::EchoRequest,
+            ICMP_DEST_UNREACH if code == ICMP_FRAG_NEEDED => Message::TooBig,
+            _ => Message::Other,
+        }
+    } else {
+        match ty {
+            ICMPV6_ECHO_REQUEST => Message::EchoRequest,
+            ICMPV6_PKT_TOO_BIG => Message::TooBig,
+            _ => Message::Other,
+        }
+    };
+    Ok(m)
+}
+
+/// Turns an echo request into its reply in place: Ethernet and IP addresses swapped, TTL / hop limit 64, type
+/// 0 / 129, checksums updated incrementally; everything else (options, extension headers, data, padding) stays.
+#[inline(always)]
+pub fn echo_reply(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DROP_ADJUST)?;
+    let icmp: *mut IcmpHdr = ptr_within(ctx, l3.l4, l3.end).ok_or(DROP_ADJUST)?;
+    unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
+    let reply = if l3.family == FAMILY_V4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, l3.off).ok_or(DROP_ADJUST)?;
+        unsafe {
+            // TTL and protocol share one checksummed 16-bit word.
+            let old = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+            let new = u16::from_ne_bytes([ANSWER_TTL, (*ip).proto]);
+            (*ip).check = csum::replace16((*ip).check, old, new);
+            (*ip).ttl = ANSWER_TTL;
+            (*ip).dst = l3.src[0];
+            (*ip).src = l3.dst[0];
+        }
+        ICMP_ECHO_REPLY_TYPE
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, l3.off).ok_or(DROP_ADJUST)?;
+        unsafe {
+            (*ip).hop_limit = ANSWER_TTL;
+            (*ip).dst = l3.src;
+            (*ip).src = l3.dst;
+        }
+        ICMPV6_ECHO_REPLY
+    };
+    unsafe {
+        let code = (*icmp).code;
+        let old = u16::from_ne_bytes([(*icmp).ty, code]);
+        let new = u16::from_ne_bytes([reply, code]);
+        (*icmp).check = csum::replace16((*icmp).check, old, new);
+        (*icmp).ty = reply;
+    }
+    Ok(ICMP_ECHO_REPLY)
+}
 
 /// What a too-big error quotes: the packet the backend sent (VIP → client).
 pub struct Quoted {
@@ -32,24 +109,18 @@ pub struct Quoted {
     pub flow: FlowKey,
 }
 
-/// Step 4: an ICMP fragmentation-needed / ICMPv6 packet-too-big whose quote is a packet from one of our VIPs.
-/// Every other ICMP message is `PassNotVip`; a truncated or inconsistent one is `PassMalformed`.
+/// The quote of a too-big error (step 4): complete before the IP end (else malformed), and sent by the outer
+/// destination (else not ours).
 #[inline(always)]
-pub fn parse_too_big(ctx: &XdpContext, l3: &L3) -> Result<Quoted, Verdict> {
-    let icmp: *const IcmpHdr = ptr_at(ctx, l3.l4).ok_or(PASS_MALFORMED)?;
-    let (ty, code) = unsafe { ((*icmp).ty, (*icmp).code) };
+pub fn quote(ctx: &XdpContext, l3: &L3) -> Result<Quoted, Unbalanced> {
     let q = l3.l4 + 8;
     let (src, dst, proto, il4) = if l3.family == FAMILY_V4 {
-        if ty != 3 || code != 4 {
-            return Err(PASS_NOT_VIP);
-        }
-        let ip: *const Ipv4Hdr = ptr_at(ctx, q).ok_or(PASS_MALFORMED)?;
+        let ip: *const Ipv4Hdr = ptr_within(ctx, q, l3.end).ok_or(Unbalanced::Malformed)?;
         let vihl = unsafe { (*ip).version_ihl };
         let ihl = ((vihl & 0x0f) as usize) << 2;
         if vihl >> 4 != 4 || ihl < 20 {
-            return Err(PASS_MALFORMED);
+            return Err(Unbalanced::Malformed);
         }
-        ptr_at::<[u8; 8]>(ctx, q + ihl).ok_or(PASS_MALFORMED)?;
         unsafe {
             (
                 [(*ip).src, 0, 0, 0],
@@ -59,20 +130,17 @@ pub fn parse_too_big(ctx: &XdpContext, l3: &L3) -> Result<Quoted, Verdict> {
             )
         }
     } else {
-        if ty != 2 {
-            return Err(PASS_NOT_VIP);
-        }
-        let ip: *const Ipv6Hdr = ptr_at(ctx, q).ok_or(PASS_MALFORMED)?;
-        ptr_at::<[u8; 8]>(ctx, q + 40).ok_or(PASS_MALFORMED)?;
+        let ip: *const Ipv6Hdr = ptr_within(ctx, q, l3.end).ok_or(Unbalanced::Malformed)?;
         if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
-            return Err(PASS_MALFORMED);
+            return Err(Unbalanced::Malformed);
         }
         unsafe { ((*ip).src, (*ip).dst, (*ip).next_hdr, q + 40) }
     };
+    ptr_within::<[u8; 8]>(ctx, il4, l3.end).ok_or(Unbalanced::Malformed)?;
     if src != l3.dst {
-        return Err(PASS_NOT_VIP);
+        return Err(Unbalanced::NotServed);
     }
-    let ports: *const Ports = ptr_at(ctx, il4).ok_or(PASS_MALFORMED)?;
+    let ports: *const Ports = ptr_within(ctx, il4, l3.end).ok_or(Unbalanced::Malformed)?;
     let (sport, dport) = unsafe { ((*ports).src, (*ports).dst) };
     Ok(Quoted {
         vip: src,
@@ -90,10 +158,6 @@ pub fn parse_too_big(ctx: &XdpContext, l3: &L3) -> Result<Quoted, Verdict> {
     })
 }
 
-const DROP_OVER_MTU: Verdict = Verdict::new(XDP_DROP, Counter::DropOverMtu);
-const DROP_ADJUST: Verdict = Verdict::new(XDP_DROP, Counter::DropAdjustFailed);
-const TOO_BIG_SENT: Verdict = Verdict::new(XDP_TX, Counter::IcmpTooBigSent);
-
 /// Largest answers: the minimum MTUs every IPv4 / IPv6 host must accept (RFC 1812 / RFC 8200).
 const ANSWER_MAX_V4: usize = 576;
 const ANSWER_MAX_V6: usize = 1280;
@@ -101,18 +165,28 @@ const ANSWER_HDRS_V4: usize = 20 + 8;
 const ANSWER_HDRS_V6: usize = 40 + 8;
 const QUOTE_MAX_V4: usize = ANSWER_MAX_V4 - ANSWER_HDRS_V4;
 const QUOTE_MAX_V6: usize = ANSWER_MAX_V6 - ANSWER_HDRS_V6;
-const ICMPV6_MIN_MTU: u32 = 1280;
+/// The least MTU a link may have (RFC 791 / RFC 8200): never advertise less.
+const IPV4_MIN_MTU: u32 = 68;
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// A packet that would exceed `cfg.mtu` once encapsulated with `overhead` bytes: answered with a too-big error
-/// when enabled and meaningful (TCP/UDP, IPv4 with DF), else dropped. The answer replaces the packet in place:
-/// the frame is cut to the quote, grown at the front by the new IP + ICMP headers, and sent back with `XDP_TX`.
+/// when enabled, meaningful (TCP/UDP, IPv4 with DF) and within this CPU's answer budget, else dropped. The answer
+/// replaces the packet in place: the frame is cut to the quote, grown at the front by the new IP + ICMP headers,
+/// and sent back with `XDP_TX`.
 #[inline(always)]
 pub fn over_mtu(ctx: &XdpContext, l3: &L3, cfg: &GlobalConfig, overhead: usize) -> Verdict {
+    let v4 = l3.family == FAMILY_V4;
     let l4_ok = l3.proto == IPPROTO_TCP || l3.proto == IPPROTO_UDP;
-    if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 || !l4_ok || (l3.family == FAMILY_V4 && !l3.df) {
+    if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 || !l4_ok || (v4 && !l3.df) {
         return DROP_OVER_MTU;
     }
-    match answer(ctx, l3, cfg.mtu - overhead as u32) {
+    // Each answer sums up to 1,232 quoted bytes, and spoofed packets can ask for them.
+    if !rate::take(RateLimit::IcmpAnswers, cfg.icmp_answer_cap) {
+        return DROP_ICMP_RATE_LIMITED;
+    }
+    let floor = if v4 { IPV4_MIN_MTU } else { IPV6_MIN_MTU };
+    let mtu = cfg.mtu.saturating_sub(overhead as u32).max(floor);
+    match answer(ctx, l3, mtu) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -172,20 +246,20 @@ fn answer(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<Verdict, Verdict> {
     let mut sum = quote_sum(ctx, icmp_off + 8, quote)?;
     let icmp: *mut IcmpHdr = ptr_at(ctx, icmp_off).ok_or(DROP_ADJUST)?;
     let mut h = if v4 {
-        IcmpHdr {
-            ty: 3,
-            code: 4,
-            check: 0,
-            rest: ((mtu as u16).to_be() as u32) << 16,
-        }
-    } else {
-        let mtu = if mtu < ICMPV6_MIN_MTU {
-            ICMPV6_MIN_MTU
+        let mtu = if mtu > u16::MAX as u32 {
+            u16::MAX
         } else {
-            mtu
+            mtu as u16
         };
         IcmpHdr {
-            ty: 2,
+            ty: ICMP_DEST_UNREACH,
+            code: ICMP_FRAG_NEEDED,
+            check: 0,
+            rest: (mtu.to_be() as u32) << 16,
+        }
+    } else {
+        IcmpHdr {
+            ty: ICMPV6_PKT_TOO_BIG,
             code: 0,
             check: 0,
             rest: mtu.to_be(),
@@ -202,7 +276,7 @@ fn answer(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<Verdict, Verdict> {
             tot_len: ((hdrs + quote) as u16).to_be(),
             id: 0,
             frag_off: 0,
-            ttl: 64,
+            ttl: ANSWER_TTL,
             proto: IPPROTO_ICMP,
             check: 0,
             src: l3.dst[0],
@@ -220,7 +294,7 @@ fn answer(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<Verdict, Verdict> {
                 version_tc_flow: [0x60, 0, 0, 0],
                 payload_len: (len as u16).to_be(),
                 next_hdr: IPPROTO_ICMPV6,
-                hop_limit: 64,
+                hop_limit: ANSWER_TTL,
                 src: l3.dst,
                 dst: l3.src,
             };
@@ -235,7 +309,7 @@ fn answer(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<Verdict, Verdict> {
     }
     h.check = !csum::fold(sum);
     unsafe { *icmp = h };
-    Ok(TOO_BIG_SENT)
+    Ok(ICMP_TOO_BIG_SENT)
 }
 
 /// One's-complement sum (unfolded) of the `len` quoted bytes at `off`, as memory-order 16-bit words; a final odd

@@ -1,5 +1,6 @@
 //! The XDP programs. Each entry point calls a `try_` function and turns its result, success or error, into one
-//! counted verdict; nothing returns `XDP_ABORTED`. Behaviour: docs/dataplane.md.
+//! counted verdict; nothing returns `XDP_ABORTED`. Behaviour: docs/dataplane.md, whose steps are the functions
+//! below (`try_lb_xdp` dispatches steps 1 to 5; `transport` runs 5 to 8 for TCP/UDP).
 #![no_std]
 #![no_main]
 
@@ -11,28 +12,32 @@ mod icmp;
 mod loadgen;
 mod maps;
 mod parse;
+mod rate;
 mod select;
 mod stats;
+mod verdict;
 mod vip;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    BackendId, Counter, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, VIP_F_FRAG_HASH3, VIP_F_L2DSR, VipMeta, XDP_DROP, XDP_PASS, XDP_TX,
-    hash::flow_hash,
+    Backend, BackendId, Counter, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, RateLimit, VIP_F_FRAG_HASH3, VIP_F_L2DSR, VipMeta, XDP_DROP,
+    XDP_PASS, XDP_TX, hash::flow_hash,
 };
 
 use crate::{
     conntrack::Lookup,
-    maps::{LB_BACKENDS, LB_CONFIG},
-    parse::{EthHdr, L3, Ports, TCP_ACK, TCP_SYN, TcpHdr, frame_len, ptr_at},
-    stats::{Verdict, finish},
+    icmp::Message,
+    maps::LB_CONFIG,
+    parse::{
+        EthHdr, L3, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, frame_len, ptr_at,
+        ptr_within,
+    },
+    stats::VipCounters,
+    verdict::{
+        DROP_FRAGMENT, DROP_MALFORMED, DROP_NO_BACKEND, PASS_NOT_VIP, Unbalanced, Verdict, finish,
+    },
 };
-
-const DROP_NO_BACKEND: Verdict = Verdict::new(XDP_DROP, Counter::DropNoBackend);
-const DROP_MALFORMED: Verdict = Verdict::new(XDP_DROP, Counter::DropMalformed);
-const DROP_FRAGMENT: Verdict = Verdict::new(XDP_DROP, Counter::DropFragment);
-const PASS_MALFORMED: Verdict = Verdict::new(XDP_PASS, Counter::PassMalformed);
 
 /// The balancer.
 #[xdp]
@@ -88,127 +93,180 @@ fn config() -> Result<&'static GlobalConfig, Verdict> {
     LB_CONFIG.get(0).ok_or(DROP_NO_BACKEND)
 }
 
+/// Steps 1 and 2 (parse), then the step that owns the packet's protocol.
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let l3 = parse::parse(ctx)?;
-    let len = frame_len(ctx) as u64;
-
-    // Step 3: fragments (before ICMP: an ICMP fragment follows the fragment policy).
+    if l3.chain_cut {
+        return Err(vip::unbalanced(&l3, Unbalanced::Malformed));
+    }
     if l3.fragment {
-        let meta = vip::find_fragment(&l3.dst, l3.proto, l3.family).ok_or(icmp::PASS_NOT_VIP)?;
-        stats::vip_packet(meta.vip_id, len);
-        if meta.flags & VIP_F_FRAG_HASH3 == 0 {
-            return Ok(DROP_FRAGMENT);
-        }
-        stats::count(Counter::FragmentHashed);
-        let key = FlowKey {
-            src: l3.src,
-            dst: l3.dst,
-            sport: 0,
-            dport: 0,
-            proto: l3.proto,
-            family: l3.family,
-            _pad: [0; 2],
-        };
-        let hash = flow_hash(&key);
-        let cfg = config()?;
-        let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return forward(ctx, &l3, &meta, cfg, id, FlowHash::known(&key, hash), len);
+        return fragment(ctx, &l3);
     }
-
-    // Step 4: inbound ICMP too-big, steered by the quoted flow.
-    if (l3.family == FAMILY_V4 && l3.proto == IPPROTO_ICMP)
-        || (l3.family != FAMILY_V4 && l3.proto == IPPROTO_ICMPV6)
-    {
-        let q = icmp::parse_too_big(ctx, &l3)?;
-        let meta = vip::find(&q.vip, q.vip_port, q.proto, l3.family).ok_or(icmp::PASS_NOT_VIP)?;
-        stats::vip_packet(meta.vip_id, len);
-        stats::count(Counter::IcmpSteered);
-        let cfg = config()?;
-        let (id, hash) = if meta.flags & VIP_F_FRAG_HASH3 != 0 {
-            let hash = flow_hash(&q.flow.three_tuple());
-            (select::ring_pick(&meta, cfg, hash), hash)
-        } else {
-            let hash = flow_hash(&q.flow);
-            match conntrack::pinned(&q.flow) {
-                Some(id) => (Some(id), hash),
-                None => (select::ring_pick(&meta, cfg, hash), hash),
-            }
-        };
-        let id = id.ok_or(DROP_NO_BACKEND)?;
-        return forward(
-            ctx,
-            &l3,
-            &meta,
-            cfg,
-            id,
-            FlowHash::known(&q.flow, hash),
-            len,
-        );
-    }
-
-    // Step 5: TCP/UDP VIP lookup; only a VIP packet has its L4 header validated.
-    if l3.proto != IPPROTO_TCP && l3.proto != IPPROTO_UDP {
-        return Err(icmp::PASS_NOT_VIP);
-    }
-    let ports: *const Ports = ptr_at(ctx, l3.l4).ok_or(PASS_MALFORMED)?;
-    let (sport, dport) = unsafe { ((*ports).src, (*ports).dst) };
-    let meta = vip::find(&l3.dst, dport, l3.proto, l3.family).ok_or(icmp::PASS_NOT_VIP)?;
-    let syn = if l3.proto == IPPROTO_TCP {
-        let tcp: *const TcpHdr = ptr_at(ctx, l3.l4).ok_or(DROP_MALFORMED)?;
-        let doff = ((unsafe { (*tcp).doff } >> 4) as usize) << 2;
-        if doff < 20 || l3.l4 + doff > frame_len(ctx) {
-            return Err(DROP_MALFORMED);
-        }
-        unsafe { (*tcp).flags & (TCP_SYN | TCP_ACK) == TCP_SYN }
+    let icmp = if l3.family == FAMILY_V4 {
+        IPPROTO_ICMP
     } else {
-        ptr_at::<[u8; 8]>(ctx, l3.l4).ok_or(DROP_MALFORMED)?;
-        false
+        IPPROTO_ICMPV6
     };
+    if l3.proto == icmp {
+        icmp_message(ctx, &l3)
+    } else if l3.proto == IPPROTO_TCP || l3.proto == IPPROTO_UDP {
+        transport(ctx, &l3)
+    } else {
+        Err(vip::unbalanced(&l3, Unbalanced::NotServed))
+    }
+}
 
-    // Step 6.
-    stats::vip_packet(meta.vip_id, len);
+/// Step 3: a fragment follows its fragment policy.
+#[inline(always)]
+fn fragment(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
+    let meta = vip::fragment_policy(&l3.dst, l3.proto, l3.family)
+        .ok_or_else(|| vip::unbalanced(l3, Unbalanced::NotServed))?;
+    let len = frame_len(ctx) as u64;
+    VipCounters::packet(meta.vip_id, len);
+    if meta.flags & VIP_F_FRAG_HASH3 == 0 {
+        return Ok(DROP_FRAGMENT);
+    }
+    stats::count(Counter::FragmentHashed);
+    let key = l3.flow_key(0, 0);
+    let hash = flow_hash(&key);
     let cfg = config()?;
-    let key = FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        sport,
-        dport,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    };
+    let (id, be) = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
+    forward(
+        ctx,
+        l3,
+        &meta,
+        cfg,
+        id,
+        &be,
+        FlowHash::known(&key, hash),
+        len,
+    )
+}
 
-    // Step 7.
+/// Step 4: echo requests to a VIP address are answered, too-big errors about a VIP flow steered.
+#[inline(always)]
+fn icmp_message(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
+    match icmp::message(ctx, l3).map_err(|why| vip::unbalanced(l3, why))? {
+        Message::EchoRequest if vip::is_vip_address(&l3.dst, l3.family) => {
+            icmp::echo_reply(ctx, l3)
+        }
+        Message::EchoRequest => Err(PASS_NOT_VIP),
+        Message::TooBig => too_big(ctx, l3),
+        Message::Other => Err(vip::unbalanced(l3, Unbalanced::NotServed)),
+    }
+}
+
+/// Step 4, too-big: to the backend of the quoted flow (the flow table's if usable, else the ring's).
+#[inline(always)]
+fn too_big(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
+    let q = icmp::quote(ctx, l3).map_err(|why| vip::unbalanced(l3, why))?;
+    let meta = vip::service(&q.vip, q.vip_port, q.proto, l3.family)
+        .ok_or_else(|| vip::unbalanced(l3, Unbalanced::NotServed))?;
+    let len = frame_len(ctx) as u64;
+    VipCounters::packet(meta.vip_id, len);
+    stats::count(Counter::IcmpSteered);
+    let cfg = config()?;
+    let hash3 = meta.flags & VIP_F_FRAG_HASH3 != 0;
+    let key = if hash3 { q.flow.three_tuple() } else { q.flow };
+    let hash = flow_hash(&key);
+    let pinned = match hash3 {
+        false => match conntrack::lookup(&q.flow, &meta) {
+            Lookup::Hit(id, be) => Some((id, be)),
+            _ => None,
+        },
+        true => None,
+    };
+    let (id, be) = match pinned {
+        Some(p) => p,
+        None => select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?,
+    };
+    forward(
+        ctx,
+        l3,
+        &meta,
+        cfg,
+        id,
+        &be,
+        FlowHash::known(&key, hash),
+        len,
+    )
+}
+
+/// Steps 5 to 8 for TCP and UDP.
+#[inline(always)]
+fn transport(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
+    let ports: *const Ports =
+        ptr_within(ctx, l3.l4, l3.end).ok_or_else(|| vip::unbalanced(l3, Unbalanced::Malformed))?;
+    let (sport, dport) = unsafe { ((*ports).src, (*ports).dst) };
+    let meta = vip::service(&l3.dst, dport, l3.proto, l3.family)
+        .ok_or_else(|| vip::unbalanced(l3, Unbalanced::NotServed))?;
+    let new_connection = l4_header(ctx, l3)?;
+    let len = frame_len(ctx) as u64;
+    let vip_counters = VipCounters::packet(meta.vip_id, len);
+    let cfg = config()?;
+    let key = l3.flow_key(sport, dport);
+    let (id, be, hash) = choose_backend(&key, &meta, cfg, new_connection, &vip_counters)?;
+    forward(
+        ctx,
+        l3,
+        &meta,
+        cfg,
+        id,
+        &be,
+        FlowHash { key: &key, hash },
+        len,
+    )
+}
+
+/// Step 5, once the service is known: the whole TCP/UDP header lies before the IP end. Returns whether the
+/// segment asks for a new connection (SYN without ACK, RST or FIN).
+#[inline(always)]
+fn l4_header(ctx: &XdpContext, l3: &L3) -> Result<bool, Verdict> {
+    if l3.proto != IPPROTO_TCP {
+        ptr_within::<[u8; 8]>(ctx, l3.l4, l3.end).ok_or(DROP_MALFORMED)?;
+        return Ok(false);
+    }
+    let tcp: *const TcpHdr = ptr_within(ctx, l3.l4, l3.end).ok_or(DROP_MALFORMED)?;
+    let doff = ((unsafe { (*tcp).doff } >> 4) as usize) << 2;
+    if doff < 20 || l3.l4 + doff > l3.end {
+        return Err(DROP_MALFORMED);
+    }
+    let flags = unsafe { (*tcp).flags } & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    Ok(flags == TCP_SYN)
+}
+
+/// Step 7: the backend of a TCP/UDP packet, and its flow hash when one was computed (an established flow needs
+/// none unless it is encapsulated in IPv6, for the flow label: `forward` computes it then).
+#[inline(always)]
+fn choose_backend(
+    key: &FlowKey,
+    meta: &VipMeta,
+    cfg: &GlobalConfig,
+    new_connection: bool,
+    vip_counters: &VipCounters,
+) -> Result<(BackendId, Backend, Option<u32>), Verdict> {
     if meta.flags & VIP_F_FRAG_HASH3 != 0 {
         let hash = flow_hash(&key.three_tuple());
-        let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return forward(ctx, &l3, &meta, cfg, id, FlowHash::known(&key, hash), len);
+        let (id, be) = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
+        return Ok((id, be, Some(hash)));
     }
-    let found = if syn {
-        Lookup::Stale
-    } else {
-        conntrack::lookup(&key)
-    };
-    // An established flow needs no hash unless it is encapsulated in IPv6 (flow label): `forward` computes it then.
-    let (id, hash) = match found {
-        Lookup::Hit(id) => (id, None),
-        other => {
-            if let Lookup::Miss = other {
-                stats::vip_lru_miss(meta.vip_id);
-            }
-            let hash = flow_hash(&key);
-            let id = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-            if conntrack::admit_new_flow(cfg) {
-                conntrack::insert(&key, id, meta.vip_id);
-                stats::vip_new_flow(meta.vip_id);
-            } else {
-                stats::count(Counter::NewFlowCapped);
-            }
-            (id, Some(hash))
+    if !new_connection {
+        match conntrack::lookup(key, meta) {
+            Lookup::Hit(id, be) => return Ok((id, be, None)),
+            Lookup::Miss => vip_counters.lru_miss(),
+            Lookup::Unusable => {}
         }
-    };
-    forward(ctx, &l3, &meta, cfg, id, FlowHash { key: &key, hash }, len)
+    }
+    let hash = flow_hash(key);
+    let (id, be) = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
+    if rate::take(RateLimit::NewFlows, cfg.new_flow_cap) {
+        conntrack::insert(key, id);
+        vip_counters.new_flow();
+    } else {
+        stats::count(Counter::NewFlowCapped);
+    }
+    Ok((id, be, Some(hash)))
 }
 
 /// A flow's hash, or the key to compute it from when it is first needed.
@@ -237,22 +295,26 @@ impl<'a> FlowHash<'a> {
 
 /// Step 8: encapsulate or rewrite MACs, route, and pick `XDP_TX` or a redirect.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into four call sites; a struct would only rename the same values"
+)]
 fn forward(
     ctx: &XdpContext,
     l3: &L3,
     meta: &VipMeta,
     cfg: &GlobalConfig,
     id: BackendId,
+    be: &Backend,
     hash: FlowHash,
     len: u64,
 ) -> Result<Verdict, Verdict> {
     stats::backend_packet(id, len);
-    let be = unsafe { *LB_BACKENDS.get_ptr(id).ok_or(DROP_NO_BACKEND)? };
     if meta.flags & VIP_F_L2DSR != 0 {
         if be.family != l3.family {
             return Err(DROP_NO_BACKEND);
         }
-        let nh = fib::next_hop(ctx, id, be.family, &be.addr, &l3.src)?;
+        let nh = fib::next_hop(ctx, id, be, cfg)?;
         encap::rewrite_macs(ctx, &nh)?;
         return Ok(fib::emit(ctx, &nh));
     }
@@ -261,18 +323,13 @@ fn forward(
     if cfg.mtu > 0 && inner_len + overhead > cfg.mtu as usize {
         return Err(icmp::over_mtu(ctx, l3, cfg, overhead));
     }
-    let src = if be.family == FAMILY_V4 {
-        [cfg.encap_src_v4, 0, 0, 0]
-    } else {
-        cfg.encap_src_v6
-    };
-    let nh = fib::next_hop(ctx, id, be.family, &be.addr, &src)?;
+    let nh = fib::next_hop(ctx, id, be, cfg)?;
     let label = if be.family == FAMILY_V4 {
         0
     } else {
         hash.get()
     };
-    encap::encapsulate(ctx, l3.off, inner_len, l3.family, &be, cfg, &nh, label)?;
+    encap::encapsulate(ctx, l3.off, inner_len, l3.family, be, cfg, &nh, label)?;
     Ok(fib::emit(ctx, &nh))
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     AddrKey, Backend, BackendId, BackendStats, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS,
     DEFAULT_MAX_RING_SIZE, DEFAULT_MAX_VIPS, FlowKey, FlowState, GlobalConfig, NextHop,
-    RING_SLOTS_PER_VIP, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats,
+    RATE_LIMIT_COUNT, RING_SLOTS_PER_VIP, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats,
     counters::COUNTER_COUNT,
 };
 
@@ -17,6 +17,9 @@ const MAX_TX_PORTS: u32 = 64;
 
 #[map]
 pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static LB_VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map]
 pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
@@ -48,7 +51,8 @@ pub static LB_BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 #[map]
-pub static LB_NEW_FLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+pub static LB_RATE_WINDOWS: PerCpuArray<RateWindow> =
+    PerCpuArray::with_max_entries(RATE_LIMIT_COUNT, 0);
 
 #[map]
 pub static LB_NEXTHOP_CACHE: PerCpuArray<NextHop> =
@@ -62,6 +66,10 @@ pub static LB_DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(DEFA
 
 #[map]
 pub static LB_DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(16, 0);
+
+/// Balancers a backend accepts tunnels from: a fleet's worth.
+#[map]
+pub static LB_DECAP_FROM: HashMap<AddrKey, u32> = HashMap::with_max_entries(256, 0);
 
 #[map]
 pub static LB_LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

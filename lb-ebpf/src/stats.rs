@@ -1,29 +1,8 @@
 //! Per-CPU counters: verdict reasons, per-VIP and per-backend traffic. Per-CPU maps make plain adds race-free.
 
-use lb_common::{BackendId, Counter};
+use lb_common::{BackendId, Counter, VipStats};
 
 use crate::maps::{LB_BACKEND_STATS, LB_COUNTERS, LB_VIP_STATS};
-
-/// What a program does with a packet and the one verdict-reason counter that says why.
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    pub action: u32,
-    pub counter: Counter,
-}
-
-impl Verdict {
-    #[inline(always)]
-    pub const fn new(action: u32, counter: Counter) -> Self {
-        Verdict { action, counter }
-    }
-}
-
-/// Counts the verdict's reason and returns its action: the single exit of every entry point.
-#[inline(always)]
-pub fn finish(v: Verdict) -> u32 {
-    count(v.counter);
-    v.action
-}
 
 /// Adds one to a verdict/reason (or informational) counter.
 #[inline(always)]
@@ -33,30 +12,37 @@ pub fn count(c: Counter) {
     }
 }
 
-/// One packet of `len` bytes for VIP `vip_id`.
-#[inline(always)]
-pub fn vip_packet(vip_id: u32, len: u64) {
-    if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip_id) {
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += len;
+/// A service's stats entry on this CPU, looked up once per packet and updated through the steps.
+pub struct VipCounters(Option<*mut VipStats>);
+
+impl VipCounters {
+    /// One packet of `len` bytes for VIP `vip_id`.
+    #[inline(always)]
+    pub fn packet(vip_id: u32, len: u64) -> Self {
+        let s = LB_VIP_STATS.get_ptr_mut(vip_id);
+        if let Some(s) = s {
+            unsafe {
+                (*s).packets += 1;
+                (*s).bytes += len;
+            }
+        }
+        VipCounters(s)
+    }
+
+    /// A flow-table insert.
+    #[inline(always)]
+    pub fn new_flow(&self) {
+        if let Some(s) = self.0 {
+            unsafe { (*s).new_flows += 1 };
         }
     }
-}
 
-/// A flow-table insert for VIP `vip_id`.
-#[inline(always)]
-pub fn vip_new_flow(vip_id: u32) {
-    if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip_id) {
-        unsafe { (*s).new_flows += 1 };
-    }
-}
-
-/// A non-SYN packet of VIP `vip_id` that found no flow entry.
-#[inline(always)]
-pub fn vip_lru_miss(vip_id: u32) {
-    if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip_id) {
-        unsafe { (*s).lru_misses += 1 };
+    /// A packet that is not a new connection found no flow entry.
+    #[inline(always)]
+    pub fn lru_miss(&self) {
+        if let Some(s) = self.0 {
+            unsafe { (*s).lru_misses += 1 };
+        }
     }
 }
 

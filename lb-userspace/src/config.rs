@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use lb_common::{
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_RING_SIZE, DEFAULT_MAX_VIPS,
-    DEFAULT_NEW_FLOW_CAP, DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_ICMP_ANSWER_CAP, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_RING_SIZE,
+    DEFAULT_MAX_VIPS, DEFAULT_NEW_FLOW_CAP, DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +22,13 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9100";
 /// Highest backend weight; 0 drains.
 pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_WEIGHT: u32 = 100;
-/// 0 = no MTU check (the program forwards whatever fits the frame).
-pub const DEFAULT_MTU: u32 = 0;
+/// The IP MTU behind the balancer: Ethernet's. An operator who omits `mtu` gets too-big answers, not a path-MTU
+/// black hole (0 turns the check off).
+pub const DEFAULT_MTU: u32 = 1500;
+/// The least non-zero `mtu`: IPv6 needs 1280-byte packets to pass end to end (RFC 8200) and IP6IP6 adds a 40-byte
+/// outer header; below this an encapsulated minimum-size packet could not be forwarded and no too-big answer could
+/// fix it.
+pub const MIN_MTU: u32 = 1280 + 40;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +69,8 @@ pub struct RawDaemon {
     pub new_flow_cap: Option<u32>,
     #[serde(default)]
     pub icmp_too_big: Option<bool>,
+    #[serde(default)]
+    pub icmp_answer_cap: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +120,8 @@ pub struct DaemonConfig {
     pub mtu: u32,
     pub new_flow_cap: u32,
     pub icmp_too_big: bool,
+    /// ICMP too-big answers per second per CPU (0 = no limit).
+    pub icmp_answer_cap: u32,
 }
 
 /// Map sizes, fixed when the maps are created (a change needs a fresh load, see the daemon).
@@ -429,6 +438,12 @@ impl RawDaemon {
                     None
                 }
             });
+        let mtu = self.mtu.unwrap_or(DEFAULT_MTU);
+        if mtu != 0 && mtu < MIN_MTU {
+            errs.push(format!(
+                "daemon.mtu: {mtu} is below {MIN_MTU} (IPv6's 1280 plus a 40-byte outer header); 0 turns the check off"
+            ));
+        }
         DaemonConfig {
             interface: self.interface.clone(),
             xdp_mode,
@@ -444,9 +459,10 @@ impl RawDaemon {
             sizes,
             encap_src_v4,
             encap_src_v6,
-            mtu: self.mtu.unwrap_or(DEFAULT_MTU),
+            mtu,
             new_flow_cap: self.new_flow_cap.unwrap_or(DEFAULT_NEW_FLOW_CAP),
             icmp_too_big: self.icmp_too_big.unwrap_or(true),
+            icmp_answer_cap: self.icmp_answer_cap.unwrap_or(DEFAULT_ICMP_ANSWER_CAP),
         }
     }
 }

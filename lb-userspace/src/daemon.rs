@@ -75,6 +75,7 @@ fn global_config(c: &Config) -> GlobalConfig {
         } else {
             0
         },
+        icmp_answer_cap: d.icmp_answer_cap,
     }
 }
 
@@ -332,13 +333,15 @@ impl Daemon {
         Ok(d)
     }
 
+    /// The `LB_BACKENDS` entry of backend `addr` of `vip` as the state and health say now: owned by the VIP's id
+    /// (so flow entries of another service never use it), active unless down.
     fn backend_entry(&self, vip: &VipAddr, addr: IpAddr) -> Backend {
         let flags = if self.is_up(vip, addr) {
             BACKEND_F_ACTIVE
         } else {
             0
         };
-        Backend::new(addr, flags)
+        Backend::new(addr, self.state.vips[vip].id, flags)
     }
 
     fn apply(&mut self, old: &DesiredState, new: DesiredState, d: &Diff) -> Result<()> {
@@ -458,14 +461,13 @@ impl Daemon {
         if up {
             self.down.remove(&(*vip, backend));
             // Active first, so a flow the new ring sends there is not bounced back to the ring.
-            self.dp
-                .set_backend(id, &Backend::new(backend, BACKEND_F_ACTIVE))?;
+            self.dp.set_backend(id, &self.backend_entry(vip, backend))?;
             self.install(vip)?;
         } else {
             self.down.insert((*vip, backend));
             // Ring first: a flow re-picking after the flag clears must not find the backend in the ring.
             self.install(vip)?;
-            self.dp.set_backend(id, &Backend::new(backend, 0))?;
+            self.dp.set_backend(id, &self.backend_entry(vip, backend))?;
         }
         info!(%vip, %backend, up, "backend health changed; ring rebuilt");
         Ok(())

@@ -23,6 +23,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Every map of the object, in the order they are pinned.
 pub const ALL_MAPS: &[&str] = &[
     maps::VIPS,
+    maps::VIP_ADDRS,
     maps::VIP_FILTER,
     maps::RING,
     maps::BACKENDS,
@@ -31,11 +32,12 @@ pub const ALL_MAPS: &[&str] = &[
     maps::COUNTERS,
     maps::VIP_STATS,
     maps::BACKEND_STATS,
-    maps::NEW_FLOW_RATE,
+    maps::RATE_WINDOWS,
     maps::NEXTHOP_CACHE,
     maps::TX_PORTS,
     maps::DECAP_VIPS,
     maps::DECAP_LOCAL,
+    maps::DECAP_FROM,
     maps::LOADGEN_SEQ,
 ];
 
@@ -57,10 +59,19 @@ fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
         .fold(0, |word, bit| word | 1 << (bit % 64))
 }
 
+/// The `LB_VIP_ADDRS` key of a VIP key's address.
+fn address_of(k: &VipKey) -> AddrKey {
+    AddrKey {
+        addr: k.addr,
+        family: k.family,
+        _pad: [0; 3],
+    }
+}
+
 /// The configurable map sizes (`max_entries`), fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Entries of `LB_VIPS`, `LB_VIP_STATS` and `LB_DECAP_VIPS`; VIP ids are `0..max_vips`.
+    /// Entries of `LB_VIPS`, `LB_VIP_ADDRS`, `LB_VIP_STATS` and `LB_DECAP_VIPS`; VIP ids are `0..max_vips`.
     pub max_vips: u32,
     /// Entries of `LB_BACKENDS`, `LB_BACKEND_STATS` and `LB_NEXTHOP_CACHE`; backend ids are `1..max_backends`.
     pub max_backends: u32,
@@ -134,6 +145,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::VIPS, s.max_vips)
+            .map_max_entries(maps::VIP_ADDRS, s.max_vips)
             .map_max_entries(maps::VIP_STATS, s.max_vips)
             .map_max_entries(maps::DECAP_VIPS, s.max_vips)
             .map_max_entries(maps::RING, ring)
@@ -166,10 +178,25 @@ impl Dataplane {
             vip_keys: HashSet::new(),
         };
         dp.vip_keys = dp.vips()?.into_iter().map(|(k, _)| k).collect();
-        // Adopted maps may hold VIPs whose addresses the filter does not cover (pins from a build without it).
+        // Adopted maps may hold VIPs whose addresses the filter or the address set do not cover (pins written by a
+        // build without them, or by an lbd killed between two writes): both follow from the VIP keys.
         for index in 0..VIP_FILTER_WORDS {
             let want = filter_word(&dp.vip_keys, index);
             dp.write_filter_word(index, |_| want)?;
+        }
+        let want: HashSet<AddrKey> = dp.vip_keys.iter().map(address_of).collect();
+        let have: Vec<AddrKey> = dp
+            .hash::<AddrKey, u32>(maps::VIP_ADDRS)?
+            .keys()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("iterating {}", maps::VIP_ADDRS))?;
+        for a in &have {
+            if !want.contains(a) {
+                dp.remove_vip_address(a)?;
+            }
+        }
+        for a in &want {
+            dp.insert_vip_address(a)?;
         }
         Ok(dp)
     }
@@ -177,6 +204,11 @@ impl Dataplane {
     /// The sizes the maps were created with.
     pub fn sizes(&self) -> &MapSizes {
         &self.sizes
+    }
+
+    /// The loaded object, read-only (tests read per-CPU state through it).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// Escape hatch for attaching programs and setting up aya-log.
@@ -258,9 +290,10 @@ impl Dataplane {
             meta.vip_id,
             self.sizes.max_vips
         );
-        // The bit first: an entry the filter hides would send the VIP's packets to the kernel.
+        // The bit and the address first: an entry the filter hides would send the VIP's packets to the kernel.
         let bit = vip_filter_bit(&key.addr);
         self.write_filter_word(bit / 64, |have| have | 1 << (bit % 64))?;
+        self.insert_vip_address(&address_of(key))?;
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .insert(key, meta, 0)
             .with_context(|| format!("inserting into {}", maps::VIPS))?;
@@ -268,16 +301,42 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes a VIP; its packets go to the kernel again (`PassNotVip`).
+    /// Removes a VIP entry. Packets for it are dropped as not served while its address has other entries, and go to
+    /// the kernel again (`PassNotVip`) once the address has none.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
             .remove(key)
             .with_context(|| format!("removing from {}", maps::VIPS))?;
         self.vip_keys.remove(key);
+        let addr = address_of(key);
+        if !self.vip_keys.iter().any(|k| address_of(k) == addr) {
+            self.remove_vip_address(&addr)?;
+        }
         // Another address (or another entry of this one) may share the bit.
         let index = vip_filter_bit(&key.addr) / 64;
         let want = filter_word(&self.vip_keys, index);
         self.write_filter_word(index, |_| want)
+    }
+
+    fn insert_vip_address(&mut self, a: &AddrKey) -> Result<()> {
+        self.hash_mut::<AddrKey, u32>(maps::VIP_ADDRS)?
+            .insert(a, 1u32, 0)
+            .with_context(|| format!("inserting into {}", maps::VIP_ADDRS))
+    }
+
+    fn remove_vip_address(&mut self, a: &AddrKey) -> Result<()> {
+        match self.hash_mut::<AddrKey, u32>(maps::VIP_ADDRS)?.remove(a) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing from {}", maps::VIP_ADDRS)),
+        }
+    }
+
+    /// Every address in `LB_VIP_ADDRS` (tests check it is exactly the VIP keys' addresses).
+    pub fn vip_addresses(&self) -> Result<Vec<AddrKey>> {
+        self.hash::<AddrKey, u32>(maps::VIP_ADDRS)?
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("iterating {}", maps::VIP_ADDRS))
     }
 
     /// Rewrites filter word `index` to `want(current)` when that differs.
@@ -489,6 +548,15 @@ impl Dataplane {
             .with_context(|| format!("iterating {}", maps::FLOWS))
     }
 
+    /// The flow table's entry for one flow.
+    pub fn flow(&self, k: &FlowKey) -> Result<Option<FlowState>> {
+        match self.hash::<FlowKey, FlowState>(maps::FLOWS)?.get(k, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", maps::FLOWS)),
+        }
+    }
+
     /// Inserts a flow entry (tests preload state with it).
     pub fn insert_flow(&mut self, k: &FlowKey, v: &FlowState) -> Result<()> {
         self.hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
@@ -525,5 +593,12 @@ impl Dataplane {
         self.hash_mut::<AddrKey, u32>(maps::DECAP_LOCAL)?
             .insert(a, 1u32, 0)
             .with_context(|| format!("inserting into {}", maps::DECAP_LOCAL))
+    }
+
+    /// Tells `lb_decap` to accept tunnels whose outer source is `a` (a balancer's encapsulation source).
+    pub fn add_decap_from(&mut self, a: &AddrKey) -> Result<()> {
+        self.hash_mut::<AddrKey, u32>(maps::DECAP_FROM)?
+            .insert(a, 1u32, 0)
+            .with_context(|| format!("inserting into {}", maps::DECAP_FROM))
     }
 }

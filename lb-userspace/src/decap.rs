@@ -1,5 +1,5 @@
-//! `lbd decap`: the backend side. Attaches `lb_decap` (pinned, so it outlives the command) and fills its two maps:
-//! the VIPs this backend serves and its own tunnel endpoint addresses.
+//! `lbd decap`: the backend side. Attaches `lb_decap` (pinned, so it outlives the command) and fills its three maps:
+//! the VIPs this backend serves, its own tunnel endpoint addresses, and the balancers it accepts tunnels from.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,13 +24,31 @@ fn sizes() -> MapSizes {
     }
 }
 
-pub fn attach(
-    iface: &str,
-    vips: &[IpAddr],
-    locals: &[IpAddr],
-    pin_dir: &Path,
-    mode: XdpMode,
-) -> Result<()> {
+/// What `lbd decap` attaches with.
+pub struct DecapSpec<'a> {
+    pub iface: &'a str,
+    /// VIP addresses this backend serves.
+    pub vips: &'a [IpAddr],
+    /// This host's tunnel endpoints (empty: the interface's addresses).
+    pub locals: &'a [IpAddr],
+    /// The balancers' encapsulation sources: tunnels from anyone else are dropped.
+    pub from: &'a [IpAddr],
+    pub pin_dir: &'a Path,
+    pub mode: XdpMode,
+}
+
+pub fn attach(spec: &DecapSpec) -> Result<()> {
+    let DecapSpec {
+        iface,
+        vips,
+        locals,
+        from,
+        pin_dir,
+        mode,
+    } = *spec;
+    if from.is_empty() {
+        bail!("no balancer address given (--from): lb_decap would drop every tunnel packet");
+    }
     let locals = if locals.is_empty() {
         interface_addresses(iface)?
     } else {
@@ -52,6 +70,10 @@ pub fn attach(
         dp.add_decap_local(&AddrKey::new(*l))
             .with_context(|| format!("adding local address {l}"))?;
     }
+    for f in from {
+        dp.add_decap_from(&AddrKey::new(*f))
+            .with_context(|| format!("adding balancer address {f}"))?;
+    }
     let how = attach::attach_pinned(
         dp.xdp(maps::PROG_DECAP)?,
         maps::PROG_DECAP,
@@ -59,7 +81,7 @@ pub fn attach(
         mode,
         pin_dir,
     )?;
-    info!(iface, ?vips, ?locals, attachment = %how, "lb_decap attached");
+    info!(iface, ?vips, ?locals, ?from, attachment = %how, "lb_decap attached");
     Ok(())
 }
 

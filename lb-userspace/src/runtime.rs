@@ -343,6 +343,7 @@ fn raw_daemon(d: &crate::config::DaemonConfig) -> crate::config::RawDaemon {
         mtu: Some(d.mtu),
         new_flow_cap: Some(d.new_flow_cap),
         icmp_too_big: Some(d.icmp_too_big),
+        icmp_answer_cap: Some(d.icmp_answer_cap),
     }
 }
 

@@ -1,14 +1,13 @@
 //! `lbctl simulate`: which backend a client's packet would reach, answered from the live maps with the program's own
-//! steps (docs/dataplane.md, steps 5 and 7): VIP lookup (exact, then port 0), the flow table for a non-SYN packet,
-//! else the VIP's active ring indexed by `lb_common::hash::flow_hash`.
+//! rules from `lb_common::lookup` (docs/dataplane.md, steps 5 and 7): the service lookup, a usable flow-table entry
+//! for a packet that is not a new connection, else the VIP's active ring indexed by `lb_common::hash::flow_hash`.
 
-use anyhow::{Context, Result};
-use aya::maps::HashMap;
-use lb_common::hash::{flow_hash, ring_index};
-use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_ID_NONE, FlowKey, FlowState, VIP_F_FRAG_HASH3, VIP_F_FRAG_ONLY,
-    VipKey, VipMeta, maps,
-};
+use std::collections::HashMap;
+
+use anyhow::Result;
+use lb_common::hash::flow_hash;
+use lb_common::lookup::{flow_entry_usable, ring_index, service};
+use lb_common::{BACKEND_ID_NONE, FlowKey, VIP_F_FRAG_HASH3, VipKey, VipMeta, addr_words};
 
 use crate::config::VipAddr;
 use crate::control::api::{FiveTuple, SimulateResult};
@@ -32,7 +31,17 @@ pub fn simulate(dp: &mut Dataplane, flow: FiveTuple) -> Result<SimulateResult> {
         return Ok(res);
     }
     let Some((key, meta)) = lookup_vip(dp, &flow)? else {
-        res.note = "not a VIP: passed to the kernel".into();
+        let (addr, family) = addr_words(flow.dst.ip());
+        let vip_address = dp
+            .vips()?
+            .iter()
+            .any(|(k, _)| k.addr == addr && k.family == family);
+        res.note = if vip_address {
+            "a VIP address, but no service for this port and protocol: dropped (drop_not_served)"
+                .into()
+        } else {
+            "not a VIP: passed to the kernel".into()
+        };
         return Ok(res);
     };
     res.vip = key.ip().map(|address| VipAddr {
@@ -50,21 +59,14 @@ pub fn simulate(dp: &mut Dataplane, flow: FiveTuple) -> Result<SimulateResult> {
     let hash3 = meta.flags & VIP_F_FRAG_HASH3 != 0;
     let hkey = if hash3 { fkey.three_tuple() } else { fkey };
 
-    if !hash3 {
-        let flows: HashMap<_, FlowKey, FlowState> = HashMap::try_from(
-            dp.ebpf_mut()
-                .map(maps::FLOWS)
-                .with_context(|| format!("map {} missing", maps::FLOWS))?,
-        )?;
-        if let Ok(state) = flows.get(&fkey, 0) {
-            let b = dp.backend(state.backend_id)?;
-            if b.flags & BACKEND_F_ACTIVE != 0 {
-                res.from_flow_table = true;
-                res.backend_id = Some(state.backend_id);
-                res.backend = b.ip();
-                res.note = "flow table (a new TCP SYN would take the ring instead)".into();
-                return Ok(res);
-            }
+    if !hash3 && let Some(state) = dp.flow(&fkey)? {
+        let b = dp.backend(state.backend_id)?;
+        if flow_entry_usable(&b, &meta) {
+            res.from_flow_table = true;
+            res.backend_id = Some(state.backend_id);
+            res.backend = b.ip();
+            res.note = "flow table (a new TCP SYN would take the ring instead)".into();
+            return Ok(res);
         }
     }
 
@@ -94,13 +96,15 @@ pub fn simulate(dp: &mut Dataplane, flow: FiveTuple) -> Result<SimulateResult> {
 }
 
 fn lookup_vip(dp: &Dataplane, flow: &FiveTuple) -> Result<Option<(VipKey, VipMeta)>> {
-    let vips = dp.vips()?;
-    let exact = VipKey::new(flow.dst.ip(), flow.dst.port(), flow.protocol);
-    if let Some(found) = vips.iter().find(|(k, _)| *k == exact) {
-        return Ok(Some(*found));
-    }
-    let wild = VipKey::new(flow.dst.ip(), 0, flow.protocol);
-    Ok(vips
-        .into_iter()
-        .find(|(k, m)| *k == wild && m.flags & VIP_F_FRAG_ONLY == 0))
+    let vips: HashMap<VipKey, VipMeta> = dp.vips()?.into_iter().collect();
+    let (addr, family) = addr_words(flow.dst.ip());
+    let mut found = None;
+    let meta = service(&addr, flow.dst.port().to_be(), flow.protocol, family, |k| {
+        let m = vips.get(k).copied();
+        if m.is_some() {
+            found = Some(*k);
+        }
+        m
+    });
+    Ok(meta.and_then(|m| found.map(|k| (k, m))))
 }

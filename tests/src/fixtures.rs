@@ -34,6 +34,13 @@ pub const VIP4B: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 7);
+/// A client whose source address a policy rule in the lab routes differently (backend 1 via the gateway): an
+/// answer that depended on the client would show here.
+pub const POLICY_CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 9);
+/// The balancers `lb_decap` accepts tunnels from (`LB_DECAP_FROM`) in this world; `ENCAP_SRC_*` are the
+/// backend's own tunnel endpoints (`LB_DECAP_LOCAL`).
+pub const TUNNEL_FROM_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
+pub const TUNNEL_FROM_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
 
 /// Backend ids of the lab and where they sit. Ids 1–3 on-link v4, 4–5 on-link v6, 6 behind a v4 gateway,
 /// 7 on the second interface (redirect), 8 unroutable, 9 on-link without a neighbour entry, 10 behind a v6 gateway.
@@ -53,8 +60,9 @@ pub fn backend_ip(id: BackendId) -> IpAddr {
 
 pub const LAB_BACKENDS: std::ops::RangeInclusive<BackendId> = 1..=10;
 
-pub fn backend(id: BackendId) -> Backend {
-    Backend::new(backend_ip(id), BACKEND_F_ACTIVE)
+/// Lab backend `id`, active, belonging to service `owner`.
+pub fn backend(id: BackendId, owner: u32) -> Backend {
+    Backend::new(backend_ip(id), owner, BACKEND_F_ACTIVE)
 }
 
 /// Small maps: small rings make expectations easy to reason about, and loading stays fast.
@@ -106,6 +114,25 @@ impl Lab {
         lb.add_route("198.18.5.0/24", Some("198.18.0.254"), "lb0");
         lb.add_route("fd00:5::/64", Some("fd00::fe"), "lb0");
         lb.add_neigh("lb1", "198.18.2.10", be_mac(7));
+        lb.ip(&[
+            "route",
+            "add",
+            "198.18.0.10/32",
+            "via",
+            "198.18.0.254",
+            "dev",
+            "lb0",
+            "table",
+            "100",
+        ]);
+        lb.ip(&[
+            "rule",
+            "add",
+            "from",
+            &POLICY_CLIENT4.to_string(),
+            "lookup",
+            "100",
+        ]);
         let if_in = lb.ifindex("lb0");
         let if_other = lb.ifindex("lb1");
         Lab {
@@ -115,46 +142,23 @@ impl Lab {
             if_other,
         }
     }
+}
 
-    /// What the FIB answers for each lab backend (absent: no route or no neighbour).
-    pub fn routes(&self) -> HashMap<IpAddr, Route> {
-        let mut r = HashMap::new();
-        for id in [1, 2, 3, 4, 5] {
-            r.insert(
-                backend_ip(id),
-                Route {
-                    smac: LB0_MAC,
-                    dmac: be_mac(id as u8),
-                    ifindex: self.if_in,
-                },
-            );
-        }
-        r.insert(
-            backend_ip(6),
-            Route {
-                smac: LB0_MAC,
-                dmac: GW_MAC,
-                ifindex: self.if_in,
-            },
-        );
-        r.insert(
-            backend_ip(10),
-            Route {
-                smac: LB0_MAC,
-                dmac: GW6_MAC,
-                ifindex: self.if_in,
-            },
-        );
-        r.insert(
-            backend_ip(7),
-            Route {
-                smac: LB1_MAC,
-                dmac: be_mac(7),
-                ifindex: self.if_other,
-            },
-        );
-        r
-    }
+/// What the lab's FIB answers for each lab backend (absent: no route or no neighbour), with `lb0` at `if_in` and
+/// `lb1` at `if_other`.
+pub fn lab_routes(if_in: u32, if_other: u32) -> HashMap<IpAddr, Route> {
+    let on = |smac, dmac, ifindex| Route {
+        smac,
+        dmac,
+        ifindex,
+    };
+    let mut r: HashMap<IpAddr, Route> = (1..=5)
+        .map(|id| (backend_ip(id), on(LB0_MAC, be_mac(id as u8), if_in)))
+        .collect();
+    r.insert(backend_ip(6), on(LB0_MAC, GW_MAC, if_in));
+    r.insert(backend_ip(10), on(LB0_MAC, GW6_MAC, if_in));
+    r.insert(backend_ip(7), on(LB1_MAC, be_mac(7), if_other));
+    r
 }
 
 pub fn base_config() -> GlobalConfig {
@@ -165,6 +169,7 @@ pub fn base_config() -> GlobalConfig {
         new_flow_cap: 0,
         mtu: 0,
         flags: 0,
+        icmp_answer_cap: 0,
     }
 }
 
@@ -195,37 +200,117 @@ impl VipSpec {
     }
 }
 
+/// A rate window a case starts with (`LB_RATE_WINDOWS[limit]` on the test CPU).
+#[derive(Clone, Copy, Debug)]
+pub struct WindowFill {
+    pub limit: RateLimit,
+    /// Already taken from it.
+    pub count: u64,
+    /// Started two windows ago, so the next take opens a fresh one; otherwise frozen (started in the future, so it
+    /// never rolls over however long the case takes).
+    pub expired: bool,
+}
+
 /// Map contents at the start of a case.
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub config: GlobalConfig,
     pub vips: Vec<VipSpec>,
-    /// Backends written to `LB_BACKENDS` (the lab's 10 by default; a case may mark some inactive).
+    /// Backends written to `LB_BACKENDS`: the lab's 10, each owned by the first VIP whose ring names it (the first
+    /// VIP when none does); a case may mark some inactive or hand them to another service.
     pub backends: Vec<(BackendId, Backend)>,
     pub flows: Vec<(FlowKey, FlowState)>,
-    /// Pre-filled new-flow window count (the window is started "now").
-    pub window_count: Option<u64>,
-    /// Start the pre-filled window two windows ago instead: the next insert must open a fresh window.
-    pub window_expired: bool,
+    pub windows: Vec<WindowFill>,
     /// Leave the second port out of `LB_TX_PORTS` (redirects to it must fail).
     pub no_redirect_port: bool,
-    /// `LB_NEXTHOP_CACHE` entries planted before the packets: (backend, answer, valid for how long from now;
-    /// 0 = already expired). An `ifindex` of 0 stands for the ingress interface.
-    pub nexthop: Vec<(BackendId, Route, u64)>,
+    /// `LB_NEXTHOP_CACHE` entries planted before the packets: (backend, answer or `None` for a remembered failure,
+    /// valid for how long from now; 0 = already expired). An `ifindex` of 0 stands for the ingress interface.
+    pub nexthop: Vec<(BackendId, Option<Route>, u64)>,
 }
 
 impl Setup {
     pub fn new(vips: Vec<VipSpec>) -> Setup {
+        let owner = |id: BackendId| {
+            vips.iter()
+                .find(|v| v.ring.contains(&id))
+                .or(vips.first())
+                .map_or(0, |v| v.vip_id)
+        };
+        let backends = LAB_BACKENDS
+            .map(|id| (id, backend(id, owner(id))))
+            .collect();
         Setup {
             config: base_config(),
             vips,
-            backends: LAB_BACKENDS.map(|id| (id, backend(id))).collect(),
+            backends,
             flows: Vec::new(),
-            window_count: None,
-            window_expired: false,
+            windows: Vec::new(),
             no_redirect_port: false,
             nexthop: Vec::new(),
         }
+    }
+
+    /// Replaces backend `id`'s entry.
+    pub fn set_backend(&mut self, id: BackendId, b: Backend) {
+        self.backends.retain(|(i, _)| *i != id);
+        self.backends.push((id, b));
+    }
+
+    /// The reference model's state for this setup, in a world whose ingress interface is `if_in` and whose second
+    /// port is `if_other`: the one place a setup becomes model state (the rig and the model-only runner share it).
+    pub fn model(&self, if_in: u32, if_other: u32) -> ModelState {
+        let mut m = ModelState {
+            routes: lab_routes(if_in, if_other),
+            ingress_ifindex: if_in,
+            config: self.config,
+            backends: self.backends.iter().copied().collect(),
+            flows: self.flows.iter().copied().collect(),
+            ..Default::default()
+        };
+        for ip in [IpAddr::V4(ENCAP_SRC_V4), IpAddr::V6(ENCAP_SRC_V6)] {
+            m.decap_local.insert(AddrKey::new(ip));
+        }
+        for ip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+            m.decap_vips.insert(AddrKey::new(ip));
+        }
+        for ip in [IpAddr::V4(TUNNEL_FROM_V4), IpAddr::V6(TUNNEL_FROM_V6)] {
+            m.decap_from.insert(AddrKey::new(ip));
+        }
+        if !self.no_redirect_port {
+            m.tx_ports.insert(if_other);
+        }
+        for w in &self.windows {
+            m.window_count[w.limit as usize] = if w.expired { 0 } else { w.count };
+        }
+        for (id, r, valid_ns) in &self.nexthop {
+            if *valid_ns > 0 {
+                let r = r.map(|r| Route {
+                    ifindex: if r.ifindex == 0 { if_in } else { r.ifindex },
+                    ..r
+                });
+                m.nexthop_cache.insert(*id, r);
+            }
+        }
+        for v in &self.vips {
+            // A VIP new to `LB_VIPS` gets its ring in slot `2 * vip_id` (`Dataplane::install_ring`).
+            let meta = VipMeta {
+                vip_id: v.vip_id,
+                flags: v.flags,
+                ring_slot: 2 * v.vip_id,
+                ring_size: v.ring.len() as u32,
+            };
+            model_ring(&mut m, &v.key, meta, &v.ring);
+        }
+        m
+    }
+
+    /// Backend `id`'s entry as the setup has it.
+    pub fn backend(&self, id: BackendId) -> Backend {
+        self.backends
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, b)| *b)
+            .unwrap_or_else(|| panic!("no backend {id} in the setup"))
     }
 }
 
@@ -413,19 +498,16 @@ impl Rig {
         dp.add_tx_port(lab.if_other)
             .expect("add lb1 to LB_TX_PORTS");
         dp.add_tx_port(lab.if_in).expect("add lb0 to LB_TX_PORTS");
-        let mut model = ModelState {
-            routes: lab.routes(),
-            ingress_ifindex: lab.if_in,
-            ..Default::default()
-        };
         for ip in [IpAddr::V4(ENCAP_SRC_V4), IpAddr::V6(ENCAP_SRC_V6)] {
             dp.add_decap_local(&AddrKey::new(ip)).expect("decap local");
-            model.decap_local.insert(AddrKey::new(ip));
         }
         for ip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
             dp.add_decap_vip(&AddrKey::new(ip)).expect("decap vip");
-            model.decap_vips.insert(AddrKey::new(ip));
         }
+        for ip in [IpAddr::V4(TUNNEL_FROM_V4), IpAddr::V6(TUNNEL_FROM_V6)] {
+            dp.add_decap_from(&AddrKey::new(ip)).expect("decap from");
+        }
+        let model = Setup::new(Vec::new()).model(lab.if_in, lab.if_other);
         Rig {
             dp,
             _in_ns: in_ns,
@@ -447,16 +529,8 @@ impl Rig {
         }
         self.reset_percpu();
         self.dp.set_config(&setup.config).expect("set config");
-        let m = &mut self.model;
-        m.vips.clear();
-        m.ring.clear();
-        m.backends.clear();
-        m.flows.clear();
-        m.config = setup.config;
-        m.window_count = 0;
         for (id, b) in &setup.backends {
             self.dp.set_backend(*id, b).expect("set backend");
-            m.backends.insert(*id, *b);
         }
         for v in &setup.vips {
             let meta = VipMeta {
@@ -465,16 +539,13 @@ impl Rig {
                 ring_slot: 0,
                 ring_size: v.ring.len() as u32,
             };
-            let meta = self
-                .dp
+            self.dp
                 .install_ring(&v.key, meta, &v.ring)
                 .expect("install ring");
             self.installed.push(v.key);
-            model_ring(m, &v.key, meta, &v.ring);
         }
-        for (k, s) in &setup.flows {
-            self.dp.insert_flow(k, s).expect("insert flow");
-            m.flows.insert(*k, *s);
+        for (k, st) in &setup.flows {
+            self.dp.insert_flow(k, st).expect("insert flow");
         }
         let other = self.lab.if_other;
         if setup.no_redirect_port {
@@ -489,50 +560,44 @@ impl Rig {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => panic!("removing {other} from LB_TX_PORTS: {e}"),
             }
-            self.model.tx_ports.remove(&other);
         } else {
             self.dp.add_tx_port(other).expect("add lb1 to LB_TX_PORTS");
-            self.model.tx_ports.insert(other);
         }
-        self.model.nexthop_cache.clear();
         for (id, r, valid_ns) in &setup.nexthop {
-            let r = &Route {
-                ifindex: if r.ifindex == 0 {
-                    self.lab.if_in
-                } else {
-                    r.ifindex
+            let nh = match r {
+                Some(r) => NextHop {
+                    smac: r.smac,
+                    dmac: r.dmac,
+                    ifindex: if r.ifindex == 0 {
+                        self.lab.if_in
+                    } else {
+                        r.ifindex
+                    },
+                    expires_ns: 0,
                 },
-                ..*r
+                None => NextHop::default(),
             };
             let expires_ns = if *valid_ns == 0 {
                 1
             } else {
                 monotonic_ns() + valid_ns
             };
-            let nh = NextHop {
-                smac: r.smac,
-                dmac: r.dmac,
-                ifindex: r.ifindex,
-                expires_ns,
-            };
-            self.set_percpu(maps::NEXTHOP_CACHE, *id, nh);
-            if *valid_ns > 0 {
-                self.model.nexthop_cache.insert(*id, *r);
-            }
+            self.set_percpu(maps::NEXTHOP_CACHE, *id, NextHop { expires_ns, ..nh });
         }
-        if let Some(count) = setup.window_count {
-            let age = if setup.window_expired {
-                2 * NEW_FLOW_WINDOW_NS
+        for w in &setup.windows {
+            let now = monotonic_ns();
+            let window_start_ns = if w.expired {
+                now - 2 * RATE_WINDOW_NS
             } else {
-                0
+                now + FROZEN_NS
             };
-            self.model.window_count = if setup.window_expired { 0 } else { count };
             let window = RateWindow {
-                window_start_ns: monotonic_ns() - age,
-                count,
+                window_start_ns,
+                count: w.count,
             };
-            self.set_percpu(maps::NEW_FLOW_RATE, 0, window);
+            self.set_percpu(maps::RATE_WINDOWS, w.limit as u32, window);
         }
+        self.model = setup.model(self.lab.if_in, other);
     }
 
     /// Empties the flow table of both the kernel and the model.
@@ -571,12 +636,42 @@ impl Rig {
         ))
     }
 
-    /// Zeroes the next-hop cache (so a case never sees a previous case's answer) and the new-flow window.
+    /// Zeroes the next-hop cache (so a case never sees a previous case's answer) and the rate windows.
     fn reset_percpu(&mut self) {
         for id in 0..SIZES.max_backends {
             self.set_percpu(maps::NEXTHOP_CACHE, id, NextHop::default());
         }
-        self.set_percpu(maps::NEW_FLOW_RATE, 0, RateWindow::default());
+        for limit in 0..RATE_LIMIT_COUNT {
+            self.set_percpu(maps::RATE_WINDOWS, limit, RateWindow::default());
+        }
+    }
+
+    /// Sets rate window `limit` to `count`, frozen (as [`WindowFill`] does), in the kernel and the model: the
+    /// differential test opens a new window this way without waiting for the clock.
+    pub fn set_window(&mut self, limit: RateLimit, count: u64) {
+        let window = RateWindow {
+            window_start_ns: monotonic_ns() + FROZEN_NS,
+            count,
+        };
+        self.set_percpu(maps::RATE_WINDOWS, limit as u32, window);
+        self.model.window_count[limit as usize] = count;
+    }
+
+    /// This CPU's `LB_NEXTHOP_CACHE[id]` (the test thread is pinned to CPU 0).
+    pub fn nexthop(&self, id: BackendId) -> NextHop {
+        let arr: PerCpuArray<_, NextHop> = PerCpuArray::try_from(
+            self.dp
+                .ebpf()
+                .map(maps::NEXTHOP_CACHE)
+                .expect("LB_NEXTHOP_CACHE"),
+        )
+        .expect("LB_NEXTHOP_CACHE as PerCpuArray");
+        arr.get(&id, 0).expect("read LB_NEXTHOP_CACHE")[0]
+    }
+
+    /// Writes `LB_NEXTHOP_CACHE[id]` on every CPU.
+    pub fn plant_nexthop(&mut self, id: BackendId, nh: NextHop) {
+        self.set_percpu(maps::NEXTHOP_CACHE, id, nh);
     }
 
     fn set_percpu<V: aya::Pod>(&mut self, map: &str, index: u32, v: V) {
@@ -836,81 +931,9 @@ fn model_errors(
 /// expectation. Returns the failures.
 pub fn check_model(cases: &[Case]) -> Vec<String> {
     const IF_IN: u32 = 2;
-    let mut routes = HashMap::new();
-    for id in [1, 2, 3, 4, 5] {
-        routes.insert(
-            backend_ip(id),
-            Route {
-                smac: LB0_MAC,
-                dmac: be_mac(id as u8),
-                ifindex: IF_IN,
-            },
-        );
-    }
-    routes.insert(
-        backend_ip(6),
-        Route {
-            smac: LB0_MAC,
-            dmac: GW_MAC,
-            ifindex: IF_IN,
-        },
-    );
-    routes.insert(
-        backend_ip(10),
-        Route {
-            smac: LB0_MAC,
-            dmac: GW6_MAC,
-            ifindex: IF_IN,
-        },
-    );
-    routes.insert(
-        backend_ip(7),
-        Route {
-            smac: LB1_MAC,
-            dmac: be_mac(7),
-            ifindex: IF_IN + 1,
-        },
-    );
     let mut failures = Vec::new();
     for case in cases {
-        let mut m = ModelState {
-            routes: routes.clone(),
-            ingress_ifindex: IF_IN,
-            ..Default::default()
-        };
-        for ip in [IpAddr::V4(ENCAP_SRC_V4), IpAddr::V6(ENCAP_SRC_V6)] {
-            m.decap_local.insert(AddrKey::new(ip));
-        }
-        for ip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
-            m.decap_vips.insert(AddrKey::new(ip));
-        }
-        let st = &case.setup;
-        m.config = st.config;
-        if !st.no_redirect_port {
-            m.tx_ports.insert(IF_IN + 1);
-        }
-        m.window_count = if st.window_expired {
-            0
-        } else {
-            st.window_count.unwrap_or(0)
-        };
-        for (id, r, valid_ns) in &st.nexthop {
-            if *valid_ns > 0 {
-                let ifindex = if r.ifindex == 0 { IF_IN } else { r.ifindex };
-                m.nexthop_cache.insert(*id, Route { ifindex, ..*r });
-            }
-        }
-        m.backends = st.backends.iter().copied().collect();
-        m.flows = st.flows.iter().copied().collect();
-        for v in &st.vips {
-            let meta = VipMeta {
-                vip_id: v.vip_id,
-                flags: v.flags,
-                ring_slot: 2 * v.vip_id,
-                ring_size: v.ring.len() as u32,
-            };
-            model_ring(&mut m, &v.key, meta, &v.ring);
-        }
+        let mut m = case.setup.model(IF_IN, IF_IN + 1);
         for (i, step) in case.steps.iter().enumerate() {
             match step {
                 Step::Ring(key, ring) => {
@@ -955,8 +978,11 @@ fn model_ring(m: &mut ModelState, key: &VipKey, meta: VipMeta, ring: &[BackendId
     m.vips.insert(*key, meta);
 }
 
+/// How far in the future a frozen rate window starts: it does not roll over before the case ends.
+const FROZEN_NS: u64 = 3600 * 1_000_000_000;
+
 /// `bpf_ktime_get_ns()`'s clock.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

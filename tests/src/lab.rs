@@ -337,6 +337,11 @@ fn attach_decap(host: &LabHost) -> Dataplane {
         dp.add_decap_local(&AddrKey::new(local))
             .expect("LB_DECAP_LOCAL");
     }
+    // The balancer's encapsulation sources (config/lab.toml's encap_src_v4/v6).
+    for balancer in [IpAddr::V4(BALANCER_V4), IpAddr::V6(BALANCER_V6)] {
+        dp.add_decap_from(&AddrKey::new(balancer))
+            .expect("LB_DECAP_FROM");
+    }
     host.ns.run(|| {
         let prog = dp.xdp(lb_common::maps::PROG_DECAP).expect("lb_decap");
         prog.attach(HOST_IF, aya::programs::XdpMode::Driver)

@@ -9,6 +9,7 @@ pub mod loadtest;
 pub mod model;
 pub mod netns;
 pub mod packets;
+pub mod pinned;
 pub mod pki;
 pub mod servers;
 pub mod traffic;

@@ -158,6 +158,9 @@ pub struct Ip {
     pub tos: u8,
     /// IPv6 flow label.
     pub flow_label: u32,
+    /// IPv6 extension headers before the Fragment header (if any) and the L4 header: (next-header value, the
+    /// header's bytes after its first two, zero-padded to a multiple of 8 with them).
+    pub ext: Vec<(u8, Vec<u8>)>,
 }
 
 impl Ip {
@@ -173,6 +176,7 @@ impl Ip {
             frag: None,
             tos: 0,
             flow_label: 0,
+            ext: Vec::new(),
         }
     }
 
@@ -220,6 +224,13 @@ impl Ip {
             more,
             id: 0x1234,
         });
+        self
+    }
+
+    /// Adds an IPv6 extension header of type `ty` (Hop-by-Hop 0, Routing 43, Destination Options 60, ...);
+    /// `body` is what follows its next-header and length bytes (for Routing: routing type, segments left, ...).
+    pub fn with_ext(mut self, ty: u8, body: &[u8]) -> Ip {
+        self.ext.push((ty, body.to_vec()));
         self
     }
 
@@ -283,15 +294,26 @@ impl Ip {
     }
 
     fn v6(&self, src: Ipv6Addr, dst: Ipv6Addr, l4: &[u8]) -> Vec<u8> {
+        // Built back to front: each header names the one after it.
         let mut ext = Vec::new();
         let mut nh = self.l4.proto();
         if let Some(f) = self.frag {
-            ext.push(nh);
-            ext.push(0);
+            let mut h = vec![nh, 0];
             let off = (f.offset << 3) | f.more as u16;
-            ext.extend(off.to_be_bytes());
-            ext.extend(f.id.to_be_bytes());
+            h.extend(off.to_be_bytes());
+            h.extend(f.id.to_be_bytes());
+            ext.splice(0..0, h);
             nh = 44;
+        }
+        for (ty, body) in self.ext.iter().rev() {
+            let mut h = vec![nh, 0];
+            h.extend(body);
+            while h.len() < 8 || !h.len().is_multiple_of(8) {
+                h.push(0);
+            }
+            h[1] = (h.len() / 8 - 1) as u8;
+            ext.splice(0..0, h);
+            nh = *ty;
         }
         let plen = ext.len() + l4.len();
         let mut b = Vec::with_capacity(40 + plen);
@@ -516,7 +538,16 @@ fn verify_ip(ip: &[u8], depth: usize) -> Result<(), String> {
                 .ok_or_else(|| at("IPv6 payload length beyond the frame"))?;
             let s: [u8; 16] = ip[8..24].try_into().unwrap();
             let d: [u8; 16] = ip[24..40].try_into().unwrap();
-            (IpAddr::from(s), IpAddr::from(d), hdr[6], body, hdr[6] == 44)
+            // Hop-by-hop, routing and destination options headers sit between the header and the payload.
+            let (mut nh, mut body) = (hdr[6], body);
+            while matches!(nh, 0 | 43 | 60) {
+                let len = (get(body, 1, 1)?[0] as usize + 1) * 8;
+                nh = body[0];
+                body = body
+                    .get(len..)
+                    .ok_or_else(|| at("IPv6 extension header beyond the payload"))?;
+            }
+            (IpAddr::from(s), IpAddr::from(d), nh, body, nh == 44)
         }
         v => return Err(at(&format!("IP version {v}"))),
     };

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{BackendId, Counter, VipKey, VipMeta, maps};
 use lb_tests::lab::{BpffsDir, ChildGuard, target_binary};
 use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
+use lb_tests::pinned::{counter, open_map};
 
 const LB_ADDR: &str = "198.18.0.1";
 const PEER_ADDR: &str = "198.18.0.2";
@@ -170,11 +171,6 @@ fn wire(lb: &NetNs, peer: &NetNs) {
     peer.link_up("eth0");
 }
 
-fn open_map(pins: &Path, name: &str) -> MapData {
-    let path = pins.join(name);
-    MapData::from_pin(&path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()))
-}
-
 fn vips(pins: &Path) -> Vec<(VipKey, VipMeta)> {
     let Ok(data) = MapData::from_pin(pins.join(maps::VIPS)) else {
         return Vec::new();
@@ -199,13 +195,6 @@ fn ring(pins: &Path, meta: &VipMeta) -> Vec<BackendId> {
     (base..base + meta.ring_size)
         .map(|i| arr.get(&i, 0).expect("ring entry"))
         .collect()
-}
-
-fn counter(pins: &Path, c: Counter) -> u64 {
-    let arr: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_map(pins, maps::COUNTERS)))
-            .expect("LB_COUNTERS per-cpu array");
-    arr.get(&(c as u32), 0).expect("counter").iter().sum()
 }
 
 fn kill(child: &ChildGuard, sig: nix::sys::signal::Signal) {

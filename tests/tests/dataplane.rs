@@ -168,15 +168,14 @@ fn steering() {
 
     // Pinned to an inactive backend: re-picked from the ring, entry overwritten.
     let mut s = Setup::new(vec![vip(v4(VIP4), 80, IPPROTO_TCP, 1, 0, &[3; 7])]);
-    s.flows.push((
-        k,
-        FlowState {
-            backend_id: 2,
-            vip_id: 1,
+    s.flows.push((k, FlowState { backend_id: 2 }));
+    s.set_backend(
+        2,
+        Backend {
+            flags: 0,
+            ..s.backend(2)
         },
-    ));
-    s.backends.retain(|(id, _)| *id != 2);
-    s.backends.push((2, Backend::new(backend_ip(2), 0)));
+    );
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -190,13 +189,7 @@ fn steering() {
 
     // Pinned to an active backend not in the ring: stays.
     let mut s = Setup::new(vec![vip(v4(VIP4), 80, IPPROTO_TCP, 1, 0, &[3; 7])]);
-    s.flows.push((
-        k,
-        FlowState {
-            backend_id: 6,
-            vip_id: 1,
-        },
-    ));
+    s.flows.push((k, FlowState { backend_id: 6 }));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -219,7 +212,7 @@ fn steering() {
                 1,
                 encap_out(1, h, &syn.bytes()),
             )),
-            Step::Backend(1, Backend::new(backend_ip(1), 0)),
+            Step::Backend(1, Backend::new(backend_ip(1), 1, 0)),
             Step::Ring(web.key, vec![2; 7]),
             Step::Packet(
                 Pkt::tx("re-picked", ack_f.clone(), 2, encap_out(2, h, &ack.bytes()))
@@ -334,10 +327,10 @@ fn steering() {
     let u = Ip::udp(v4(CLIENT4), 1, v4(VIP4B), 12345, b"x");
     cases.push(Case::one(
         Setup::new(vec![any]),
-        Pkt::pass(
+        Pkt::drop(
             "port-0 TCP VIP, UDP packet",
             frame(&l2in(), &u.bytes()),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
     cases.push(Case::one(
@@ -349,14 +342,15 @@ fn steering() {
             VIP_F_FRAG_ONLY,
             &[1; 7],
         )]),
-        Pkt::pass(
+        Pkt::drop(
             "FRAG_ONLY entry is not a wildcard",
             frame(&l2in(), &p.bytes()),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
 
-    // Not for a VIP.
+    // Not for a service: passed when the address is not a VIP's, dropped when it is (the kernel would route it
+    // back upstream).
     let host = Ip::tcp(
         v4(CLIENT4),
         40000,
@@ -375,10 +369,10 @@ fn steering() {
     let other_port = tcp4(40000, VIP4, 81, TCP_SYN);
     cases.push(Case::one(
         Setup::new(vec![web.clone()]),
-        Pkt::pass(
+        Pkt::drop(
             "VIP address, other port",
             frame(&l2in(), &other_port.bytes()),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
     let arp = arp_request(&L2::new(CLIENT_MAC, [0xff; 6]), CLIENT4, VIP4);
@@ -396,10 +390,10 @@ fn steering() {
     );
     cases.push(Case::one(
         Setup::new(vec![web.clone()]),
-        Pkt::pass(
+        Pkt::drop(
             "GRE to a VIP address",
             frame(&l2in(), &gre.bytes()),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
 
@@ -497,7 +491,7 @@ fn steering() {
     };
     let with_cache = |be: BackendId, valid_ns: u64| {
         let mut s = Setup::new(vec![web_with(&[be; 7])]);
-        s.nexthop.push((be, cached, valid_ns));
+        s.nexthop.push((be, Some(cached), valid_ns));
         s
     };
     let via_cache = |be: BackendId| {
@@ -531,7 +525,7 @@ fn steering() {
     // New-flow cap reached: forwarded by the ring, not inserted.
     let mut s = Setup::new(vec![web_with(&[1; 7])]);
     s.config.new_flow_cap = 3;
-    s.window_count = Some(3);
+    s.windows.push(new_flows_taken(3, false));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -545,7 +539,7 @@ fn steering() {
     ));
     let mut s = Setup::new(vec![web_with(&[1; 7])]);
     s.config.new_flow_cap = 3;
-    s.window_count = Some(2);
+    s.windows.push(new_flows_taken(2, false));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -559,8 +553,7 @@ fn steering() {
 
     let mut s = Setup::new(vec![web_with(&[1; 7])]);
     s.config.new_flow_cap = 3;
-    s.window_count = Some(3);
-    s.window_expired = true;
+    s.windows.push(new_flows_taken(3, true));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -623,7 +616,290 @@ fn steering() {
         .flow(k, None),
     ));
 
+    // Port 0 of a VIP address is a service only where a port-0 service exists: the fragment-only entries that
+    // port-specific services carry never match an unfragmented packet, not even one sent to port 0.
+    let port0 = || {
+        Setup::new(vec![
+            web.clone(),
+            vip(v4(VIP4), 0, IPPROTO_TCP, 2, VIP_F_FRAG_ONLY, &RING3),
+            vip(v4(VIP4), 53, IPPROTO_UDP, 3, 0, &RING3),
+            vip(v4(VIP4), 0, IPPROTO_UDP, 4, VIP_F_FRAG_ONLY, &RING3),
+        ])
+    };
+    let syn0 = tcp4(40000, VIP4, 0, TCP_SYN);
+    cases.push(Case::one(
+        port0(),
+        Pkt::drop(
+            "SYN to port 0 of a port-80 service",
+            frame(&l2in(), &syn0.bytes()),
+            Counter::DropNotServed,
+        )
+        .flow(key_of(&syn0), None),
+    ));
+    let udp0 = Ip::udp(v4(CLIENT4), 5353, v4(VIP4), 0, b"q");
+    cases.push(Case::one(
+        port0(),
+        Pkt::drop(
+            "UDP to port 0 of a port-53 service",
+            frame(&l2in(), &udp0.bytes()),
+            Counter::DropNotServed,
+        ),
+    ));
+
+    // A flow entry is used only while its backend belongs to the service: an id that was freed and handed to
+    // another service does not carry this service's flow there.
+    let other_service = vip(v4(VIP4B), 80, IPPROTO_TCP, 2, 0, &[2; 7]);
+    let mut s = Setup::new(vec![web_with(&[1; 7]), other_service]);
+    assert_eq!(
+        s.backend(2).vip_id,
+        2,
+        "backend 2 belongs to the other service"
+    );
+    s.flows.push((k, FlowState { backend_id: 2 }));
+    cases.push(Case::one(
+        s,
+        Pkt::tx(
+            "flow entry naming another service's backend: re-picked",
+            ack_f.clone(),
+            1,
+            encap_out(1, h, &ack.bytes()),
+        )
+        .flow(k, Some(1)),
+    ));
+    cases.push(Case::new(
+        "backend id reused by another service under an open flow",
+        Setup::new(vec![web_with(&[1; 7])]),
+        vec![
+            Step::Packet(Pkt::tx(
+                "new",
+                syn_f.clone(),
+                1,
+                encap_out(1, h, &syn.bytes()),
+            )),
+            Step::Backend(1, Backend::new(backend_ip(3), 5, BACKEND_F_ACTIVE)),
+            Step::Ring(web.key, vec![2; 7]),
+            Step::Packet(
+                Pkt::tx("re-picked", ack_f.clone(), 2, encap_out(2, h, &ack.bytes()))
+                    .flow(k, Some(2)),
+            ),
+        ],
+    ));
+
+    // Only a SYN without ACK, RST and FIN opens a connection; SYN|RST and SYN|FIN keep the flow's backend.
+    for (name, flags) in [
+        ("SYN|RST keeps the flow's backend", TCP_SYN | TCP_RST),
+        ("SYN|FIN keeps the flow's backend", TCP_SYN | TCP_FIN),
+        ("SYN|ACK keeps the flow's backend", TCP_SYN | TCP_ACK),
+    ] {
+        let mut s = Setup::new(vec![web_with(&[2; 7])]);
+        s.flows.push((k, FlowState { backend_id: 1 }));
+        let p = tcp4(40000, VIP4, 80, flags);
+        cases.push(Case::one(
+            s,
+            Pkt::tx(
+                name,
+                frame(&l2in(), &p.bytes()),
+                1,
+                encap_out(1, h, &p.bytes()),
+            )
+            .flow(k, Some(1)),
+        ));
+    }
+    let synfin = tcp4(40000, VIP4, 80, TCP_SYN | TCP_FIN);
+    cases.push(Case::one(
+        Setup::new(vec![web_with(&[2; 7])]),
+        Pkt::tx(
+            "SYN|FIN without a flow: a miss, ring and insert",
+            frame(&l2in(), &synfin.bytes()),
+            2,
+            encap_out(2, h, &synfin.bytes()),
+        )
+        .flow(k, Some(2)),
+    ));
+
+    // Headers are read only before the IP end: Ethernet padding that happens to look like TCP is not a header.
+    let padded = |ip: &[u8], fill: &[u8]| {
+        let mut f = frame(&l2in(), ip);
+        f.extend(fill);
+        f
+    };
+    let hdr_only = Ip::new(
+        v4(CLIENT4),
+        v4(VIP4),
+        L4::Raw {
+            proto: 6,
+            bytes: vec![],
+        },
+    )
+    .bytes();
+    let fake_tcp = &syn.bytes()[20..40];
+    cases.push(Case::one(
+        Setup::new(vec![web_with(&[1; 7])]),
+        Pkt::drop(
+            "TCP ports only in the Ethernet padding",
+            padded(&hdr_only, fake_tcp),
+            Counter::DropMalformed,
+        ),
+    ));
+    let hdr6 = Ip::new(
+        v6(CLIENT6),
+        v6(VIP6),
+        L4::Raw {
+            proto: 6,
+            bytes: vec![],
+        },
+    )
+    .bytes();
+    let fake_tcp6 = &tcp6(40001, 443, TCP_SYN).bytes()[40..60];
+    cases.push(Case::one(
+        Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[4; 7])]),
+        Pkt::drop(
+            "IPv6 TCP header only after the payload length",
+            padded(&hdr6, fake_tcp6),
+            Counter::DropMalformed,
+        ),
+    ));
+    let udp = Ip::udp(v4(CLIENT4), 5353, v4(VIP4), 53, b"");
+    let mut udp_short = udp.bytes();
+    udp_short[2..4].copy_from_slice(&26u16.to_be_bytes());
+    let udp_short = {
+        let mut ip = udp_short;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip
+    };
+    cases.push(Case::one(
+        Setup::new(vec![vip(v4(VIP4), 53, IPPROTO_UDP, 2, 0, &[3; 7])]),
+        Pkt::drop(
+            "UDP header cut by the IPv4 total length",
+            frame(&l2in(), &udp_short),
+            Counter::DropMalformed,
+        ),
+    ));
+    cases.push(Case::one(
+        Setup::new(vec![web_with(&[1; 7])]),
+        Pkt::pass(
+            "padding after a non-VIP header",
+            padded(
+                &Ip::new(
+                    v4(CLIENT4),
+                    "198.18.0.1".parse().unwrap(),
+                    L4::Raw {
+                        proto: 6,
+                        bytes: vec![],
+                    },
+                )
+                .bytes(),
+                fake_tcp,
+            ),
+            Counter::PassNotVip,
+        ),
+    ));
+
+    // IPv6 extension headers: hop-by-hop, destination options and a finished routing header are walked.
+    let web6 = || Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[4; 7])]);
+    let ext_syn = |exts: &[(u8, &[u8])]| {
+        let mut ip = tcp6(40001, 443, TCP_SYN);
+        for (ty, body) in exts {
+            ip = ip.with_ext(*ty, body);
+        }
+        ip
+    };
+    let h6 = flow_hash(&key_of(&tcp6(40001, 443, TCP_SYN)));
+    let k6 = key_of(&tcp6(40001, 443, TCP_SYN));
+    const PADN: &[u8] = &[1, 4, 0, 0, 0, 0];
+    const ROUTING_DONE: &[u8] = &[4, 0, 0, 0, 0, 0];
+    const ROUTING_LEFT: &[u8] = &[4, 2, 0, 0, 0, 0];
+    for (name, exts) in [
+        ("hop-by-hop, then TCP", vec![(0u8, PADN)]),
+        (
+            "destination options and a finished routing header, then TCP",
+            vec![(60, PADN), (43, ROUTING_DONE)],
+        ),
+        (
+            "four extension headers, then TCP",
+            vec![(0, PADN), (60, PADN), (60, PADN), (60, PADN)],
+        ),
+    ] {
+        let ip = ext_syn(&exts).bytes();
+        cases.push(Case::one(
+            web6(),
+            Pkt::tx(name, frame(&l2in(), &ip), 4, encap_out(4, h6, &ip)).flow(k6, Some(4)),
+        ));
+    }
+    for (name, exts, c) in [
+        (
+            "routing header with segments left",
+            vec![(43u8, ROUTING_LEFT)],
+            Counter::DropNotServed,
+        ),
+        (
+            "five extension headers",
+            vec![(0, PADN), (60, PADN), (60, PADN), (60, PADN), (60, PADN)],
+            Counter::DropNotServed,
+        ),
+    ] {
+        let ip = ext_syn(&exts).bytes();
+        cases.push(Case::one(web6(), Pkt::drop(name, frame(&l2in(), &ip), c)));
+    }
+    let mut cut = ext_syn(&[(0, &[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]).bytes();
+    cut.truncate(40 + 8);
+    cut[4..6].copy_from_slice(&8u16.to_be_bytes());
+    cases.push(Case::one(
+        web6(),
+        Pkt::drop(
+            "hop-by-hop header cut by the payload length",
+            frame(&l2in(), &cut),
+            Counter::DropMalformed,
+        ),
+    ));
+    let to_host = Ip::tcp(
+        v6(CLIENT6),
+        40001,
+        v6("fd00::1".parse().unwrap()),
+        22,
+        TCP_SYN,
+    )
+    .with_ext(0, PADN)
+    .bytes();
+    cases.push(Case::one(
+        web6(),
+        Pkt::pass(
+            "hop-by-hop to the host",
+            frame(&l2in(), &to_host),
+            Counter::PassNotVip,
+        ),
+    ));
+
+    // The next hop depends on the backend alone: a client whose source a policy rule routes elsewhere still sends
+    // its L2 DSR packets to the backend's own MAC (the FIB is asked with the balancer's source).
+    let policy = Ip::tcp(v4(POLICY_CLIENT4), 40000, v4(VIP4), 80, TCP_SYN);
+    let pf = frame(&l2in(), &policy.bytes());
+    let mut want = pf.clone();
+    want[0..6].copy_from_slice(&be_mac(1));
+    want[6..12].copy_from_slice(&LB0_MAC);
+    cases.push(Case::one(
+        Setup::new(vec![vip(
+            v4(VIP4),
+            80,
+            IPPROTO_TCP,
+            1,
+            VIP_F_L2DSR,
+            &[1; 7],
+        )]),
+        Pkt::tx("L2 DSR next hop is the client's too", pf, 1, want),
+    ));
+
     run("steer", cases);
+}
+
+fn new_flows_taken(count: u64, expired: bool) -> WindowFill {
+    WindowFill {
+        limit: RateLimit::NewFlows,
+        count,
+        expired,
+    }
 }
 
 fn web_with(ring: &[BackendId]) -> VipSpec {
@@ -769,10 +1045,10 @@ fn malformed_headers() {
             bytes: vec![6, 0, 1, 4, 0, 0, 0, 0],
         },
     );
-    rows.push(Pkt::pass(
-        "IPv6 hop-by-hop header",
+    rows.push(Pkt::drop(
+        "IPv6 hop-by-hop header, then TCP cut",
         frame(&l2in(), &hbh.bytes()),
-        Counter::PassUnsupported,
+        Counter::DropMalformed,
     ));
     let icmp_in_6 = Ip::new(
         v6(CLIENT6),
@@ -782,10 +1058,10 @@ fn malformed_headers() {
             bytes: vec![8, 0, 0, 0, 0, 0, 0, 0],
         },
     );
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "IPv4 ICMP in IPv6",
         frame(&l2in(), &icmp_in_6.bytes()),
-        Counter::PassUnsupported,
+        Counter::DropNotServed,
     ));
     let fr = Ip::new(
         v6(CLIENT6),
@@ -795,13 +1071,14 @@ fn malformed_headers() {
             bytes: vec![17, 0, 0, 1],
         },
     );
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "IPv6 fragment header cut",
         frame(&l2in(), &fr.bytes()),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
 
-    // TCP / UDP: ports missing → can't tell → pass; VIP known but header short → drop.
+    // TCP / UDP: a VIP address's header cut anywhere → dropped (ports missing: no service known, yet it must not
+    // reach the kernel); any other address → passed.
     let tcp_bytes = L4::Tcp {
         sport: 40000,
         dport: 80,
@@ -823,10 +1100,10 @@ fn malformed_headers() {
             .bytes(),
         )
     };
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "TCP ports cut",
         raw4(6, &tcp_bytes[..3]),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
     rows.push(Pkt::drop(
         "TCP header cut at 4",
@@ -881,10 +1158,10 @@ fn malformed_headers() {
         raw4(17, &udp_bytes[..6]),
         Counter::DropMalformed,
     ));
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "UDP ports cut",
         raw4(17, &udp_bytes[..2]),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
     let t6 = L4::Tcp {
         sport: 40000,
@@ -912,10 +1189,10 @@ fn malformed_headers() {
         raw6(&t6[..12]),
         Counter::DropMalformed,
     ));
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "IPv6 TCP ports cut",
         raw6(&t6[..1]),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
 
     // ICMP quotes.
@@ -924,15 +1201,15 @@ fn malformed_headers() {
         .bytes();
     let router: Ipv4Addr = "198.18.9.9".parse().unwrap();
     let tb = |q: &[u8]| frame(&l2in(), &icmp4_frag_needed(router, VIP4, 1400, q).bytes());
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "ICMP quote: inner IPv4 header cut",
         tb(&reply[..19]),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "ICMP quote: inner L4 cut",
         tb(&reply[..27]),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
     let icmp_short = Ip::new(
         router.into(),
@@ -942,30 +1219,30 @@ fn malformed_headers() {
             bytes: vec![3, 4, 0, 0],
         },
     );
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "ICMP header cut",
         frame(&l2in(), &icmp_short.bytes()),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
     let reply6 = Ip::tcp(v6(VIP6), 443, v6(CLIENT6), 40001, TCP_ACK)
         .payload(&[0; 64])
         .bytes();
     let r6: Ipv6Addr = "fd00:9::9".parse().unwrap();
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "ICMPv6 quote: inner L4 cut",
         frame(
             &l2in(),
             &icmp6_too_big(r6, VIP6, 1400, &reply6[..47]).bytes(),
         ),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
-    rows.push(Pkt::pass(
+    rows.push(Pkt::drop(
         "ICMPv6 quote: inner header cut",
         frame(
             &l2in(),
             &icmp6_too_big(r6, VIP6, 1400, &reply6[..30]).bytes(),
         ),
-        Counter::PassMalformed,
+        Counter::DropMalformed,
     ));
 
     let cases = rows.into_iter().map(|p| Case::one(setup(), p)).collect();
@@ -985,13 +1262,7 @@ fn icmp_too_big_steering() {
     let h = flow_hash(&k);
 
     let mut s = Setup::new(vec![web_with(&[1; 7])]);
-    s.flows.push((
-        k,
-        FlowState {
-            backend_id: 2,
-            vip_id: 1,
-        },
-    ));
+    s.flows.push((k, FlowState { backend_id: 2 }));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -1015,13 +1286,7 @@ fn icmp_too_big_steering() {
         .flow(k, None),
     ));
     let mut s = Setup::new(vec![web_with(&[3; 7])]);
-    s.flows.push((
-        k,
-        FlowState {
-            backend_id: 2,
-            vip_id: 1,
-        },
-    ));
+    s.flows.push((k, FlowState { backend_id: 2 }));
     s.backends.retain(|(id, _)| *id != 2);
     cases.push(Case::one(
         s,
@@ -1067,13 +1332,7 @@ fn icmp_too_big_steering() {
         .bytes();
     let ptb = icmp6_too_big("fd00:9::9".parse().unwrap(), VIP6, 1400, &reply6).bytes();
     let mut s = Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[5; 7])]);
-    s.flows.push((
-        k6,
-        FlowState {
-            backend_id: 4,
-            vip_id: 3,
-        },
-    ));
+    s.flows.push((k6, FlowState { backend_id: 4 }));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -1109,23 +1368,62 @@ fn icmp_too_big_steering() {
         .info(Counter::IcmpSteered),
     ));
 
-    // Not ours.
-    let echo = icmp4(CLIENT4, VIP4, 8, 0, &[0, 1, 0, 1, 9, 9]).bytes();
+    // Echo requests to a VIP address are answered from XDP; to any other address they are the host's.
+    let rest = [0x12, 0x34, 0, 7, b'p', b'i', b'n', b'g'];
+    let mut req = icmp4(CLIENT4, VIP4, 8, 0, &rest);
+    req.ttl = 57;
+    let reply4 = icmp4(VIP4, CLIENT4, 0, 0, &rest);
+    cases.push(Case::one(
+        Setup::new(vec![web_with(&[1; 7])]),
+        Pkt::new(
+            "echo request to a VIP address",
+            frame(&l2in(), &req.bytes()),
+            XDP_TX,
+            Counter::IcmpEchoReply,
+        )
+        .out(frame(&l2in().swapped(), &reply4.bytes())),
+    ));
+    cases.push(Case::one(
+        Setup::new(vec![web_with(&[1; 7])]),
+        Pkt::new(
+            "echo request to a VIP address, VLAN tag kept",
+            frame(&l2in().vlan(12), &req.bytes()),
+            XDP_TX,
+            Counter::IcmpEchoReply,
+        )
+        .out(frame(&l2in().vlan(12).swapped(), &reply4.bytes())),
+    ));
+    let mut req6 = icmp6(CLIENT6, VIP6, 128, 0, &rest);
+    req6.ttl = 9;
+    let reply6 = icmp6(VIP6, CLIENT6, 129, 0, &rest);
+    cases.push(Case::one(
+        Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[4; 7])]),
+        Pkt::new(
+            "ICMPv6 echo request to a VIP address",
+            frame(&l2in(), &req6.bytes()),
+            XDP_TX,
+            Counter::IcmpEchoReply,
+        )
+        .out(frame(&l2in().swapped(), &reply6.bytes())),
+    ));
+    let host_echo = icmp4(CLIENT4, "198.18.0.1".parse().unwrap(), 8, 0, &rest).bytes();
     cases.push(Case::one(
         Setup::new(vec![web_with(&[1; 7])]),
         Pkt::pass(
-            "echo request to a VIP",
-            frame(&l2in(), &echo),
+            "echo request to the host",
+            frame(&l2in(), &host_echo),
             Counter::PassNotVip,
         ),
     ));
+
+    // Other ICMP to a VIP address: dropped (the kernel would route it back upstream).
     let unreach = icmp4(router, VIP4, 3, 1, &[0, 0, 0, 0]).bytes();
     cases.push(Case::one(
         Setup::new(vec![web_with(&[1; 7])]),
-        Pkt::pass(
-            "host unreachable",
+        Pkt::drop(
+            "host unreachable to a VIP address",
             frame(&l2in(), &unreach),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
     let wrong_src = icmp4_frag_needed(router, VIP4B, 1400, &reply[..28]).bytes();
@@ -1141,19 +1439,19 @@ fn icmp_too_big_steering() {
     let not_vip = icmp4_frag_needed(router, VIP4, 1400, &other[..28]).bytes();
     cases.push(Case::one(
         Setup::new(vec![web_with(&[1; 7])]),
-        Pkt::pass(
-            "quote of a non-VIP flow",
+        Pkt::drop(
+            "quote of a flow of no service",
             frame(&l2in(), &not_vip),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
     let ns = icmp6("fd00::2".parse().unwrap(), VIP6, 135, 0, &[0; 20]).bytes();
     cases.push(Case::one(
         Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[4; 7])]),
-        Pkt::pass(
-            "neighbour solicitation",
+        Pkt::drop(
+            "neighbour solicitation to a VIP address",
             frame(&l2in(), &ns),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
 
@@ -1181,10 +1479,10 @@ fn fragments() {
     }
     cases.push(Case::one(
         Setup::new(vec![port_vip.clone()]),
-        Pkt::pass(
+        Pkt::drop(
             "fragment without a policy entry",
             frame(&l2in(), &first),
-            Counter::PassNotVip,
+            Counter::DropNotServed,
         ),
     ));
 
@@ -1282,6 +1580,39 @@ fn fragments() {
         Pkt::drop(
             "fragment of a port-0 VIP without hash3",
             frame(&l2in(), &later),
+            Counter::DropFragment,
+        ),
+    ));
+    // An IPv6 atomic fragment (offset 0, M = 0; RFC 6946) is a whole packet: balanced like one, header and all.
+    let v6_policy = || {
+        Setup::new(vec![
+            vip(v6(VIP6), 53, IPPROTO_UDP, 5, 0, &[4; 7]),
+            vip(v6(VIP6), 0, IPPROTO_UDP, 7, VIP_F_FRAG_ONLY, &[1]),
+        ])
+    };
+    let atomic = d6.clone().with_frag(0, false).bytes();
+    let ha = flow_hash(&key_of(&d6));
+    cases.push(Case::one(
+        v6_policy(),
+        Pkt::tx(
+            "IPv6 atomic fragment is not a fragment",
+            frame(&l2in(), &atomic),
+            4,
+            encap_out(4, ha, &atomic),
+        )
+        .flow(key_of(&d6), Some(4)),
+    ));
+    // A real fragment behind other extension headers is still a fragment.
+    let behind = d6
+        .clone()
+        .with_ext(0, &[1, 4, 0, 0, 0, 0])
+        .with_frag(4, false)
+        .bytes();
+    cases.push(Case::one(
+        v6_policy(),
+        Pkt::drop(
+            "IPv6 fragment behind a hop-by-hop header",
+            frame(&l2in(), &behind),
             Counter::DropFragment,
         ),
     ));
@@ -1405,6 +1736,93 @@ fn over_mtu() {
             .backend(1)
             .info(Counter::IcmpSteered),
     ));
+    // An MTU below the outer header's size (refused by lbd's config, but the program must not underflow): every
+    // packet is over it, and the answer advertises the family's minimum MTU.
+    let small = tcp4(40000, VIP4, 80, TCP_ACK).payload(b"hi").bytes();
+    cases.push(Case::one(
+        cfg(30, CFG_F_ICMP_TOO_BIG),
+        Pkt::new(
+            "MTU below the IPv4 outer header: advertises 68",
+            frame(&l2in(), &small),
+            XDP_TX,
+            Counter::IcmpTooBigSent,
+        )
+        .backend(1)
+        .out(frame(
+            &l2in().swapped(),
+            &icmp4_frag_needed(VIP4, CLIENT4, 68, &small).bytes(),
+        )),
+    ));
+    let small6 = tcp6(40001, 443, TCP_ACK).bytes();
+    cases.push(Case::one(
+        cfg(30, CFG_F_ICMP_TOO_BIG),
+        Pkt::new(
+            "MTU below the IPv6 outer header: advertises 1280",
+            frame(&l2in(), &small6),
+            XDP_TX,
+            Counter::IcmpTooBigSent,
+        )
+        .backend(4)
+        .out(frame(
+            &l2in().swapped(),
+            &icmp6_too_big(VIP6, CLIENT6, 1280, &small6).bytes(),
+        )),
+    ));
+
+    // Answers come out of a per-CPU budget: over it, the packet is dropped and counted.
+    let budget = |cap: u32, taken: u64| {
+        let mut s = cfg(600, CFG_F_ICMP_TOO_BIG);
+        s.config.icmp_answer_cap = cap;
+        s.windows.push(WindowFill {
+            limit: RateLimit::IcmpAnswers,
+            count: taken,
+            expired: false,
+        });
+        s
+    };
+    let answer = frame(
+        &l2in().swapped(),
+        &icmp4_frag_needed(VIP4, CLIENT4, 580, &big_ip[..548]).bytes(),
+    );
+    cases.push(Case::new(
+        "answer budget of 2, one left",
+        budget(2, 1),
+        vec![
+            Step::Packet(
+                Pkt::new("last answer", f.clone(), XDP_TX, Counter::IcmpTooBigSent)
+                    .backend(1)
+                    .out(answer.clone()),
+            ),
+            Step::Packet(
+                Pkt::drop("budget spent", f.clone(), Counter::DropIcmpRateLimited).backend(1),
+            ),
+        ],
+    ));
+    let mut s = budget(2, 2);
+    s.windows[0].expired = true;
+    cases.push(Case::one(
+        s,
+        Pkt::new(
+            "a new window refills the budget",
+            f.clone(),
+            XDP_TX,
+            Counter::IcmpTooBigSent,
+        )
+        .backend(1)
+        .out(answer.clone()),
+    ));
+    cases.push(Case::one(
+        budget(0, 1_000_000),
+        Pkt::new(
+            "cap 0: no limit",
+            f.clone(),
+            XDP_TX,
+            Counter::IcmpTooBigSent,
+        )
+        .backend(1)
+        .out(answer),
+    ));
+
     // L2 DSR never checks the MTU.
     let mut s = cfg(600, CFG_F_ICMP_TOO_BIG);
     s.vips[0].flags = VIP_F_L2DSR;
@@ -1572,6 +1990,76 @@ fn decap() {
         )
         .decap(),
     );
+    // Only the balancers' sources are accepted, and a fragmented tunnel packet is never decapsulated.
+    rows.push(
+        Pkt::drop(
+            "IPIP from an unknown source",
+            frame(
+                &lb,
+                &encap4("198.18.66.6".parse().unwrap(), ENCAP_SRC_V4, &inner4),
+            ),
+            Counter::DecapDropSource,
+        )
+        .decap(),
+    );
+    rows.push(
+        Pkt::drop(
+            "IP6IP6 from an unknown source",
+            frame(
+                &lb,
+                &encap6("fd00:66::6".parse().unwrap(), ENCAP_SRC_V6, 7, &inner6),
+            ),
+            Counter::DecapDropSource,
+        )
+        .decap(),
+    );
+    let frag_outer = |offset, more| {
+        Ip::new(
+            v4(TUNNEL_FROM_V4),
+            v4(ENCAP_SRC_V4),
+            L4::Raw {
+                proto: 4,
+                bytes: inner4.clone(),
+            },
+        )
+        .no_df()
+        .with_frag(offset, more)
+        .bytes()
+    };
+    rows.push(
+        Pkt::drop(
+            "first fragment of an IPIP packet",
+            frame(&lb, &frag_outer(0, true)),
+            Counter::DecapDropFragment,
+        )
+        .decap(),
+    );
+    rows.push(
+        Pkt::drop(
+            "later fragment of an IPIP packet",
+            frame(&lb, &frag_outer(2, false)),
+            Counter::DecapDropFragment,
+        )
+        .decap(),
+    );
+    let frag6 = Ip::new(
+        v6(TUNNEL_FROM_V6),
+        v6(ENCAP_SRC_V6),
+        L4::Raw {
+            proto: 41,
+            bytes: inner6.clone(),
+        },
+    )
+    .with_frag(0, true)
+    .bytes();
+    rows.push(
+        Pkt::drop(
+            "IP6IP6 with a Fragment header",
+            frame(&lb, &frag6),
+            Counter::DecapDropFragment,
+        )
+        .decap(),
+    );
     let cases = rows.into_iter().map(|p| Case::one(setup(), p)).collect();
     run("decap", cases);
 }
@@ -1602,6 +2090,22 @@ fn vip_filter() {
         rig.dp.vip_filter().unwrap(),
         words_for(&[v4(VIP4), v6(VIP6)]),
         "the filter does not cover exactly the two VIP addresses"
+    );
+    let addresses = |rig: &Rig| {
+        let mut a: Vec<IpAddr> = rig
+            .dp
+            .vip_addresses()
+            .unwrap()
+            .iter()
+            .filter_map(|k| words_addr(&k.addr, k.family))
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(
+        addresses(&rig),
+        vec![v4(VIP4), v6(VIP6)],
+        "LB_VIP_ADDRS holds exactly the VIP addresses"
     );
 
     let verdict = |rig: &mut Rig, ip: &Ip| {
@@ -1635,6 +2139,26 @@ fn vip_filter() {
         (XDP_PASS, vec![Counter::PassNotVip]),
         "{twin} shares VIP4's filter bit but is no VIP"
     );
+    let gre = |dst: Ipv4Addr| {
+        Ip::new(
+            v4(CLIENT4),
+            v4(dst),
+            L4::Raw {
+                proto: 47,
+                bytes: vec![0; 8],
+            },
+        )
+    };
+    assert_eq!(
+        verdict(&mut rig, &gre(twin)),
+        (XDP_PASS, vec![Counter::PassNotVip]),
+        "GRE to {twin}, which shares VIP4's filter bit: the address lookup misses"
+    );
+    assert_eq!(
+        verdict(&mut rig, &gre(VIP4)),
+        (XDP_DROP, vec![Counter::DropNotServed]),
+        "GRE to VIP4 itself"
+    );
 
     // The program reads the filter: with VIP4's word cleared behind userspace's back, its packets are not seen.
     let index = bit_of(v4(VIP4)) / 64;
@@ -1666,6 +2190,11 @@ fn vip_filter() {
         words_for(&[v4(VIP4)]),
         "VIP4:443 still needs the bit VIP4:80 had"
     );
+    assert_eq!(
+        addresses(&rig),
+        vec![v4(VIP4)],
+        "VIP4:443 still needs its address"
+    );
     // Back as the rig installed it, so the rig can remove it again.
     rig.dp.upsert_vip(&web.key, &meta80).unwrap();
     rig.apply(&Setup::new(vec![web]));
@@ -1679,5 +2208,79 @@ fn vip_filter() {
     assert!(
         rig.dp.vip_filter().unwrap().iter().all(|&w| w == 0),
         "filter bits left after every VIP was removed"
+    );
+    assert_eq!(
+        addresses(&rig),
+        Vec::<IpAddr>::new(),
+        "addresses left after every VIP was removed"
+    );
+}
+
+/// The next-hop cache remembers failures (docs/dataplane.md, step 8): a lookup towards a backend whose neighbour is
+/// unresolved is cached as a failure for `NEXTHOP_NEG_TTL_NS`, the program honours that entry even once the FIB
+/// could answer, and asks the FIB again when it expires. Kernel only: the model has a static FIB.
+#[test]
+fn nexthop_cache_remembers_failures() {
+    if skip_unless_root("nexthop_cache_remembers_failures") {
+        return;
+    }
+    let mut rig = Rig::new("nhneg");
+    // Backend 9 is on-link with no neighbour entry.
+    rig.apply(&Setup::new(vec![web_with(&[9; 7])]));
+    let syn = frame(&l2in(), &tcp4(40000, VIP4, 80, TCP_SYN).bytes());
+    let before = monotonic_ns();
+    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    assert_eq!(
+        (k.action, k.counters.clone()),
+        (XDP_DROP, vec![(Counter::DropNoRoute, 1)]),
+        "unresolved neighbour"
+    );
+    let nh = rig.nexthop(9);
+    assert_eq!(nh.ifindex, 0, "the failure is cached as ifindex 0: {nh:?}");
+    assert!(
+        nh.expires_ns <= monotonic_ns() + NEXTHOP_NEG_TTL_NS
+            && nh.expires_ns + 50_000_000 > before + NEXTHOP_NEG_TTL_NS,
+        "a failure is remembered for NEXTHOP_NEG_TTL_NS: expires {} at now {}",
+        nh.expires_ns,
+        monotonic_ns()
+    );
+
+    // The neighbour appears; a remembered failure (made to last) still decides.
+    rig.lab
+        .lb
+        .add_neigh("lb0", &backend_ip(9).to_string(), be_mac(9));
+    rig.plant_nexthop(
+        9,
+        NextHop {
+            expires_ns: monotonic_ns() + 3_600_000_000_000,
+            ..nh
+        },
+    );
+    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    assert_eq!(
+        (k.action, k.counters.clone()),
+        (XDP_DROP, vec![(Counter::DropNoRoute, 1)]),
+        "the remembered failure is used while it lasts"
+    );
+
+    // Expired: the FIB is asked again and now answers.
+    rig.plant_nexthop(
+        9,
+        NextHop {
+            expires_ns: 1,
+            ..nh
+        },
+    );
+    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    assert_eq!(
+        (k.action, k.counters.clone(), k.backend),
+        (XDP_TX, vec![(Counter::Tx, 1)], Some(9)),
+        "after the failure expired"
+    );
+    assert_eq!(&k.frame[0..6], &be_mac(9), "sent to the resolved neighbour");
+    assert_eq!(
+        rig.nexthop(9).ifindex,
+        rig.lab.if_in,
+        "the answer is cached"
     );
 }

@@ -1,17 +1,21 @@
 //! `lbd decap` on a backend: the real binary attaches lb_decap (pinned, so it stays after the command exits), an
-//! IP-in-IP packet for the backend carrying a datagram to a VIP reaches a socket bound to the VIP, and
-//! `--detach` removes the program.
+//! IP-in-IP packet from the balancer carrying a datagram to a VIP reaches a socket bound to the VIP, one from any
+//! other source is dropped and counted, and `--detach` removes the program.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use lb_common::Counter;
 use lb_tests::lab::{BpffsDir, target_binary};
 use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
 use lb_tests::packets::{Ip, encap4};
+use lb_tests::pinned::counter;
 use lb_tests::traffic::send_raw_ipv4;
 
 const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 1);
+/// Not a balancer: `lbd decap` is not told about it.
+const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 3);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 210, 10);
 
@@ -48,6 +52,8 @@ fn lbd_decap_attaches_decapsulates_and_detaches() {
             "b0",
             "--vip",
             &VIP.to_string(),
+            "--from",
+            &SENDER.to_string(),
             "--pin-dir",
             &pin_dir,
         ],
@@ -67,22 +73,32 @@ fn lbd_decap_attaches_decapsulates_and_detaches() {
         backend.run(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(VIP), 5000)).expect("bind VIP"));
     sock.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
-    let inner = Ip::udp(
-        IpAddr::V4(SENDER),
-        4000,
-        IpAddr::V4(VIP),
-        5000,
-        b"through the tunnel",
-    )
-    .bytes();
-    let outer = encap4(SENDER, BACKEND, &inner);
-    sender.run(|| send_raw_ipv4(&outer, BACKEND));
+    let datagram =
+        |text: &[u8]| Ip::udp(IpAddr::V4(SENDER), 4000, IpAddr::V4(VIP), 5000, text).bytes();
+    // From a stranger first: dropped and counted, so nothing is waiting on the socket for the balancer's packet.
+    sender.run(|| send_raw_ipv4(&encap4(STRANGER, BACKEND, &datagram(b"forged")), BACKEND));
+    sender.run(|| {
+        send_raw_ipv4(
+            &encap4(SENDER, BACKEND, &datagram(b"through the tunnel")),
+            BACKEND,
+        )
+    });
     let mut buf = [0u8; 64];
     let (n, from) = sock
         .recv_from(&mut buf)
         .expect("the decapsulated datagram reaches the VIP's socket");
-    assert_eq!(&buf[..n], b"through the tunnel");
+    assert_eq!(
+        &buf[..n],
+        b"through the tunnel",
+        "the first datagram at the VIP's socket must be the balancer's, not the stranger's"
+    );
     assert_eq!(from, SocketAddr::new(IpAddr::V4(SENDER), 4000));
+    assert_eq!(
+        counter(pins.path(), Counter::DecapDropSource),
+        1,
+        "the stranger's tunnel packet is counted as dropped"
+    );
+    assert_eq!(counter(pins.path(), Counter::DecapOk), 1);
 
     let out = lbd_decap(
         &backend,

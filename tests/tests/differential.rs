@@ -83,8 +83,13 @@ fn setup() -> Setup {
         ),
     ]);
     // An inactive backend that rings still name: pinned flows move, ring picks still use it.
-    st.backends.retain(|(id, _)| *id != 3);
-    st.backends.push((3, Backend::new(backend_ip(3), 0)));
+    st.set_backend(
+        3,
+        Backend {
+            flags: 0,
+            ..st.backend(3)
+        },
+    );
     st.config.mtu = 1400;
     st.config.flags = CFG_F_ICMP_TOO_BIG;
     st

@@ -39,6 +39,10 @@ enum Command {
         /// This host's tunnel endpoint addresses (default: the interface's addresses).
         #[arg(long = "local", num_args = 1..)]
         locals: Vec<IpAddr>,
+        /// The balancers' encapsulation sources (their `encap_src_v4`/`encap_src_v6`): tunnel packets from any
+        /// other source are dropped, so nobody else can inject VIP traffic with a forged inner source.
+        #[arg(long = "from", required_unless_present = "detach", num_args = 1..)]
+        from: Vec<IpAddr>,
         #[arg(long, default_value = decap::DEFAULT_DECAP_PIN_DIR)]
         pin_dir: PathBuf,
         #[arg(long, value_enum, default_value = "auto")]
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
         iface,
         vips,
         locals,
+        from,
         pin_dir,
         xdp_mode,
         detach,
@@ -92,7 +97,14 @@ fn run(cli: Cli) -> Result<()> {
             Mode::Generic => XdpMode::Generic,
             Mode::Auto => XdpMode::Auto,
         };
-        return decap::attach(&iface, &vips, &locals, &pin_dir, mode);
+        return decap::attach(&decap::DecapSpec {
+            iface: &iface,
+            vips: &vips,
+            locals: &locals,
+            from: &from,
+            pin_dir: &pin_dir,
+            mode,
+        });
     }
     let config =
         Config::load(&cli.config).map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
