@@ -72,14 +72,6 @@ pub const SIZES: MapSizes = MapSizes {
     flow_table_size: 4096,
     max_ring_size: 13,
 };
-/// The differential test's: a flow table far larger than the flows it creates between resets, so the kernel's
-/// LRU never evicts (the model has no LRU).
-pub const DIFF_SIZES: MapSizes = MapSizes {
-    max_vips: 8,
-    max_backends: 32,
-    flow_table_size: 65536,
-    max_ring_size: 13,
-};
 
 /// The lab: namespace `lb` (where the program runs) with `lb0` (ingress) and `lb1` (a second port) to a peer
 /// namespace; routes and PERMANENT neighbours so `bpf_fib_lookup` answers from a known table.
@@ -406,8 +398,10 @@ pub enum Step {
     Packet(Pkt),
     /// Atomically switch a VIP's ring (as the daemon does on a backend change).
     Ring(VipKey, Vec<BackendId>),
-    /// Rewrite a backend entry (e.g. mark it inactive).
+    /// Rewrite a backend entry (e.g. mark it inactive, or hand its id to another service).
     Backend(BackendId, Backend),
+    /// Rewrite `LB_CONFIG`.
+    Config(GlobalConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -455,6 +449,9 @@ pub struct Rig {
     /// Vip keys currently installed, to remove between cases.
     installed: Vec<VipKey>,
     pub packets_run: usize,
+    /// Counters and backend packet counts after the last [`Rig::kernel`] run: the next run's "before", so each
+    /// packet costs one read of them, not two. Anything else that runs the program forgets it.
+    last_seen: Option<(HashMap<u32, u64>, Vec<u64>)>,
 }
 
 /// The `xdp_md` a test run starts with: `data` = 0 (no metadata), `data_end` = length, the ingress ifindex,
@@ -515,11 +512,13 @@ impl Rig {
             model,
             installed: Vec::new(),
             packets_run: 0,
+            last_seen: None,
         }
     }
 
     /// Replaces all balancing state (kernel and model) with `setup`.
     pub fn apply(&mut self, setup: &Setup) {
+        self.last_seen = None;
         for key in std::mem::take(&mut self.installed) {
             self.dp.remove_vip(&key).expect("remove vip");
         }
@@ -690,6 +689,11 @@ impl Rig {
 
     /// Runs `frame` through program `prog` with BPF_PROG_TEST_RUN; `Err` when the kernel refuses the run.
     pub fn test_run(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+        self.last_seen = None;
+        self.run_program(prog, frame)
+    }
+
+    fn run_program(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
         let ctx = xdp_md(frame.len(), self.lab.if_in);
         let mut out = vec![0u8; frame.len() + 1024];
         let xdp = self.dp.xdp(prog).map_err(|e| format!("{e:#}"))?;
@@ -723,8 +727,11 @@ impl Rig {
 
     /// One packet through the kernel, with the deltas it caused.
     pub fn kernel(&mut self, prog: &str, frame: &[u8]) -> Result<KernelRun, String> {
-        let (c0, b0) = (self.counters(), self.backend_packets());
-        let (action, out) = self.test_run(prog, frame)?;
+        let (c0, b0) = match self.last_seen.take() {
+            Some(seen) => seen,
+            None => (self.counters(), self.backend_packets()),
+        };
+        let (action, out) = self.run_program(prog, frame)?;
         let (c1, b1) = (self.counters(), self.backend_packets());
         let counters = delta(&c0, &c1);
         let chosen: Vec<BackendId> = LAB_BACKENDS
@@ -732,6 +739,7 @@ impl Rig {
             .filter(|(_, (a, b))| a != b)
             .map(|(id, _)| id)
             .collect();
+        self.last_seen = Some((c1, b1));
         if chosen.len() > 1 {
             return Err(format!(
                 "backend stats of several backends moved: {chosen:?}"
@@ -763,19 +771,6 @@ impl Rig {
         let mut failures = Vec::new();
         for (i, step) in case.steps.iter().enumerate() {
             match step {
-                Step::Ring(key, ring) => {
-                    let meta = *self
-                        .model
-                        .vips
-                        .get(key)
-                        .expect("ring change of a VIP the case set up");
-                    let meta = self.dp.install_ring(key, meta, ring).expect("install ring");
-                    model_ring(&mut self.model, key, meta, ring);
-                }
-                Step::Backend(id, b) => {
-                    self.dp.set_backend(*id, b).expect("set backend");
-                    self.model.backends.insert(*id, *b);
-                }
                 Step::Packet(p) => {
                     let errs = self.check_packet(p);
                     if !errs.is_empty() {
@@ -788,9 +783,34 @@ impl Rig {
                         ));
                     }
                 }
+                other => self.step(other),
             }
         }
         failures
+    }
+
+    /// A map change of a case (not a packet), in the kernel and the model alike.
+    pub fn step(&mut self, step: &Step) {
+        match step {
+            Step::Ring(key, ring) => {
+                let meta = *self
+                    .model
+                    .vips
+                    .get(key)
+                    .expect("ring change of a VIP the case set up");
+                let meta = self.dp.install_ring(key, meta, ring).expect("install ring");
+                model_ring(&mut self.model, key, meta, ring);
+            }
+            Step::Backend(id, b) => {
+                self.dp.set_backend(*id, b).expect("set backend");
+                self.model.backends.insert(*id, *b);
+            }
+            Step::Config(cfg) => {
+                self.dp.set_config(cfg).expect("set config");
+                self.model.config = *cfg;
+            }
+            Step::Packet(_) => panic!("Rig::step takes map changes; packets go through run_case"),
+        }
     }
 
     fn check_packet(&mut self, p: &Pkt) -> Vec<String> {
@@ -945,6 +965,7 @@ pub fn check_model(cases: &[Case]) -> Vec<String> {
                 Step::Backend(id, b) => {
                     m.backends.insert(*id, *b);
                 }
+                Step::Config(cfg) => m.config = *cfg,
                 Step::Packet(p) => {
                     let c0 = m.counters.clone();
                     let mut o = if p.prog == maps::PROG_DECAP {

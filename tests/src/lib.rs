@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod differential;
 pub mod fixtures;
 pub mod lab;
 pub mod loadtest;

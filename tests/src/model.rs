@@ -65,8 +65,24 @@ pub struct Outcome {
     pub backend: Option<BackendId>,
     /// The frame as the program leaves it (meaningful for `XDP_TX`/`XDP_REDIRECT`/`XDP_PASS`).
     pub frame: Vec<u8>,
+    /// What step 7 did with the flow table, when the packet got there.
+    pub flow_use: Option<FlowUse>,
+    /// The flow-table key the packet looked up, and the entry it found (before any insert).
+    pub looked_up: Option<(FlowKey, Option<FlowState>)>,
     /// Left empty by the model; the fixture runner fills it with the flow table after the packet.
     pub flows_after: HashMap<FlowKey, FlowState>,
+}
+
+/// The flow-table paths of step 7 (and the lookup of a steered too-big), for coverage counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlowUse {
+    /// A new connection: no lookup.
+    NewConnection,
+    /// A usable entry decided the backend.
+    Hit,
+    /// An entry whose backend is inactive or belongs to another service.
+    Unusable,
+    Miss,
 }
 
 pub fn action_name(a: u32) -> &'static str {
@@ -208,6 +224,8 @@ impl ModelState {
             info,
             backend,
             frame: frame.to_vec(),
+            flow_use: None,
+            looked_up: None,
             flows_after: HashMap::new(),
         }
     }
@@ -375,20 +393,25 @@ impl ModelState {
             _pad: [0; 2],
         };
         let info = vec![Counter::IcmpSteered];
+        let mut lookup = None;
         let (id, hash) = if meta.flags & VIP_F_FRAG_HASH3 != 0 {
             let hash = flow_hash(&three_tuple(&flow));
             (self.ring_pick(&meta, hash), hash)
         } else {
             let hash = flow_hash(&flow);
-            match self.usable_entry(&flow, &meta) {
+            let entry = self.flows.get(&flow).copied();
+            let used = self.usable_entry(&flow, &meta);
+            lookup = Some((flow, entry, used_how(entry, used)));
+            match used {
                 Some(id) => (Some(id), hash),
                 None => (self.ring_pick(&meta, hash), hash),
             }
         };
-        match id {
+        let o = match id {
             None => self.drop(Counter::DropNoBackend, info, None, frame),
             Some(id) => self.forward(frame, l3, &meta, id, hash, info),
-        }
+        };
+        with_lookup(o, lookup)
     }
 
     /// Steps 5 to 8 for TCP and UDP.
@@ -418,6 +441,7 @@ impl ModelState {
         let new_connection =
             l3.proto == IPPROTO_TCP && frame[l3.l4 + 13] & (0x02 | 0x10 | 0x04 | 0x01) == 0x02;
         let mut info = Vec::new();
+        let mut lookup = None;
         let (id, hash) = if meta.flags & VIP_F_FRAG_HASH3 != 0 {
             let hash = flow_hash(&three_tuple(&key));
             match self.ring_pick(&meta, hash) {
@@ -427,7 +451,16 @@ impl ModelState {
         } else {
             let hash = flow_hash(&key);
             let entry = (!new_connection).then(|| self.flows.get(&key).copied());
-            match entry.flatten().and(self.usable_entry(&key, &meta)) {
+            let used = entry.flatten().and(self.usable_entry(&key, &meta));
+            lookup = Some((
+                key,
+                entry.flatten(),
+                match entry {
+                    None => FlowUse::NewConnection,
+                    Some(e) => used_how(e, used),
+                },
+            ));
+            match used {
                 Some(id) => (id, hash),
                 None => {
                     // "A miss (not an unusable entry) counts `lru_misses`."
@@ -435,7 +468,8 @@ impl ModelState {
                         self.vip_stats.entry(meta.vip_id).or_default().lru_misses += 1;
                     }
                     let Some(id) = self.ring_pick(&meta, hash) else {
-                        return self.drop(Counter::DropNoBackend, info, None, frame);
+                        let o = self.drop(Counter::DropNoBackend, info, None, frame);
+                        return with_lookup(o, lookup);
                     };
                     if self.take(RateLimit::NewFlows, self.config.new_flow_cap) {
                         self.flows.insert(key, FlowState { backend_id: id });
@@ -447,7 +481,8 @@ impl ModelState {
                 }
             }
         };
-        self.forward(frame, l3, &meta, id, hash, info)
+        let o = self.forward(frame, l3, &meta, id, hash, info);
+        with_lookup(o, lookup)
     }
 
     /// Step 6: "`VIP_STATS[vip_id]` packets += 1, bytes += frame length."
@@ -650,6 +685,23 @@ impl ModelState {
         out.extend(&frame[inner_off..]);
         self.pass(Counter::DecapOk, &out)
     }
+}
+
+/// Which step-7 path an entry (or its absence) and the usable backend it gave mean.
+fn used_how(entry: Option<FlowState>, used: Option<BackendId>) -> FlowUse {
+    match (entry, used) {
+        (None, _) => FlowUse::Miss,
+        (Some(_), Some(_)) => FlowUse::Hit,
+        (Some(_), None) => FlowUse::Unusable,
+    }
+}
+
+fn with_lookup(mut o: Outcome, lookup: Option<(FlowKey, Option<FlowState>, FlowUse)>) -> Outcome {
+    if let Some((key, entry, how)) = lookup {
+        o.looked_up = Some((key, entry));
+        o.flow_use = Some(how);
+    }
+    o
 }
 
 /// The 3-tuple key: the flow key with its ports cleared.

@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod loadtest;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Task {
     },
     /// Benchmarks: dataplane ns/packet per path, or Maglev build time and memory.
     Bench(bench::BenchArgs),
+    /// The kernel-vs-model differential comparison for as many packets as asked (packets/s, the seed, the first
+    /// divergence with a readable diff).
+    Fuzz(fuzz::FuzzArgs),
     /// Load tests on the lab: packet rate (trafgen, live frames), wrk through this balancer, HAProxy and nftables,
     /// iperf3; Markdown + JSON + PNG under target/loadtest/.
     Loadtest(loadtest::LoadtestArgs),
@@ -44,6 +48,7 @@ fn main() {
         Task::Test(args) => test::run(&args),
         Task::Demo { args } => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Loadtest(args) => loadtest::run(&args),
     };
     if let Err(e) = result {
