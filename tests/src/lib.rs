@@ -8,6 +8,7 @@ pub mod lab;
 pub mod loadtest;
 pub mod model;
 pub mod netns;
+pub mod nft_counters;
 pub mod packets;
 pub mod pki;
 pub mod servers;
