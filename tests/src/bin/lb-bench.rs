@@ -70,7 +70,8 @@ fn maglev(json: bool) {
 }
 
 fn dataplane(json: bool) {
-    let r = bench::dataplane::run();
+    let opts = bench::dataplane::Options::FULL;
+    let r = bench::dataplane::run(&opts);
     if json {
         let paths: serde_json::Map<String, serde_json::Value> = r
             .paths
@@ -88,7 +89,7 @@ fn dataplane(json: bool) {
     );
     println!(
         "empty program's figure, median of {} interleaved rounds; the program's counters proved every run took",
-        lb_tests::bench::dataplane::ROUNDS
+        opts.rounds
     );
     println!("its path.");
     println!(
@@ -111,7 +112,7 @@ fn dataplane(json: bool) {
     }
     println!(
         "warm (one packet, {} runs in one call, caches hot; only paths whose rewrite keeps them on their path):",
-        100_000
+        opts.warm_repeat
     );
     let floor = r
         .warm
