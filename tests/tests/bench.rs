@@ -1,9 +1,10 @@
-//! One short round of the dataplane benchmark (`cargo xtask bench dataplane` runs the full one, outside the suite),
-//! so that its set-up and its checks cannot rot between benchmark runs: every packet it measures must take the path
-//! it is measured for (the bench panics otherwise, naming the path). The figures are not asserted: one short round
-//! on a shared machine says nothing about speed.
+//! One short round of each benchmark (`cargo xtask bench dataplane|maglev` runs the full ones, outside the suite),
+//! so that their set-up and their checks cannot rot between benchmark runs: every packet the dataplane bench
+//! measures must take the path it is measured for (the bench panics otherwise, naming the path), and the maglev
+//! bench must build every table and measure a real lbd. The figures are not asserted: one short round on a shared
+//! machine says nothing about speed.
 
-use lb_tests::bench::dataplane;
+use lb_tests::bench::{dataplane, maglev};
 use lb_tests::netns::skip_unless_root;
 
 #[test]
@@ -26,4 +27,22 @@ fn dataplane_bench_one_round_takes_every_path() {
     );
     let warm: Vec<&str> = r.warm.iter().map(|(name, _)| *name).collect();
     assert_eq!(warm, ["floor", "non_vip", "l2dsr_v4"]);
+}
+
+#[test]
+fn maglev_bench_one_round_measures_every_figure() {
+    if skip_unless_root("maglev_bench_one_round_measures_every_figure") {
+        return;
+    }
+    let r = maglev::run(&maglev::Options::SMOKE);
+    assert_eq!(
+        r.build_ms.keys().copied().collect::<Vec<_>>(),
+        [10, 100, 1000]
+    );
+    assert!(r.map_bytes > 0, "no map memory counted");
+    assert!(
+        r.lbd_rss_bytes.is_some_and(|b| b > 0),
+        "lbd was not measured: {:?}",
+        r.notes
+    );
 }

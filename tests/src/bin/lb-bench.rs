@@ -32,7 +32,8 @@ fn main() {
 }
 
 fn maglev(json: bool) {
-    let r = bench::maglev::run();
+    let opts = bench::maglev::Options::FULL;
+    let r = bench::maglev::run(&opts);
     for n in &r.notes {
         eprintln!("lb-bench maglev: {n}");
     }
@@ -54,7 +55,7 @@ fn maglev(json: bool) {
     for (n, ms) in &r.build_ms {
         println!("  {n:>5} backends: {ms:8.2} ms");
     }
-    println!("100 VIPs x 100 backends:");
+    println!("{} VIPs x {} backends:", opts.vips, opts.backends_per_vip);
     println!(
         "  BPF maps (kernel memlock): {:>12} bytes ({:.1} MiB)",
         r.map_bytes,
