@@ -1,7 +1,12 @@
-//! The real object in the real kernel, from this package alone: every program passes the verifier, and a packet
-//! through `lb_xdp` is counted. Needs root (BPF); without it the test says why and returns. Every forwarding path
-//! is checked byte for byte by the fixture and differential tests of the `lb-tests` package (tests/tests/).
+//! The real object in the real kernel, from this package alone: every program passes the verifier, the kernel
+//! creates each map with the configured number of entries, unusable sizes are refused before anything is created,
+//! and a packet through `lb_xdp` is counted. Needs root (BPF); without it the kernel tests say why and return.
+//! Every forwarding path is checked byte for byte by the fixture and differential tests of the `lb-tests` package
+//! (tests/tests/).
 
+use std::path::{Path, PathBuf};
+
+use aya::maps::MapInfo;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Counter, XDP_PASS, maps};
 use lb_userspace::dataplane::{ALL_PROGRAMS, Dataplane, LoadOptions, MapSizes};
@@ -37,7 +42,107 @@ fn every_program_passes_the_verifier() {
         let prog = dp.xdp(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(prog.fd().is_ok(), "{name} is not loaded");
     }
-    assert_eq!(dp.sizes().max_ring_size, 13);
+}
+
+/// `/sys/fs/bpf/lbt-<tag>-<pid>-0` (the lab's naming, so a killed run's leftovers are removed by the next lab),
+/// removed on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        assert!(
+            mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1..3) == Some(&["/sys/fs/bpf", "bpf"][..])
+            }),
+            "no bpffs at /sys/fs/bpf (`cargo xtask setup` mounts it)"
+        );
+        PinDir(Path::new("/sys/fs/bpf").join(format!("lbt-{tag}-{}-0", std::process::id())))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_kernel_creates_each_map_with_the_configured_entries() {
+    if !is_root() {
+        return;
+    }
+    let pins = PinDir::new("object");
+    let _dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..small()
+    })
+    .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
+    // Figures written out from `small()`, not read from the loader: LB_RING holds two slots per VIP (the ring and
+    // the one being built) of max_ring_size entries each.
+    for (map, want) in [
+        (maps::VIPS, 4),
+        (maps::VIP_STATS, 4),
+        (maps::DECAP_VIPS, 4),
+        (maps::RING, 2 * 4 * 13),
+        (maps::BACKENDS, 16),
+        (maps::BACKEND_STATS, 16),
+        (maps::NEXTHOP_CACHE, 16),
+        (maps::FLOWS, 64),
+    ] {
+        let info = MapInfo::from_pin(pins.0.join(map))
+            .unwrap_or_else(|e| panic!("{map}: no pinned map in {}: {e}", pins.0.display()));
+        assert_eq!(info.max_entries(), want, "{map}: entries in the kernel");
+    }
+}
+
+#[test]
+fn unusable_sizes_are_refused_before_anything_is_created() {
+    // Not bpffs: the directory must not appear, whatever the kernel would have said.
+    let pin_dir = std::env::temp_dir().join(format!("lbt-objrefused-{}-0", std::process::id()));
+    let s = small().sizes;
+    for (sizes, says) in [
+        (
+            MapSizes {
+                flow_table_size: 0,
+                ..s
+            },
+            "must be non-zero",
+        ),
+        (
+            MapSizes {
+                max_backends: 1,
+                ..s
+            },
+            "max_backends ≥ 2",
+        ),
+        // 2 * 2^16 * 2^16 entries do not fit the u32 of a map's max_entries.
+        (
+            MapSizes {
+                max_vips: 1 << 16,
+                max_ring_size: 1 << 16,
+                ..s
+            },
+            "LB_RING: 2 * max_vips * max_ring_size overflows u32",
+        ),
+    ] {
+        let err = Dataplane::load(&LoadOptions {
+            sizes,
+            pin_dir: Some(pin_dir.clone()),
+        })
+        .expect_err(&format!("{sizes:?} accepted"));
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(says),
+            "{sizes:?}: the error does not say {says:?}: {msg}"
+        );
+        assert!(
+            !pin_dir.exists(),
+            "{sizes:?} was refused after creating {}",
+            pin_dir.display()
+        );
+    }
 }
 
 #[test]

@@ -309,6 +309,11 @@ pub fn client_switch_port(j: usize) -> String {
     switch_port(&format!("c{j}"))
 }
 
+/// An nftables interface-name pattern that matches the switch-side port of every backend.
+pub fn backend_switch_ports() -> String {
+    switch_port("b*")
+}
+
 /// The lab's config as shipped (the demo runs exactly this, with paths made private to the run).
 pub const LAB_CONFIG: &str = include_str!("../../config/lab.toml");
 

@@ -9,6 +9,7 @@ pub mod lab;
 pub mod loadtest;
 pub mod model;
 pub mod netns;
+pub mod nft_counters;
 pub mod packets;
 pub mod pinned;
 pub mod pki;

@@ -77,6 +77,38 @@ impl HttpConn {
     pub fn connect(vip: SocketAddr) -> Result<HttpConn, String> {
         let s = TcpStream::connect_timeout(&vip, IO_TIMEOUT)
             .map_err(|e| format!("connect {vip}: {e}"))?;
+        HttpConn::over(s)
+    }
+
+    /// Like [`HttpConn::connect`], from `local` (a chosen source port makes the flow's 5-tuple known in advance).
+    pub fn connect_from(local: SocketAddr, vip: SocketAddr) -> Result<HttpConn, String> {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+            sockopt,
+        };
+        use std::os::fd::AsRawFd;
+        let family = if vip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        // A blocking connect gives up after the send timeout (Linux), as connect_timeout would.
+        setsockopt(
+            &fd,
+            sockopt::SendTimeout,
+            &nix::sys::time::TimeVal::new(IO_TIMEOUT.as_secs() as _, 0),
+        )
+        .map_err(|e| format!("SO_SNDTIMEO: {e}"))?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(local))
+            .map_err(|e| format!("bind {local}: {e}"))?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(vip))
+            .map_err(|e| format!("connect {local} -> {vip}: {e}"))?;
+        HttpConn::over(TcpStream::from(fd))
+    }
+
+    fn over(s: TcpStream) -> Result<HttpConn, String> {
         s.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(IO_TIMEOUT))

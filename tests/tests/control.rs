@@ -1,6 +1,7 @@
 //! `lbctl` (the real binary, a separate process) against the real control server with an in-process fake
-//! `Handler`: every command round-trips with `--json` and sends the request it should; the daemon-not-running and
-//! permission errors are clear and exit non-zero; the socket is 0600 in a 0700 directory.
+//! `Handler` (the tests named `fake_handler_*`): every command round-trips with `--json` and sends the request it
+//! should; the daemon-not-running and permission errors are clear and exit non-zero; the socket is 0600 in a 0700
+//! directory and refuses other users.
 //!
 //! Needs `lbctl` built next to this test (`cargo build -p lb-userspace --bins`). The lab test (`e2e.rs`) runs the
 //! same commands against a real `lbd`.
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use lb_tests::lab::target_binary;
+use lb_tests::lab::{TempDir, target_binary};
 use lb_userspace::control::api::{
     BackendInfo, BackendStats, FiveTuple, FlowInfo, SimulateResult, Stats, StatusInfo, VipInfo,
     VipStats, parse_vip,
@@ -181,7 +182,7 @@ impl Harness {
     }
 
     fn lbctl(&self, args: &[&str]) -> Output {
-        lbctl_at(&self.socket, args, None)
+        lbctl_at(&self.socket, args)
     }
 
     /// Runs `lbctl --json ARGS`, asserts success, returns the parsed JSON and the request the daemon received.
@@ -217,14 +218,36 @@ impl Drop for Harness {
     }
 }
 
-fn lbctl_at(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
-    let mut cmd = Command::new(target_binary("lbctl"));
+fn lbctl_at(socket: &Path, args: &[&str]) -> Output {
+    lbctl_run(Command::new(target_binary("lbctl")), socket, args)
+}
+
+fn lbctl_run(mut cmd: Command, socket: &Path, args: &[&str]) -> Output {
     cmd.arg("--socket").arg(socket).args(args);
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
     cmd.output()
         .unwrap_or_else(|e| panic!("run lbctl {args:?}: {e}"))
+}
+
+/// A copy of lbctl that every user may run, in a 0755 directory of its own: the build's copy may sit where other
+/// users cannot enter (a clone under /root, as in CI), which would stop `nobody` before it reaches the socket.
+fn lbctl_for_everyone() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("ctlbin");
+    let exe = dir.path().join("lbctl");
+    std::fs::copy(target_binary("lbctl"), &exe).expect("copy lbctl");
+    for (path, mode) in [(dir.path(), 0o755), (exe.as_path(), 0o755)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    }
+    let reachable = exe.ancestors().skip(1).all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    });
+    assert!(
+        reachable,
+        "{} is not reachable by other users",
+        exe.display()
+    );
+    (dir, exe)
 }
 
 fn is_root() -> bool {
@@ -232,7 +255,7 @@ fn is_root() -> bool {
 }
 
 #[test]
-fn every_command_round_trips_with_json() {
+fn fake_handler_every_command_round_trips_with_json() {
     let h = Harness::start();
     let vip = parse_vip(VIP).unwrap();
     let backend: IpAddr = BACKEND.parse().unwrap();
@@ -357,7 +380,7 @@ fn every_command_round_trips_with_json() {
 }
 
 #[test]
-fn daemon_errors_exit_1_with_the_message() {
+fn fake_handler_errors_exit_1_with_the_message() {
     let h = Harness::start();
     let out = h.lbctl(&["backend", "del", VIP, "198.18.9.9"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -376,18 +399,14 @@ fn config_check_is_local_and_names_the_field() {
     std::fs::create_dir_all(&dir).unwrap();
     let lab_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml");
     let nowhere = dir.join("no.sock");
-    let out = lbctl_at(
-        &nowhere,
-        &["config", "check", lab_config.to_str().unwrap()],
-        None,
-    );
+    let out = lbctl_at(&nowhere, &["config", "check", lab_config.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "lab.toml is valid without a daemon: {out:?}"
     );
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\ncolour = \"blue\"\n").unwrap();
-    let out = lbctl_at(&nowhere, &["config", "check", bad.to_str().unwrap()], None);
+    let out = lbctl_at(&nowhere, &["config", "check", bad.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -400,7 +419,7 @@ fn config_check_is_local_and_names_the_field() {
 #[test]
 fn not_running_is_a_clear_error() {
     let socket = std::env::temp_dir().join(format!("lbt-ctl-none-{}/lbd.sock", std::process::id()));
-    let out = lbctl_at(&socket, &["status"], None);
+    let out = lbctl_at(&socket, &["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -413,7 +432,7 @@ fn not_running_is_a_clear_error() {
 }
 
 #[test]
-fn socket_is_root_only() {
+fn fake_handler_socket_is_root_only() {
     if !is_root() {
         eprintln!("skip: needs root to check root-only permissions");
         return;
@@ -424,19 +443,10 @@ fn socket_is_root_only() {
     assert_eq!(mode(h.socket.parent().unwrap()), 0o700, "socket directory");
 
     // An unprivileged user (nobody) is refused, with a message saying why.
-    let lbctl = target_binary("lbctl");
-    let world_exec = lbctl.ancestors().all(|p| {
-        p.as_os_str().is_empty()
-            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    });
-    if !world_exec {
-        eprintln!(
-            "skip the nobody half: {} is not reachable by other users",
-            lbctl.display()
-        );
-        return;
-    }
-    let out = lbctl_at(&h.socket, &["status"], Some(65534));
+    let (_dir, lbctl) = lbctl_for_everyone();
+    let mut nobody = Command::new(&lbctl);
+    nobody.uid(65534).gid(65534);
+    let out = lbctl_run(nobody, &h.socket, &["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");

@@ -4,14 +4,15 @@
 //! is no longer for a VIP), and a packet is a new flow only once. So every iteration here is its own
 //! `repeat = 1` run over a fresh copy of a packet chosen for the path. The figure is the kernel's own BPF run-time
 //! statistics (BPF_ENABLE_STATS: time inside the program, per run), minus the same figure for an empty program,
-//! which is what the statistics themselves cost; the paths are measured in interleaved rounds (see [`ROUNDS`]).
+//! which is what the statistics themselves cost; the paths are measured in interleaved rounds (see
+//! [`Options::rounds`]).
 //! After each round of a path the program's own counters must show that every iteration took the measured path. The test-run timer's per-call duration is reported beside it: it includes
 //! the harness's fixed cost (timer, cold caches after the syscall) and dominates for short programs.
 
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, maps};
+use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, XDP_PASS, XDP_TX, maps};
 use lb_userspace::dataplane::MapSizes;
 
 use crate::fixtures::{CLIENT_MAC, LB0_MAC, Rig, SIZES, Setup, VIP4, VIP4B, VIP6, VipSpec, xdp_md};
@@ -19,14 +20,36 @@ use crate::packets::{Ip, L2, TCP_ACK, TCP_SYN, frame};
 
 use super::median;
 
-/// Iterations per path.
-const RUNS: usize = 20_000;
-/// The runs of every path are split into this many rounds; each round measures the empty program, the floor and
-/// every path back to back, and a figure is the median over rounds of (path − empty of the same round). A burst of
-/// load on this shared machine then moves one round of every figure, not every round of one figure.
-pub const ROUNDS: usize = 5;
-/// Distinct established flows the established paths cycle through.
-const FLOWS: usize = 1_000;
+/// How much to measure.
+pub struct Options {
+    /// Iterations per path.
+    pub runs: usize,
+    /// The runs of every path are split into this many rounds; each round measures the empty program, the floor
+    /// and every path back to back, and a figure is the median over rounds of (path − empty of the same round). A
+    /// burst of load on this shared machine then moves one round of every figure, not every round of one figure.
+    pub rounds: usize,
+    /// Distinct established flows the established paths cycle through.
+    pub flows: usize,
+    /// Runs per call of the warm measurement.
+    pub warm_repeat: u32,
+}
+
+impl Options {
+    /// What `cargo xtask bench dataplane` measures.
+    pub const FULL: Options = Options {
+        runs: 20_000,
+        rounds: 5,
+        flows: 1_000,
+        warm_repeat: 100_000,
+    };
+    /// One short round through every path and its checks, for the test suite: the figures mean nothing.
+    pub const SMOKE: Options = Options {
+        runs: 200,
+        rounds: 1,
+        flows: 50,
+        warm_repeat: 1_000,
+    };
+}
 
 pub struct Report {
     pub empty_ns: f64,
@@ -40,25 +63,22 @@ pub struct Report {
     pub warm: Vec<(&'static str, f64)>,
 }
 
-/// Runs per call of the warm measurement.
-const WARM_REPEAT: u32 = 100_000;
-
 /// In-program ns per run of `prog` over `repeat` runs of one packet (kernel run-time statistics).
-fn warm_ns(rig: &mut Rig, prog: &str, frame: &[u8], want: u32) -> f64 {
+fn warm_ns(rig: &mut Rig, prog: &str, frame: &[u8], repeat: u32, want: u32) -> f64 {
     let ifindex = rig.lab.if_in;
     let xdp = rig.dp.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
-    let (ns, ()) = program_ns(xdp, prog, u64::from(WARM_REPEAT), |xdp| {
-        run_checked(xdp, prog, frame, ifindex, WARM_REPEAT, want, &mut out);
+    let (ns, ()) = program_ns(xdp, prog, u64::from(repeat), |xdp| {
+        run_checked(xdp, prog, frame, ifindex, repeat, want, &mut out);
     });
     ns
 }
 
-/// One BPF_PROG_TEST_RUN of `frame` (`repeat` times); panics unless the verdict is `want`. Returns the test
-/// timer's ns per run.
+/// One BPF_PROG_TEST_RUN of `frame` (`repeat` times); panics unless the verdict is `want`, naming `what` was
+/// measured. Returns the test timer's ns per run.
 fn run_checked(
     xdp: &mut Xdp,
-    prog: &str,
+    what: &str,
     frame: &[u8],
     ifindex: u32,
     repeat: u32,
@@ -74,10 +94,10 @@ fn run_checked(
             repeat,
             ..TestRunOptions::new()
         })
-        .unwrap_or_else(|e| panic!("{prog}: test_run: {e:?}"));
+        .unwrap_or_else(|e| panic!("{what}: test_run: {e:?}"));
     assert_eq!(
         r.return_value, want,
-        "{prog}: verdict {} where {want} was measured",
+        "{what}: verdict {} where {want} was measured",
         r.return_value
     );
     r.duration.as_nanos() as f64
@@ -131,16 +151,23 @@ fn pkt(src: IpAddr, sport: u16, dst: IpAddr, flags: u8) -> Vec<u8> {
     frame(&L2::new(CLIENT_MAC, LB0_MAC), &ip)
 }
 
-/// Runs `prog` once on each of `frames`; panics when a run gives another verdict than `want`. Returns the mean
-/// in-program ns per run from the kernel's run-time statistics, and each run's test-timer duration.
-fn time_runs(rig: &mut Rig, prog: &str, frames: &[Vec<u8>], want: u32) -> (f64, Vec<f64>) {
+/// Runs `prog` once on each of `frames`; panics when a run gives another verdict than `want`, naming `what` was
+/// measured. Returns the mean in-program ns per run from the kernel's run-time statistics, and each run's
+/// test-timer duration.
+fn time_runs(
+    rig: &mut Rig,
+    what: &str,
+    prog: &str,
+    frames: &[Vec<u8>],
+    want: u32,
+) -> (f64, Vec<f64>) {
     let ifindex = rig.lab.if_in;
     let xdp = rig.dp.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
     program_ns(xdp, prog, frames.len() as u64, |xdp| {
         frames
             .iter()
-            .map(|f| run_checked(xdp, prog, f, ifindex, 1, want, &mut out))
+            .map(|f| run_checked(xdp, what, f, ifindex, 1, want, &mut out))
             .collect()
     })
 }
@@ -184,7 +211,7 @@ fn proven_runs(
     let v0 = proof
         .vip_id
         .map(|id| rig.dp.vip_stats(id).expect("vip stats"));
-    let measured = time_runs(rig, maps::PROG_LB, frames, verdict);
+    let measured = time_runs(rig, name, maps::PROG_LB, frames, verdict);
     let n = frames.len() as u64;
     let dc = counter(rig, proof.verdict_counter) - c0;
     assert_eq!(
@@ -214,17 +241,17 @@ fn proven_runs(
     measured
 }
 
-/// Measures every item in `ROUNDS` rounds, each round running a slice of every item's packets back to back.
+/// Measures every item in `rounds` rounds, each round running a slice of every item's packets back to back.
 /// Returns per item: the in-program ns of each round, and all test-timer durations.
-fn interleaved(rig: &mut Rig, items: &[Item]) -> Vec<(Vec<f64>, Vec<f64>)> {
+fn interleaved(rig: &mut Rig, items: &[Item], rounds: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
     let mut out: Vec<(Vec<f64>, Vec<f64>)> = items.iter().map(|_| Default::default()).collect();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (item, (ns, timer)) in items.iter().zip(out.iter_mut()) {
-            let per = item.frames.len() / ROUNDS;
+            let per = item.frames.len() / rounds;
             let slice = &item.frames[round * per..(round + 1) * per];
             let (n, t) = match &item.proof {
                 Some(proof) => proven_runs(rig, item.name, slice, item.verdict, proof),
-                None => time_runs(rig, item.prog, slice, item.verdict),
+                None => time_runs(rig, item.name, item.prog, slice, item.verdict),
             };
             ns.push(n);
             timer.extend(t);
@@ -239,13 +266,15 @@ fn net_median(item: &[f64], empty: &[f64]) -> f64 {
     median(&mut d)
 }
 
-pub fn run() -> Report {
+pub fn run(opts: &Options) -> Report {
+    let (runs, flows, warm_repeat) = (opts.runs, opts.flows, opts.warm_repeat);
     let sizes = MapSizes {
         flow_table_size: 1 << 18,
         ..SIZES
     };
     let mut rig = Rig::with_sizes("bench", sizes);
-    // Ring: on-link backends of the fixture lab (1-3 IPv4, 4-5 IPv6); every backend's next hop resolves.
+    // Ring: on-link backends of the fixture lab (1-3 IPv4, 4-5 IPv6); every backend's next hop resolves. Each VIP
+    // has backends of its own: a flow entry is used only when its backend belongs to the packet's service.
     let setup = Setup::new(vec![
         VipSpec::new(
             IpAddr::V4(VIP4),
@@ -253,7 +282,7 @@ pub fn run() -> Report {
             IPPROTO_TCP,
             0,
             0,
-            &[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1],
+            &[1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1],
         ),
         VipSpec::new(
             IpAddr::V6(VIP6),
@@ -263,18 +292,11 @@ pub fn run() -> Report {
             0,
             &[4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4],
         ),
-        VipSpec::new(
-            IpAddr::V4(VIP4B),
-            80,
-            IPPROTO_TCP,
-            2,
-            VIP_F_L2DSR,
-            &[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1],
-        ),
+        VipSpec::new(IpAddr::V4(VIP4B), 80, IPPROTO_TCP, 2, VIP_F_L2DSR, &[3; 13]),
     ]);
     rig.apply(&setup);
 
-    let non_vip: Vec<Vec<u8>> = (0..RUNS)
+    let non_vip: Vec<Vec<u8>> = (0..runs)
         .map(|i| {
             pkt(
                 client4(i),
@@ -285,7 +307,7 @@ pub fn run() -> Report {
         })
         .collect();
     let cycle = |make: &dyn Fn(usize) -> Vec<u8>| -> Vec<Vec<u8>> {
-        (0..RUNS).map(|i| make(i % FLOWS)).collect()
+        (0..runs).map(|i| make(i % flows)).collect()
     };
     let est4 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4), TCP_ACK);
     let est6 = |i: usize| pkt(client6(i), sport(i), IpAddr::V6(VIP6), TCP_ACK);
@@ -293,12 +315,16 @@ pub fn run() -> Report {
     // The run-time statistics are on while this descriptor is open, and only then.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     // Warm the flow table (and the next-hop cache) with one packet of each established flow.
-    for make in [&est4 as &dyn Fn(usize) -> Vec<u8>, &est6, &l2] {
-        let warm: Vec<Vec<u8>> = (0..FLOWS).map(make).collect();
-        time_runs(&mut rig, maps::PROG_LB, &warm, lb_common::XDP_TX);
+    for (what, make) in [
+        ("established_v4 warm-up", &est4 as &dyn Fn(usize) -> Vec<u8>),
+        ("established_v6 warm-up", &est6),
+        ("l2dsr_v4 warm-up", &l2),
+    ] {
+        let warm: Vec<Vec<u8>> = (0..flows).map(make).collect();
+        time_runs(&mut rig, what, maps::PROG_LB, &warm, lb_common::XDP_TX);
     }
-    let new4: Vec<Vec<u8>> = (0..RUNS)
-        .map(|i| pkt(client4(i + 7 * FLOWS), sport(i), IpAddr::V4(VIP4), TCP_SYN))
+    let new4: Vec<Vec<u8>> = (0..runs)
+        .map(|i| pkt(client4(i + 7 * flows), sport(i), IpAddr::V4(VIP4), TCP_SYN))
         .collect();
     let (est4_frames, est6_frames, l2_frames) = (cycle(&est4), cycle(&est6), cycle(&l2));
     let lb = |name, frames, verdict, verdict_counter, vip_id, expect_new| Item {
@@ -348,7 +374,7 @@ pub fn run() -> Report {
         ),
         lb("l2dsr_v4", &l2_frames, tx, Counter::Tx, Some(2), false),
     ];
-    let mut measured = interleaved(&mut rig, &items);
+    let mut measured = interleaved(&mut rig, &items, opts.rounds);
     let empty_rounds = measured[0].0.clone();
     let mut timer_median = |i: usize| median(&mut measured[i].1);
     let (empty_timer, floor_timer) = (timer_median(0), timer_median(1));
@@ -366,22 +392,28 @@ pub fn run() -> Report {
 
     // Warm: the same packet again and again. The L2 DSR packet's rewrite (MACs only) keeps it on its path, so the
     // counters must again grow by exactly the number of runs.
-    let warm_empty = warm_ns(&mut rig, maps::PROG_EMPTY, &non_vip[0], lb_common::XDP_PASS);
+    let warm_empty = warm_ns(
+        &mut rig,
+        maps::PROG_EMPTY,
+        &non_vip[0],
+        warm_repeat,
+        XDP_PASS,
+    );
     let warm_floor =
-        warm_ns(&mut rig, maps::PROG_FLOOR, &non_vip[0], lb_common::XDP_TX) - warm_empty;
+        warm_ns(&mut rig, maps::PROG_FLOOR, &non_vip[0], warm_repeat, XDP_TX) - warm_empty;
     let tx0 = counter(&rig, Counter::Tx);
     let pass0 = counter(&rig, Counter::PassNotVip);
     let warm_non_vip =
-        warm_ns(&mut rig, maps::PROG_LB, &non_vip[0], lb_common::XDP_PASS) - warm_empty;
-    let warm_l2 = warm_ns(&mut rig, maps::PROG_LB, &l2(0), lb_common::XDP_TX) - warm_empty;
+        warm_ns(&mut rig, maps::PROG_LB, &non_vip[0], warm_repeat, XDP_PASS) - warm_empty;
+    let warm_l2 = warm_ns(&mut rig, maps::PROG_LB, &l2(0), warm_repeat, XDP_TX) - warm_empty;
     assert_eq!(
         counter(&rig, Counter::PassNotVip) - pass0,
-        u64::from(WARM_REPEAT),
+        u64::from(warm_repeat),
         "warm non_vip path"
     );
     assert_eq!(
         counter(&rig, Counter::Tx) - tx0,
-        u64::from(WARM_REPEAT),
+        u64::from(warm_repeat),
         "warm l2dsr path"
     );
     let warm = vec![

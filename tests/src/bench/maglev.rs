@@ -1,23 +1,48 @@
 //! `bench maglev`: Maglev build time, the kernel memory of the maps for 100 VIPs x 100 backends, and the RSS of a
-//! real lbd serving that config.
+//! real lbd serving that config (the full run; see [`Options`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lab::{ChildGuard, target_binary};
 use crate::netns::{NetNs, veth_pair};
 use lb_common::BackendId;
+use lb_userspace::control::api::{Request, Response};
+use lb_userspace::control::client::Client;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 use lb_userspace::maglev;
 
 use super::median;
 
 const M: u32 = 65537;
-const BUILDS: usize = 7;
-const VIPS: u32 = 100;
-const BACKENDS_PER_VIP: u32 = 100;
+
+/// How much to measure.
+#[derive(Clone, Copy)]
+pub struct Options {
+    /// Builds per backend count; the figure is their median.
+    pub builds: usize,
+    /// The state whose map memory and lbd RSS are measured: this many VIPs with this many backends each.
+    pub vips: u32,
+    pub backends_per_vip: u32,
+}
+
+impl Options {
+    /// What `cargo xtask bench maglev` measures.
+    pub const FULL: Options = Options {
+        builds: 7,
+        vips: 100,
+        backends_per_vip: 100,
+    };
+    /// One build per size and a small state, for the test suite: the figures mean nothing.
+    pub const SMOKE: Options = Options {
+        builds: 1,
+        vips: 10,
+        backends_per_vip: 10,
+    };
+}
 
 pub struct Report {
     pub build_ms: BTreeMap<u32, f64>,
@@ -27,14 +52,14 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-pub fn run() -> Report {
+pub fn run(opts: &Options) -> Report {
     let mut build_ms = BTreeMap::new();
     for n in [10, 100, 1000] {
-        build_ms.insert(n, build_time_ms(n));
+        build_ms.insert(n, build_time_ms(n, opts.builds));
     }
-    let map_bytes = map_bytes();
+    let map_bytes = map_bytes(opts);
     let mut notes = Vec::new();
-    let lbd_rss_bytes = match lbd_rss() {
+    let lbd_rss_bytes = match lbd_rss(opts) {
         Ok(r) => Some(r),
         Err(e) => {
             notes.push(format!("lbd_rss_bytes not measured: {e}"));
@@ -49,7 +74,7 @@ pub fn run() -> Report {
     }
 }
 
-fn build_time_ms(n: u32) -> f64 {
+fn build_time_ms(n: u32, builds: usize) -> f64 {
     let names: Vec<String> = (0..n)
         .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
         .collect();
@@ -58,7 +83,7 @@ fn build_time_ms(n: u32) -> f64 {
         .enumerate()
         .map(|(i, s)| (i as BackendId + 1, 100, s.as_str()))
         .collect();
-    let mut ms: Vec<f64> = (0..BUILDS)
+    let mut ms: Vec<f64> = (0..builds)
         .map(|_| {
             let t = Instant::now();
             let table = std::hint::black_box(maglev::build(&backends, M));
@@ -74,23 +99,25 @@ fn build_time_ms(n: u32) -> f64 {
     median(&mut ms)
 }
 
-fn sizes() -> MapSizes {
+fn sizes(opts: &Options) -> MapSizes {
     MapSizes {
-        max_vips: VIPS,
+        // LB_VIPS also holds each VIP address's fragment-policy entry (address, port 0, protocol), which lbd's
+        // config check does not count against max_vips: with max_vips = VIPs, lbd stops half-way through them.
+        max_vips: 2 * opts.vips,
         // Ids are 1..max_backends: id 0 means "unset".
-        max_backends: VIPS * BACKENDS_PER_VIP + 1,
+        max_backends: opts.vips * opts.backends_per_vip + 1,
         max_ring_size: M,
         ..MapSizes::default()
     }
 }
 
 /// Sums the kernel's `memlock` of every BPF map this process holds: the bench holds only the one Dataplane.
-fn map_bytes() -> u64 {
+fn map_bytes(opts: &Options) -> u64 {
     let dp = Dataplane::load(&LoadOptions {
-        sizes: sizes(),
+        sizes: sizes(opts),
         pin_dir: None,
     })
-    .unwrap_or_else(|e| panic!("loading a Dataplane with {:?}: {e:#}", sizes()));
+    .unwrap_or_else(|e| panic!("loading a Dataplane with {:?}: {e:#}", sizes(opts)));
     let mut total = 0;
     let mut maps = 0;
     for fd in std::fs::read_dir("/proc/self/fdinfo").expect("read /proc/self/fdinfo") {
@@ -114,20 +141,20 @@ fn map_bytes() -> u64 {
     total
 }
 
-/// The lbd config: `VIPS` VIPs with `BACKENDS_PER_VIP` distinct backends each, no health checks (so RSS is the
-/// state, not probe traffic).
-fn config(ifname: &str, pin_dir: &str, sock: &str) -> String {
-    let s = sizes();
+/// The lbd config: `opts.vips` VIPs with `opts.backends_per_vip` distinct backends each, no health checks (so RSS
+/// is the state, not probe traffic).
+fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str) -> String {
+    let s = sizes(opts);
     let mut c = format!(
         "[daemon]\ninterface = \"{ifname}\"\nxdp_mode = \"generic\"\npin_dir = \"{pin_dir}\"\n\
          control_socket = \"{sock}\"\nmetrics_addr = \"127.0.0.1:9100\"\nencap_src_v4 = \"198.18.0.1\"\n\
          max_vips = {}\nmax_backends = {}\nmax_ring_size = {}\n",
         s.max_vips, s.max_backends, s.max_ring_size
     );
-    for v in 0..VIPS {
-        write!(c, "\n[[vip]]\naddress = \"198.19.0.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\nbackends = [\n", v + 1)
+    for v in 0..opts.vips {
+        write!(c, "\n[[vip]]\naddress = \"198.19.0.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\nhealth = {{ kind = \"none\" }}\nbackends = [\n", v + 1)
             .unwrap();
-        for b in 0..BACKENDS_PER_VIP {
+        for b in 0..opts.backends_per_vip {
             writeln!(c, "    {{ address = \"198.18.{}.{}\" }},", v + 1, b + 1).unwrap();
         }
         c.push_str("]\n");
@@ -135,7 +162,7 @@ fn config(ifname: &str, pin_dir: &str, sock: &str) -> String {
     c
 }
 
-fn lbd_rss() -> Result<u64, String> {
+fn lbd_rss(opts: &Options) -> Result<u64, String> {
     let lbd = std::panic::catch_unwind(|| target_binary("lbd"))
         .map_err(|_| "lbd binary not built".to_string())?;
     let pid = std::process::id();
@@ -151,44 +178,74 @@ fn lbd_rss() -> Result<u64, String> {
     let pin_dir = format!("/sys/fs/bpf/lb-bench-{pid}");
     let sock = dir.join("lbd.sock");
     let cfg = dir.join("lbd.toml");
-    std::fs::write(&cfg, config(&ifname, &pin_dir, &sock.to_string_lossy()))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &cfg,
+        config(opts, &ifname, &pin_dir, &sock.to_string_lossy()),
+    )
+    .map_err(|e| e.to_string())?;
     // nsenter keeps this mount namespace, where bpffs is mounted (`ip netns exec` remounts /sys).
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
         .arg(&lbd)
         .arg("--config")
         .arg(&cfg);
-    // lbd logs every VIP it adds; the figures are what this prints.
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    // lbd logs every VIP it adds: to a file, which a failure quotes; the figures are what this prints.
+    let log = dir.join("lbd.log");
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    cmd.stdout(Stdio::null())
+        .stderr(log_file)
+        .env("NO_COLOR", "1");
     let mut child = ChildGuard::spawn(cmd, "lbd");
-    let result = wait_and_measure(&mut child, &sock);
+    let result = wait_and_measure(&mut child, &sock, opts.vips as usize, &log);
     drop(child);
     let _ = std::fs::remove_dir_all(&pin_dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn wait_and_measure(child: &mut ChildGuard, sock: &std::path::Path) -> Result<u64, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sock.exists() {
+/// Waits until lbd serves every VIP of its config, then reads its RSS. The figure stands only if lbd still runs
+/// after the reading: a daemon that is still starting, or failing, does not hold the state being measured.
+fn wait_and_measure(
+    child: &mut ChildGuard,
+    sock: &Path,
+    vips: usize,
+    log: &Path,
+) -> Result<u64, String> {
+    let died = |what: &str| {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        format!(
+            "lbd {what}; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
         if !child.alive() {
-            return Err("lbd exited before opening its control socket".into());
+            return Err(died("exited before serving its config"));
         }
         if Instant::now() > deadline {
-            return Err("lbd did not open its control socket within 60 s".into());
+            return Err(died(&format!("did not serve its {vips} VIPs within 120 s")));
+        }
+        // lbd answers on its control socket only once the whole config is in the maps.
+        if let Ok(mut c) = Client::connect(sock)
+            && let Ok(Response::Status(s)) = c.call(&Request::Status)
+            && s.vips == vips
+        {
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Let it finish programming the maps after the socket appears.
-    std::thread::sleep(Duration::from_secs(2));
     // nsenter execs lbd, so the child pid is lbd's.
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .map_err(|e| format!("lbd exited before it could be measured: {e}"))?;
+        .map_err(|e| died(&format!("could not be measured ({e})")))?;
     let kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or("no VmRSS in /proc/<lbd>/status")?;
+        .ok_or_else(|| died("has no VmRSS in /proc/<lbd>/status"))?;
+    if !child.alive() {
+        return Err(died("exited while it was measured"));
+    }
     Ok(kb * 1024)
 }

@@ -32,7 +32,8 @@ fn main() {
 }
 
 fn maglev(json: bool) {
-    let r = bench::maglev::run();
+    let opts = bench::maglev::Options::FULL;
+    let r = bench::maglev::run(&opts);
     for n in &r.notes {
         eprintln!("lb-bench maglev: {n}");
     }
@@ -54,7 +55,7 @@ fn maglev(json: bool) {
     for (n, ms) in &r.build_ms {
         println!("  {n:>5} backends: {ms:8.2} ms");
     }
-    println!("100 VIPs x 100 backends:");
+    println!("{} VIPs x {} backends:", opts.vips, opts.backends_per_vip);
     println!(
         "  BPF maps (kernel memlock): {:>12} bytes ({:.1} MiB)",
         r.map_bytes,
@@ -70,7 +71,8 @@ fn maglev(json: bool) {
 }
 
 fn dataplane(json: bool) {
-    let r = bench::dataplane::run();
+    let opts = bench::dataplane::Options::FULL;
+    let r = bench::dataplane::run(&opts);
     if json {
         let paths: serde_json::Map<String, serde_json::Value> = r
             .paths
@@ -88,7 +90,7 @@ fn dataplane(json: bool) {
     );
     println!(
         "empty program's figure, median of {} interleaved rounds; the program's counters proved every run took",
-        lb_tests::bench::dataplane::ROUNDS
+        opts.rounds
     );
     println!("its path.");
     println!(
@@ -111,7 +113,7 @@ fn dataplane(json: bool) {
     }
     println!(
         "warm (one packet, {} runs in one call, caches hot; only paths whose rewrite keeps them on their path):",
-        100_000
+        opts.warm_repeat
     );
     let floor = r
         .warm
