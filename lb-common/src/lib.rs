@@ -17,6 +17,7 @@ pub mod csum;
 pub mod hash;
 pub mod lookup;
 pub mod maps;
+pub mod programs;
 pub mod types;
 
 pub use consts::*;

@@ -1,4 +1,4 @@
-//! Names of the maps and programs in the `lb-ebpf` object. Userspace looks maps up, sizes and pins them by these.
+//! Names of the maps in the production object (`lb-ebpf`). Userspace looks maps up, sizes and pins them by these.
 
 /// `HashMap<VipKey, VipMeta>`: the virtual services.
 pub const VIPS: &str = "LB_VIPS";
@@ -6,8 +6,8 @@ pub const VIPS: &str = "LB_VIPS";
 /// packet for a VIP address (dropped) from one for any other address (passed).
 pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 /// `Array<u64>` of `VIP_FILTER_WORDS` words: bit [`crate::hash::vip_filter_bit`] is set for every address that
-/// has an `LB_VIPS` entry. A clear bit proves "not a VIP address" (no entry in `LB_VIPS` nor `LB_VIP_ADDRS`); userspace sets a bit before the first entry of its address
-/// goes in and clears it after the last one goes out.
+/// /// has an `LB_VIPS` entry. A clear bit proves "not a VIP address" (no entry in `LB_VIPS` nor `LB_VIP_ADDRS`);
+/// userspace sets a bit before the first entry of its address goes in and clears it after the last one goes out.
 pub const VIP_FILTER: &str = "LB_VIP_FILTER";
 /// `Array<u32>` of `2 * max_vips * max_ring_size` backend ids: two Maglev ring slots per VIP (double buffer).
 pub const RING: &str = "LB_RING";
@@ -29,8 +29,6 @@ pub const RATE_WINDOWS: &str = "LB_RATE_WINDOWS";
 pub const NEXTHOP_CACHE: &str = "LB_NEXTHOP_CACHE";
 /// `DevMapHash` keyed by ifindex: the interfaces `XDP_REDIRECT` may send to.
 pub const TX_PORTS: &str = "LB_TX_PORTS";
-/// `PerCpuArray<u32>` with one entry: `lb_loadgen`'s frame counter on this CPU.
-pub const LOADGEN_SEQ: &str = "LB_LOADGEN_SEQ";
 /// `HashMap<AddrKey, u32>` for `lb_decap`: VIP addresses this backend serves.
 pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
 /// `HashMap<AddrKey, u32>` for `lb_decap`: this host's own tunnel endpoint addresses.
@@ -38,15 +36,22 @@ pub const DECAP_LOCAL: &str = "LB_DECAP_LOCAL";
 /// `HashMap<AddrKey, u32>` for `lb_decap`: the balancers' encapsulation sources, the only senders it accepts.
 pub const DECAP_FROM: &str = "LB_DECAP_FROM";
 
-/// The balancer program.
-pub const PROG_LB: &str = "lb_xdp";
-/// The backend-side decapsulation program.
-pub const PROG_DECAP: &str = "lb_decap";
-/// A bare `XDP_PASS`, for the peer of a veth that receives native `XDP_TX`/`XDP_REDIRECT` frames.
-pub const PROG_PASS: &str = "lb_pass";
-/// Benchmark floor: parse Ethernet + IPv4, swap MACs, `XDP_TX`.
-pub const PROG_FLOOR: &str = "lb_floor";
-/// Load-test packet generator, run with BPF_PROG_TEST_RUN in live-frames mode; never attached by lbd.
-pub const PROG_LOADGEN: &str = "lb_loadgen";
-/// Benchmark calibration: returns `XDP_PASS` without touching the packet.
-pub const PROG_EMPTY: &str = "lb_empty";
+/// Every map of the production object, in the order they are pinned.
+pub const ALL: &[&str] = &[
+    VIPS,
+    VIP_ADDRS,
+    VIP_FILTER,
+    RING,
+    BACKENDS,
+    FLOWS,
+    CONFIG,
+    COUNTERS,
+    VIP_STATS,
+    BACKEND_STATS,
+    RATE_WINDOWS,
+    NEXTHOP_CACHE,
+    TX_PORTS,
+    DECAP_VIPS,
+    DECAP_LOCAL,
+    DECAP_FROM,
+];

@@ -8,11 +8,11 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB_DECAP_FROM, LB_DECAP_LOCAL, LB_DECAP_VIPS},
-    parse::{
+    headers::{
         ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_MF_OFFSET, Ipv4Hdr, Ipv6FragHdr, Ipv6Hdr,
         frame_len, ptr_at,
     },
+    maps::{LB_DECAP_FROM, LB_DECAP_LOCAL, LB_DECAP_VIPS},
     verdict::{
         DECAP_BAD_SOURCE, DECAP_FRAGMENT, DECAP_MALFORMED, DECAP_NOT_TUNNEL, DECAP_NOT_VIP,
         DECAP_OK, Verdict,

@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Backend, FAMILY_V4, GlobalConfig, IPPROTO_IPIP, IPPROTO_IPV6, NextHop, csum};
 
 use crate::{
-    parse::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_DF, Ipv4Hdr, Ipv6Hdr, ptr_at},
+    headers::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_DF, Ipv4Hdr, Ipv6Hdr, ptr_at},
     verdict::{DROP_ADJUST, DROP_MALFORMED, Verdict},
 };
 

@@ -11,10 +11,11 @@ use lb_common::{
 };
 
 use crate::{
-    parse::{
-        ETH_HLEN, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, L3, Ports, VLAN_HLEN, VlanHdr, frame_len,
-        ptr_at, ptr_within,
+    headers::{
+        ETH_HLEN, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Ports, VLAN_HLEN, VlanHdr, frame_len, ptr_at,
+        ptr_within,
     },
+    parse::L3,
     rate,
     verdict::{
         DROP_ADJUST, DROP_ICMP_RATE_LIMITED, DROP_OVER_MTU, ICMP_ECHO_REPLY, ICMP_TOO_BIG_SENT,

@@ -6,11 +6,14 @@
 //! Live frames recycle their pages without restoring the data, so a frame may hold the port of an earlier run: the
 //! program reads whatever port is there and updates the checksum incrementally from it.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, LOADGEN_PORT_BASE, LOADGEN_PORTS, XDP_TX, csum};
 
-use crate::maps::LB_LOADGEN_SEQ;
-use crate::parse::{ETH_HLEN, ETH_P_IPV4, EthHdr, Ipv4Hdr, Ports, ptr_at};
+use crate::headers::{ETH_HLEN, ETH_P_IPV4, EthHdr, Ipv4Hdr, Ports, ptr_at};
+
+/// This CPU's frame counter (`lb_common::programs::LOADGEN_SEQ`).
+#[map]
+static LB_LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Offsets of the checksum in the TCP and UDP headers.
 const TCP_CHECK_OFF: usize = 16;

@@ -1,6 +1,7 @@
-//! The XDP programs. Each entry point calls a `try_` function and turns its result, success or error, into one
-//! counted verdict; nothing returns `XDP_ABORTED`. Behaviour: docs/dataplane.md, whose steps are the functions
-//! below (`try_lb_xdp` dispatches steps 1 to 5; `transport` runs 5 to 8 for TCP/UDP).
+//! The production object: `lb_xdp` and `lb_decap`, the only programs lbd loads (calibration and lab programs are
+//! in the lab object, lab.rs). Each entry point calls a `try_` function and turns its result, success or error,
+//! into one counted verdict; nothing returns `XDP_ABORTED`. Behaviour: docs/dataplane.md, whose steps are the
+//! functions below (`try_lb_xdp` dispatches steps 1 to 5; `transport` runs 5 to 8 for TCP/UDP).
 #![no_std]
 #![no_main]
 
@@ -8,8 +9,8 @@ mod conntrack;
 mod decap;
 mod encap;
 mod fib;
+mod headers;
 mod icmp;
-mod loadgen;
 mod maps;
 mod parse;
 mod rate;
@@ -21,18 +22,15 @@ mod vip;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
     Backend, BackendId, Counter, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, RateLimit, VIP_F_FRAG_HASH3, VIP_F_L2DSR, VipMeta, XDP_DROP,
-    XDP_PASS, XDP_TX, hash::flow_hash,
+    IPPROTO_TCP, IPPROTO_UDP, RateLimit, VIP_F_FRAG_HASH3, VIP_F_L2DSR, VipMeta, hash::flow_hash,
 };
 
 use crate::{
     conntrack::Lookup,
+    headers::{Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, frame_len, ptr_within},
     icmp::Message,
     maps::LB_CONFIG,
-    parse::{
-        EthHdr, L3, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, frame_len, ptr_at,
-        ptr_within,
-    },
+    parse::L3,
     stats::VipCounters,
     verdict::{
         DROP_FRAGMENT, DROP_MALFORMED, DROP_NO_BACKEND, PASS_NOT_VIP, Unbalanced, Verdict, finish,
@@ -51,41 +49,6 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     finish(decap::try_lb_decap(&ctx))
-}
-
-/// A bare `XDP_PASS` for veth peers that receive native `XDP_TX`/`XDP_REDIRECT` frames.
-#[xdp]
-pub fn lb_pass(_ctx: XdpContext) -> u32 {
-    XDP_PASS
-}
-
-/// Benchmark calibration: nothing but the program call.
-#[xdp]
-pub fn lb_empty(_ctx: XdpContext) -> u32 {
-    XDP_PASS
-}
-
-/// Load-test generator (see loadgen.rs): next source port, `XDP_TX`; anything else is dropped.
-#[xdp]
-pub fn lb_loadgen(ctx: XdpContext) -> u32 {
-    loadgen::try_lb_loadgen(&ctx).unwrap_or(XDP_DROP)
-}
-
-/// Benchmark floor: the least a forwarding program does (parse Ethernet + IPv4, swap MACs, `XDP_TX`).
-#[xdp]
-pub fn lb_floor(ctx: XdpContext) -> u32 {
-    try_lb_floor(&ctx).unwrap_or(XDP_PASS)
-}
-
-#[inline(always)]
-fn try_lb_floor(ctx: &XdpContext) -> Option<u32> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    if unsafe { (*eth).proto } != parse::ETH_P_IPV4 {
-        return None;
-    }
-    ptr_at::<parse::Ipv4Hdr>(ctx, parse::ETH_HLEN)?;
-    unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
-    Some(XDP_TX)
 }
 
 #[inline(always)]

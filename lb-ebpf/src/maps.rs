@@ -1,4 +1,4 @@
-//! Every map of the object, named exactly as `lb_common::maps`. The sizes here are defaults only: the loader
+//! Every map of the production object, named exactly as `lb_common::maps`. The sizes here are defaults only: the loader
 //! overrides `max_entries` from the daemon's config before the maps are created.
 
 use aya_ebpf::{
@@ -70,6 +70,3 @@ pub static LB_DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(16,
 /// Balancers a backend accepts tunnels from: a fleet's worth.
 #[map]
 pub static LB_DECAP_FROM: HashMap<AddrKey, u32> = HashMap::with_max_entries(256, 0);
-
-#[map]
-pub static LB_LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

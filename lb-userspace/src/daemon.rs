@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use lb_common::{
     BACKEND_F_ACTIVE, Backend, BackendId, CFG_F_ICMP_TOO_BIG, GlobalConfig, VIP_F_FRAG_ONLY,
-    VipKey, VipMeta, addr_words, maps,
+    VipKey, VipMeta, addr_words, programs,
 };
 use tracing::{debug, info, warn};
 
@@ -86,16 +86,17 @@ impl Daemon {
         let mut dp = Dataplane::load(&LoadOptions {
             sizes: sizes(&config),
             pin_dir: Some(d.pin_dir.clone()),
+            programs: &[programs::LB],
         })
         .context("loading the dataplane")?;
         let attachment = attach::attach_pinned(
-            dp.xdp(maps::PROG_LB)?,
-            maps::PROG_LB,
+            dp.xdp(programs::LB)?,
+            programs::LB,
             &d.interface,
             d.xdp_mode,
             &d.pin_dir,
         )
-        .with_context(|| format!("attaching {} to {}", maps::PROG_LB, d.interface))?;
+        .with_context(|| format!("attaching {} to {}", programs::LB, d.interface))?;
         dp.add_tx_port(ifindex)
             .context("adding the interface to LB_TX_PORTS")?;
         for sysctl in attach::forwarding_disabled(&d.interface) {
@@ -226,13 +227,13 @@ impl Daemon {
         }
         // The pinned link still names the old device: attach_pinned finds it defunct and attaches afresh.
         self.attachment = attach::attach_pinned(
-            self.dp.xdp(maps::PROG_LB)?,
-            maps::PROG_LB,
+            self.dp.xdp(programs::LB)?,
+            programs::LB,
             &d.interface,
             d.xdp_mode,
             &d.pin_dir,
         )
-        .with_context(|| format!("attaching {} to {} again", maps::PROG_LB, d.interface))?;
+        .with_context(|| format!("attaching {} to {} again", programs::LB, d.interface))?;
         self.dp
             .add_tx_port(now)
             .context("adding the interface to LB_TX_PORTS")?;
@@ -483,7 +484,7 @@ impl Daemon {
 
 /// `lbd --detach`: works without a running daemon (and without loading anything).
 pub fn detach_all(interface: &str, pin_dir: &Path) -> Result<()> {
-    if !attach::detach_pinned(maps::PROG_LB, interface, pin_dir)? {
+    if !attach::detach_pinned(programs::LB, interface, pin_dir)? {
         warn!(interface, pin_dir = %pin_dir.display(), "no pinned link found; nothing was attached by lbd");
     }
     attach::remove_pins(pin_dir)

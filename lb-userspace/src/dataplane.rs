@@ -17,39 +17,13 @@ use lb_common::{
     maps,
 };
 
-/// The compiled `lb-ebpf` object, built by `build.rs` through aya-build.
+/// The production object (`lb_xdp`, `lb_decap`), built by `build.rs` through aya-build.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
-/// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: &[&str] = &[
-    maps::VIPS,
-    maps::VIP_ADDRS,
-    maps::VIP_FILTER,
-    maps::RING,
-    maps::BACKENDS,
-    maps::FLOWS,
-    maps::CONFIG,
-    maps::COUNTERS,
-    maps::VIP_STATS,
-    maps::BACKEND_STATS,
-    maps::RATE_WINDOWS,
-    maps::NEXTHOP_CACHE,
-    maps::TX_PORTS,
-    maps::DECAP_VIPS,
-    maps::DECAP_LOCAL,
-    maps::DECAP_FROM,
-    maps::LOADGEN_SEQ,
-];
-
-/// Every program of the object.
-pub const ALL_PROGRAMS: &[&str] = &[
-    maps::PROG_LB,
-    maps::PROG_DECAP,
-    maps::PROG_PASS,
-    maps::PROG_FLOOR,
-    maps::PROG_EMPTY,
-    maps::PROG_LOADGEN,
-];
+/// Where this build put the lab object (`lb-lab-ebpf`: calibration and test programs, `lb_common::programs::LAB`).
+/// Only tests, benchmarks and load tests load it, from this build's directory; lbd embeds and loads only
+/// [`EBPF_OBJECT`].
+pub const LAB_OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/lb-lab-ebpf");
 
 /// Word `index` of the `LB_VIP_FILTER` that covers exactly the addresses of `keys`.
 fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
@@ -114,6 +88,9 @@ pub struct LoadOptions {
     /// Pin every map at `pin_dir/<map name>`; an existing pin is adopted (reused with its contents) instead of
     /// creating a new map. `None`: the maps live as long as this process (and attached programs).
     pub pin_dir: Option<PathBuf>,
+    /// The programs to load (`lb_common::programs`): the verifier runs only for these. lbd needs `lb_xdp`,
+    /// `lbd decap` `lb_decap`; none at all gives the maps alone.
+    pub programs: &'static [&'static str],
 }
 
 /// The loaded object: all programs verified and loaded (none attached), all maps created or adopted.
@@ -134,7 +111,7 @@ impl std::fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the object and every program into the kernel (the verifier runs here); attaches nothing.
+    /// Creates (or adopts) the maps and loads the requested programs (the verifier runs here); attaches nothing.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
         let s = opts.sizes;
         ensure!(
@@ -156,14 +133,14 @@ impl Dataplane {
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating map pin directory {}", dir.display()))?;
-            for name in ALL_MAPS {
+            for name in maps::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the lb-ebpf object (map creation)")?;
-        for name in ALL_PROGRAMS {
+        for name in opts.programs {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -216,7 +193,7 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// One of the loaded XDP programs by name (`lb_common::maps::PROG_*`).
+    /// One of the loaded XDP programs by name (`lb_common::programs`).
     pub fn xdp(&mut self, prog: &str) -> Result<&mut Xdp> {
         self.ebpf
             .program_mut(prog)

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use lb_common::{AddrKey, maps};
+use lb_common::{AddrKey, programs};
 use tracing::info;
 
 use crate::attach;
@@ -14,7 +14,8 @@ use crate::dataplane::{Dataplane, LoadOptions, MapSizes};
 
 pub const DEFAULT_DECAP_PIN_DIR: &str = "/sys/fs/bpf/lb-decap";
 
-/// The decap program needs only its two small maps; the balancer maps are created at their minimum size.
+/// The decap program needs only its own small maps; the balancer maps (created with the object) get their minimum
+/// size.
 fn sizes() -> MapSizes {
     MapSizes {
         max_vips: 64,
@@ -60,6 +61,7 @@ pub fn attach(spec: &DecapSpec) -> Result<()> {
     let mut dp = Dataplane::load(&LoadOptions {
         sizes: sizes(),
         pin_dir: Some(pin_dir.to_path_buf()),
+        programs: &[programs::DECAP],
     })
     .context("loading the dataplane")?;
     for v in vips {
@@ -75,8 +77,8 @@ pub fn attach(spec: &DecapSpec) -> Result<()> {
             .with_context(|| format!("adding balancer address {f}"))?;
     }
     let how = attach::attach_pinned(
-        dp.xdp(maps::PROG_DECAP)?,
-        maps::PROG_DECAP,
+        dp.xdp(programs::DECAP)?,
+        programs::DECAP,
         iface,
         mode,
         pin_dir,
@@ -86,7 +88,7 @@ pub fn attach(spec: &DecapSpec) -> Result<()> {
 }
 
 pub fn detach(iface: &str, pin_dir: &Path) -> Result<()> {
-    attach::detach_pinned(maps::PROG_DECAP, iface, pin_dir)?;
+    attach::detach_pinned(programs::DECAP, iface, pin_dir)?;
     attach::remove_pins(pin_dir)
 }
 

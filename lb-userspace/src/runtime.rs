@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use lb_common::{Counter, maps};
+use lb_common::{Counter, programs};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -189,7 +189,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     } else {
         info!(
             "exiting; {} stays attached and keeps forwarding with the current maps",
-            maps::PROG_LB
+            programs::LB
         );
     }
     Ok(())

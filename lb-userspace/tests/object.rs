@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::{Counter, XDP_PASS, maps};
-use lb_userspace::dataplane::{ALL_PROGRAMS, Dataplane, LoadOptions, MapSizes};
+use lb_common::{Counter, XDP_PASS, maps, programs};
+use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 
 fn small() -> LoadOptions {
     LoadOptions {
@@ -20,6 +20,7 @@ fn small() -> LoadOptions {
             max_ring_size: 13,
         },
         pin_dir: None,
+        programs: programs::PRODUCTION,
     }
 }
 
@@ -38,10 +39,32 @@ fn every_program_passes_the_verifier() {
         return;
     }
     let mut dp = Dataplane::load(&small()).unwrap_or_else(|e| panic!("loading the object: {e:?}"));
-    for name in ALL_PROGRAMS {
+    for name in programs::PRODUCTION {
         let prog = dp.xdp(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(prog.fd().is_ok(), "{name} is not loaded");
     }
+}
+
+/// The production object carries lb_xdp and lb_decap and nothing else (the calibration and lab programs live in the
+/// lab object, which lbd never loads), and loading only some programs verifies only those.
+#[test]
+fn the_production_object_holds_only_the_balancer_and_decap() {
+    if !is_root() {
+        return;
+    }
+    let mut dp = Dataplane::load(&LoadOptions {
+        programs: &[programs::DECAP],
+        ..small()
+    })
+    .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
+    let mut names: Vec<&str> = dp.ebpf().programs().map(|(name, _)| name).collect();
+    names.sort();
+    assert_eq!(names, ["lb_decap", "lb_xdp"]);
+    assert!(dp.xdp(programs::DECAP).unwrap().fd().is_ok());
+    assert!(
+        dp.xdp(programs::LB).unwrap().fd().is_err(),
+        "lb_xdp was loaded (verified) though only lb_decap was asked for"
+    );
 }
 
 /// `/sys/fs/bpf/lbt-<tag>-<pid>-0` (the lab's naming, so a killed run's leftovers are removed by the next lab),
@@ -83,6 +106,7 @@ fn the_kernel_creates_each_map_with_the_configured_entries() {
     // the one being built) of max_ring_size entries each.
     for (map, want) in [
         (maps::VIPS, 4),
+        (maps::VIP_ADDRS, 4),
         (maps::VIP_STATS, 4),
         (maps::DECAP_VIPS, 4),
         (maps::RING, 2 * 4 * 13),
@@ -130,6 +154,7 @@ fn unusable_sizes_are_refused_before_anything_is_created() {
         let err = Dataplane::load(&LoadOptions {
             sizes,
             pin_dir: Some(pin_dir.clone()),
+            programs: programs::PRODUCTION,
         })
         .expect_err(&format!("{sizes:?} accepted"));
         let msg = format!("{err:#}");
@@ -159,7 +184,7 @@ fn arp_frame_is_passed_and_counted() {
         0x02, 0, 0, 0, 0, 1, 198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 198, 18, 0, 2,
     ]);
     let res = dp
-        .xdp(maps::PROG_LB)
+        .xdp(programs::LB)
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(&frame),

@@ -782,9 +782,9 @@ pub fn run(opts: Options) -> Report {
         }
         let f = gen_.frame();
         let prog = if i % 5 == 4 {
-            maps::PROG_DECAP
+            programs::DECAP
         } else {
-            maps::PROG_LB
+            programs::LB
         };
         report.packets += 1;
         if let Some(e) = one_packet(&mut rig, prog, &f, seg == Segment::Churn, &mut report) {

@@ -13,6 +13,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_common::*;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 
+use crate::lab_programs::LabPrograms;
 use crate::model::{ModelState, Outcome, Route, action_name};
 use crate::netns::{NetNs, NsEnterGuard, veth_pair};
 use crate::packets::{field_at, hex, verify_checksums};
@@ -340,7 +341,7 @@ impl Pkt {
         };
         Pkt {
             name: name.into(),
-            prog: maps::PROG_LB,
+            prog: programs::LB,
             input,
             action,
             counter,
@@ -365,7 +366,7 @@ impl Pkt {
         }
     }
     pub fn decap(mut self) -> Pkt {
-        self.prog = maps::PROG_DECAP;
+        self.prog = programs::DECAP;
         self
     }
     pub fn info(mut self, c: Counter) -> Pkt {
@@ -443,6 +444,8 @@ pub struct KernelRun {
 /// leaves the namespace, then the namespaces are deleted.
 pub struct Rig {
     pub dp: Dataplane,
+    /// The calibration programs, for benchmarks that time them beside `lb_xdp`.
+    pub lab_programs: LabPrograms,
     _in_ns: NsEnterGuard,
     pub lab: Lab,
     pub model: ModelState,
@@ -490,8 +493,10 @@ impl Rig {
         let mut dp = Dataplane::load(&LoadOptions {
             sizes,
             pin_dir: None,
+            programs: programs::PRODUCTION,
         })
         .unwrap_or_else(|e| panic!("loading the dataplane object: {e:#}"));
+        let lab_programs = LabPrograms::load().unwrap_or_else(|e| panic!("{e:#}"));
         dp.add_tx_port(lab.if_other)
             .expect("add lb1 to LB_TX_PORTS");
         dp.add_tx_port(lab.if_in).expect("add lb0 to LB_TX_PORTS");
@@ -507,6 +512,7 @@ impl Rig {
         let model = Setup::new(Vec::new()).model(lab.if_in, lab.if_other);
         Rig {
             dp,
+            lab_programs,
             _in_ns: in_ns,
             lab,
             model,
@@ -687,6 +693,15 @@ impl Rig {
             .unwrap_or_else(|e| panic!("write {map}[{index}]: {e}"));
     }
 
+    /// A program of either object by name.
+    pub fn xdp(&mut self, prog: &str) -> anyhow::Result<&mut aya::programs::Xdp> {
+        if programs::PRODUCTION.contains(&prog) {
+            self.dp.xdp(prog)
+        } else {
+            self.lab_programs.xdp(prog)
+        }
+    }
+
     /// Runs `frame` through program `prog` with BPF_PROG_TEST_RUN; `Err` when the kernel refuses the run.
     pub fn test_run(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
         self.last_seen = None;
@@ -696,7 +711,7 @@ impl Rig {
     fn run_program(&mut self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
         let ctx = xdp_md(frame.len(), self.lab.if_in);
         let mut out = vec![0u8; frame.len() + 1024];
-        let xdp = self.dp.xdp(prog).map_err(|e| format!("{e:#}"))?;
+        let xdp = self.xdp(prog).map_err(|e| format!("{e:#}"))?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -756,7 +771,7 @@ impl Rig {
     /// The model on one packet, with its counter deltas.
     pub fn model_run(&mut self, prog: &str, frame: &[u8]) -> (Outcome, Vec<(Counter, u64)>) {
         let c0 = self.model.counters.clone();
-        let o = if prog == maps::PROG_DECAP {
+        let o = if prog == programs::DECAP {
             self.model.lb_decap(frame)
         } else {
             self.model.lb_xdp(frame)
@@ -968,7 +983,7 @@ pub fn check_model(cases: &[Case]) -> Vec<String> {
                 Step::Config(cfg) => m.config = *cfg,
                 Step::Packet(p) => {
                     let c0 = m.counters.clone();
-                    let mut o = if p.prog == maps::PROG_DECAP {
+                    let mut o = if p.prog == programs::DECAP {
                         m.lb_decap(&p.input)
                     } else {
                         m.lb_xdp(&p.input)

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use lb_common::AddrKey;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 
+use crate::lab_programs::LabPrograms;
 use crate::netns::{self, NetNs, veth_pair};
 use crate::pki::LabPki;
 
@@ -89,7 +90,7 @@ pub struct LabBackend {
 pub struct Lab {
     // Field order is drop order: processes and programs go before the namespaces they live in.
     pub backends: Vec<LabBackend>,
-    _pass: Dataplane,
+    _pass: LabPrograms,
     pub clients: Vec<LabHost>,
     pub balancer: LabHost,
     pub switch: NetNs,
@@ -133,13 +134,9 @@ impl Lab {
         balancer.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
 
         // Native XDP_TX out of the balancer's veth is dropped unless the peer runs an XDP program too.
-        let mut pass = Dataplane::load(&LoadOptions {
-            sizes: small_sizes(),
-            pin_dir: None,
-        })
-        .expect("load the eBPF object for lb_pass");
+        let mut pass = LabPrograms::load().expect("load the lab object for lb_pass");
         switch.run(|| {
-            let prog = pass.xdp(lb_common::maps::PROG_PASS).expect("lb_pass");
+            let prog = pass.xdp(lb_common::programs::PASS).expect("lb_pass");
             prog.attach("p-lb", aya::programs::XdpMode::Driver)
                 .expect("attach lb_pass (native) to the balancer's switch port");
         });
@@ -317,7 +314,7 @@ pub fn backend_switch_ports() -> String {
 /// The lab's config as shipped (the demo runs exactly this, with paths made private to the run).
 pub const LAB_CONFIG: &str = include_str!("../../config/lab.toml");
 
-/// Map sizes for helper programs that only need the object loaded (lb_pass, lb_decap, the load generator).
+/// Map sizes for the backends' lb_decap, which needs the production object but not its balancer maps.
 pub fn small_sizes() -> MapSizes {
     MapSizes {
         max_vips: 4,
@@ -333,6 +330,7 @@ fn attach_decap(host: &LabHost) -> Dataplane {
     let mut dp = Dataplane::load(&LoadOptions {
         sizes: small_sizes(),
         pin_dir: None,
+        programs: &[lb_common::programs::DECAP],
     })
     .expect("load the eBPF object for lb_decap");
     for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
@@ -348,7 +346,7 @@ fn attach_decap(host: &LabHost) -> Dataplane {
             .expect("LB_DECAP_FROM");
     }
     host.ns.run(|| {
-        let prog = dp.xdp(lb_common::maps::PROG_DECAP).expect("lb_decap");
+        let prog = dp.xdp(lb_common::programs::DECAP).expect("lb_decap");
         prog.attach(HOST_IF, aya::programs::XdpMode::Driver)
             .expect("attach lb_decap (native) to the backend's port");
     });

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod differential;
 pub mod fixtures;
 pub mod lab;
+pub mod lab_programs;
 pub mod loadtest;
 pub mod model;
 pub mod netns;

@@ -2111,7 +2111,7 @@ fn vip_filter() {
     let verdict = |rig: &mut Rig, ip: &Ip| {
         let c0 = rig.dp.counters().unwrap();
         let (action, _) = rig
-            .test_run(maps::PROG_LB, &frame(&l2in(), &ip.bytes()))
+            .test_run(programs::LB, &frame(&l2in(), &ip.bytes()))
             .unwrap();
         let c1 = rig.dp.counters().unwrap();
         let moved: Vec<Counter> = c0
@@ -2229,7 +2229,7 @@ fn nexthop_cache_remembers_failures() {
     rig.apply(&Setup::new(vec![web_with(&[9; 7])]));
     let syn = frame(&l2in(), &tcp4(40000, VIP4, 80, TCP_SYN).bytes());
     let before = monotonic_ns();
-    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    let k = rig.kernel(programs::LB, &syn).expect("test run");
     assert_eq!(
         (k.action, k.counters.clone()),
         (XDP_DROP, vec![(Counter::DropNoRoute, 1)]),
@@ -2256,7 +2256,7 @@ fn nexthop_cache_remembers_failures() {
             ..nh
         },
     );
-    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    let k = rig.kernel(programs::LB, &syn).expect("test run");
     assert_eq!(
         (k.action, k.counters.clone()),
         (XDP_DROP, vec![(Counter::DropNoRoute, 1)]),
@@ -2271,7 +2271,7 @@ fn nexthop_cache_remembers_failures() {
             ..nh
         },
     );
-    let k = rig.kernel(maps::PROG_LB, &syn).expect("test run");
+    let k = rig.kernel(programs::LB, &syn).expect("test run");
     assert_eq!(
         (k.action, k.counters.clone(), k.backend),
         (XDP_TX, vec![(Counter::Tx, 1)], Some(9)),

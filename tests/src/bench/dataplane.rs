@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, XDP_PASS, XDP_TX, maps};
+use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, XDP_PASS, XDP_TX, programs};
 use lb_userspace::dataplane::MapSizes;
 
 use crate::fixtures::{CLIENT_MAC, LB0_MAC, Rig, SIZES, Setup, VIP4, VIP4B, VIP6, VipSpec, xdp_md};
@@ -66,7 +66,7 @@ pub struct Report {
 /// In-program ns per run of `prog` over `repeat` runs of one packet (kernel run-time statistics).
 fn warm_ns(rig: &mut Rig, prog: &str, frame: &[u8], repeat: u32, want: u32) -> f64 {
     let ifindex = rig.lab.if_in;
-    let xdp = rig.dp.xdp(prog).expect("program");
+    let xdp = rig.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
     let (ns, ()) = program_ns(xdp, prog, u64::from(repeat), |xdp| {
         run_checked(xdp, prog, frame, ifindex, repeat, want, &mut out);
@@ -162,7 +162,7 @@ fn time_runs(
     want: u32,
 ) -> (f64, Vec<f64>) {
     let ifindex = rig.lab.if_in;
-    let xdp = rig.dp.xdp(prog).expect("program");
+    let xdp = rig.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
     program_ns(xdp, prog, frames.len() as u64, |xdp| {
         frames
@@ -211,7 +211,7 @@ fn proven_runs(
     let v0 = proof
         .vip_id
         .map(|id| rig.dp.vip_stats(id).expect("vip stats"));
-    let measured = time_runs(rig, name, maps::PROG_LB, frames, verdict);
+    let measured = time_runs(rig, name, programs::LB, frames, verdict);
     let n = frames.len() as u64;
     let dc = counter(rig, proof.verdict_counter) - c0;
     assert_eq!(
@@ -321,7 +321,7 @@ pub fn run(opts: &Options) -> Report {
         ("l2dsr_v4 warm-up", &l2),
     ] {
         let warm: Vec<Vec<u8>> = (0..flows).map(make).collect();
-        time_runs(&mut rig, what, maps::PROG_LB, &warm, lb_common::XDP_TX);
+        time_runs(&mut rig, what, programs::LB, &warm, lb_common::XDP_TX);
     }
     let new4: Vec<Vec<u8>> = (0..runs)
         .map(|i| pkt(client4(i + 7 * flows), sport(i), IpAddr::V4(VIP4), TCP_SYN))
@@ -329,7 +329,7 @@ pub fn run(opts: &Options) -> Report {
     let (est4_frames, est6_frames, l2_frames) = (cycle(&est4), cycle(&est6), cycle(&l2));
     let lb = |name, frames, verdict, verdict_counter, vip_id, expect_new| Item {
         name,
-        prog: maps::PROG_LB,
+        prog: programs::LB,
         frames,
         verdict,
         proof: Some(Proof {
@@ -342,14 +342,14 @@ pub fn run(opts: &Options) -> Report {
     let items = [
         Item {
             name: "empty",
-            prog: maps::PROG_EMPTY,
+            prog: programs::EMPTY,
             frames: &non_vip,
             verdict: pass,
             proof: None,
         },
         Item {
             name: "floor",
-            prog: maps::PROG_FLOOR,
+            prog: programs::FLOOR,
             frames: &non_vip,
             verdict: tx,
             proof: None,
@@ -394,18 +394,18 @@ pub fn run(opts: &Options) -> Report {
     // counters must again grow by exactly the number of runs.
     let warm_empty = warm_ns(
         &mut rig,
-        maps::PROG_EMPTY,
+        programs::EMPTY,
         &non_vip[0],
         warm_repeat,
         XDP_PASS,
     );
     let warm_floor =
-        warm_ns(&mut rig, maps::PROG_FLOOR, &non_vip[0], warm_repeat, XDP_TX) - warm_empty;
+        warm_ns(&mut rig, programs::FLOOR, &non_vip[0], warm_repeat, XDP_TX) - warm_empty;
     let tx0 = counter(&rig, Counter::Tx);
     let pass0 = counter(&rig, Counter::PassNotVip);
     let warm_non_vip =
-        warm_ns(&mut rig, maps::PROG_LB, &non_vip[0], warm_repeat, XDP_PASS) - warm_empty;
-    let warm_l2 = warm_ns(&mut rig, maps::PROG_LB, &l2(0), warm_repeat, XDP_TX) - warm_empty;
+        warm_ns(&mut rig, programs::LB, &non_vip[0], warm_repeat, XDP_PASS) - warm_empty;
+    let warm_l2 = warm_ns(&mut rig, programs::LB, &l2(0), warm_repeat, XDP_TX) - warm_empty;
     assert_eq!(
         counter(&rig, Counter::PassNotVip) - pass0,
         u64::from(warm_repeat),

@@ -11,10 +11,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::lab_programs::LabPrograms;
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
-use lb_common::{LOADGEN_PORT_BASE, LOADGEN_PORTS, maps};
-use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use lb_common::{LOADGEN_PORT_BASE, LOADGEN_PORTS, programs};
 
 use super::measure::{ProgStats, run_bounded, xdp_prog_id};
 use super::results::PpsRun;
@@ -267,7 +267,7 @@ pub fn trafgen(
 /// The live-frames generator: `lb_loadgen` run in the client namespace with its ingress set to the client's port;
 /// each `XDP_TX` leaves through that port for real.
 pub struct LiveGen {
-    dp: Dataplane,
+    lab_programs: LabPrograms,
     template: Vec<u8>,
     ifindex: u32,
 }
@@ -277,15 +277,11 @@ const LIVE_CHUNK: u32 = 1 << 16;
 
 impl LiveGen {
     pub fn new(lab: &Lab, traffic: Traffic) -> Result<LiveGen> {
-        let mut dp = Dataplane::load(&LoadOptions {
-            sizes: lab::small_sizes(),
-            pin_dir: None,
-        })
-        .context("load the eBPF object for lb_loadgen")?;
+        let mut lab_programs = LabPrograms::load()?;
         // veth transmits an XDP frame only when its peer runs XDP (it queues to the peer's NAPI).
         let port = lab::client_switch_port(0);
         lab.switch.run(|| -> Result<()> {
-            let pass = dp.xdp(maps::PROG_PASS)?;
+            let pass = lab_programs.xdp(programs::PASS)?;
             pass.attach(&port, XdpMode::Driver)
                 .with_context(|| format!("attach lb_pass to {port} (the client's switch port)"))?;
             Ok(())
@@ -314,7 +310,7 @@ impl LiveGen {
         );
         let ifindex = client.ns.ifindex(HOST_IF);
         Ok(LiveGen {
-            dp,
+            lab_programs,
             template,
             ifindex,
         })
@@ -331,7 +327,7 @@ impl LiveGen {
         let client = lab.client();
         let template = self.template.clone();
         let ifindex = self.ifindex;
-        let prog = self.dp.xdp(maps::PROG_LOADGEN)?;
+        let prog = self.lab_programs.xdp(programs::LOADGEN)?;
         measure(lab, sinks, program, "live-frames", traffic, || {
             let info0 = prog.info()?;
             let ctx = xdp_md(template.len(), ifindex);
@@ -366,23 +362,22 @@ impl LiveGen {
 
 /// `lb_floor` attached (native) to the balancer's port while this lives; lbd must have detached lb_xdp.
 pub struct Floor {
-    _dp: Dataplane,
+    _lab_programs: LabPrograms,
 }
 
 impl Floor {
     pub fn attach(lab: &Lab) -> Result<Floor> {
-        let mut dp = Dataplane::load(&LoadOptions {
-            sizes: lab::small_sizes(),
-            pin_dir: None,
-        })
-        .context("load the eBPF object for lb_floor")?;
+        let mut lab_programs = LabPrograms::load()?;
         lab.balancer.ns.run(|| -> Result<()> {
-            dp.xdp(maps::PROG_FLOOR)?
+            lab_programs
+                .xdp(programs::FLOOR)?
                 .attach(HOST_IF, XdpMode::Driver)
                 .context("attach lb_floor to the balancer's port")?;
             Ok(())
         })?;
-        Ok(Floor { _dp: dp })
+        Ok(Floor {
+            _lab_programs: lab_programs,
+        })
     }
 }
 
