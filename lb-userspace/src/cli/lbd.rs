@@ -1,0 +1,65 @@
+//! `lbd`'s command line.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::XdpMode;
+use crate::decap;
+
+#[derive(Parser)]
+#[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
+pub struct Cli {
+    /// The TOML config.
+    #[arg(long, short, default_value = "/etc/lbd/lbd.toml")]
+    pub config: PathBuf,
+    /// Validate the config and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Remove the program, its pinned link and the pinned maps of the config's interface and pin_dir, then exit.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Attach lb_decap on a backend: IP-in-IP packets for the VIPs are decapsulated before the stack sees them.
+    /// The program stays attached (pinned) after this command exits.
+    Decap {
+        #[arg(long)]
+        iface: String,
+        /// VIP addresses this backend serves.
+        #[arg(long = "vip", required_unless_present = "detach", num_args = 1..)]
+        vips: Vec<IpAddr>,
+        /// This host's tunnel endpoint addresses (default: the interface's addresses).
+        #[arg(long = "local", num_args = 1..)]
+        locals: Vec<IpAddr>,
+        #[arg(long, default_value = decap::DEFAULT_DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: Mode,
+        /// Remove lb_decap from the interface instead.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Native,
+    Generic,
+    Auto,
+}
+
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> XdpMode {
+        match m {
+            Mode::Native => XdpMode::Native,
+            Mode::Generic => XdpMode::Generic,
+            Mode::Auto => XdpMode::Auto,
+        }
+    }
+}
