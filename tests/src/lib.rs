@@ -10,5 +10,7 @@ pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod pki;
+pub mod promql;
+pub mod scrape;
 pub mod servers;
 pub mod traffic;
