@@ -8,7 +8,17 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::DEFAULT_CONTROL_SOCKET;
 
 #[derive(Parser)]
-#[command(name = "lbctl", version, about = "Control the lbd XDP load balancer")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Control the lbd XDP load balancer",
+    long_about = "Control the lbd XDP load balancer.\n\n\
+        A thin client of lbd's control socket (--socket, default /run/lbd/lbd.sock, mode 0600: run it as root). \
+        Human tables by default; --json prints the daemon's typed answers. Runtime edits (vip add, backend ...) \
+        last until the next reload from the config file.\n\n\
+        Exit status: 0 ok, 1 refused by the daemon or an invalid config, 2 usage, 3 the daemon is not reachable. \
+        See lbd(8)."
+)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]

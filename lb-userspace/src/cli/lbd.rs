@@ -9,7 +9,20 @@ use crate::config::XdpMode;
 use crate::decap;
 
 #[derive(Parser)]
-#[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
+#[command(
+    name = "lbd",
+    version,
+    about = "XDP L4 load balancer daemon",
+    long_about = "XDP L4 load balancer daemon.\n\n\
+        lbd validates the whole config before it touches anything, loads lb_xdp and attaches it to daemon.interface, \
+        pins the program link and the maps under daemon.pin_dir, installs each VIP's Maglev ring, health-checks the \
+        backends, answers lbctl on daemon.control_socket and serves Prometheus metrics on daemon.metrics_addr.\n\n\
+        SIGHUP (systemctl reload lbd) re-reads the config and applies only what changed; an invalid file is \
+        reported and the running state kept. SIGTERM, a crash or an upgrade leave lb_xdp forwarding on the pinned \
+        state, which the next lbd adopts; --detach removes it.\n\n\
+        Files: /etc/lbd/lbd.toml (the config), /run/lbd/lbd.sock (lbctl's socket), /sys/fs/bpf/lb (the pins). \
+        See lbctl(8)."
+)]
 pub struct Cli {
     /// The TOML config.
     #[arg(long, short, default_value = "/etc/lbd/lbd.toml")]
