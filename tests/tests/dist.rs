@@ -34,21 +34,22 @@ struct Package {
 impl Package {
     fn build(dir: &Path) -> Package {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        // --no-setup: the suite runs after `cargo xtask setup`, which installs cargo-deb and dpkg-dev.
-        run_cmd(
-            Command::new(cargo)
-                .current_dir(workspace())
-                .args(["xtask", "dist", "--no-setup", "--output"])
-                .arg(dir),
-        );
-        let debs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .expect("read the output directory")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-            .collect();
-        assert_eq!(debs.len(), 1, "one package in {}: {debs:?}", dir.display());
+        // --no-setup: the suite runs after `cargo xtask setup`, which installs cargo-deb and dpkg-dev. The package
+        // goes where `cargo xtask dist` always puts it: cargo-deb deletes lbd_*.deb there on every run anyway.
+        let out = run_cmd(Command::new(cargo).current_dir(workspace()).args([
+            "xtask",
+            "dist",
+            "--no-setup",
+        ]));
+        let deb = out
+            .lines()
+            .rev()
+            .find(|l| l.ends_with(".deb"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("cargo xtask dist named no .deb:\n{out}"));
+        assert!(deb.is_file(), "{}", deb.display());
         let p = Package {
-            deb: debs[0].clone(),
+            deb,
             control: dir.join("DEBIAN"),
             root: dir.join("root"),
         };
