@@ -4,6 +4,7 @@
 pub mod dataplane;
 
 pub mod attach;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lb_userspace::config::Config;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 
@@ -125,6 +126,31 @@ impl Lbd {
         argv.extend_from_slice(args);
         let mut cmd: Command = lab.balancer_command(&argv);
         cmd.output().unwrap_or_else(|e| panic!("run lbctl: {e}"))
+    }
+
+    /// The body of `GET /metrics` from the config's `metrics_addr`, asked inside the balancer's namespace where lbd
+    /// listens; panics unless the answer is 200.
+    pub fn metrics(&self, lab: &Lab) -> String {
+        let addr = Config::load(&self.config)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()))
+            .daemon
+            .metrics_addr;
+        let response = lab.balancer.ns.run(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connect to /metrics at {addr}: {e}"));
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            let mut response = String::new();
+            s.read_to_string(&mut response).expect("read /metrics");
+            response
+        });
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
+            _ => panic!("GET /metrics at {addr}:\n{response}"),
+        }
     }
 
     /// Health table rows of `backend` (one per VIP that uses it).

@@ -14,5 +14,7 @@ pub mod nft_counters;
 pub mod packets;
 pub mod pinned;
 pub mod pki;
+pub mod promql;
+pub mod scrape;
 pub mod servers;
 pub mod traffic;

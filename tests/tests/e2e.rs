@@ -769,19 +769,8 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     lbctl_json(&lab, &lbd, &["reload"]);
 
     // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9100 in the balancer's namespace).
-    let metrics = lab.balancer.ns.run(|| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9100").expect("connect to /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read /metrics");
-        body
-    });
+    let metrics = lbd.metrics(&lab);
     for needle in [
-        "200 OK",
         "lb_verdicts_total",
         "pass_not_vip",
         "lb_backend_up",

@@ -31,16 +31,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         phase(&format!("bench {what}"));
     }
     // The maglev bench measures a real lbd, found next to lb-bench in target/release.
-    let mut build = cmd::cargo();
-    build.current_dir(cmd::workspace_root()).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "lb-userspace",
-        "--bins",
-    ]);
-    cmd::exec_for(&mut build, args.json, false)?;
+    cmd::exec_for(cmd::release_bins(&[]).arg("--quiet"), args.json, false)?;
     let mut c = cmd::cargo();
     c.current_dir(cmd::workspace_root()).args([
         "run",

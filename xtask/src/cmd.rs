@@ -65,3 +65,22 @@ pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
+
+/// Where cargo puts build products: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `cargo build --release --bins -p lb-userspace [-p PACKAGE...]` in the workspace: lbd and lbctl, which the demo,
+/// the benchmarks, the load tests and the package take from target/release.
+pub fn release_bins(more: &[&str]) -> Command {
+    let mut c = cargo();
+    c.current_dir(workspace_root())
+        .args(["build", "--release", "--bins", "-p", "lb-userspace"]);
+    for p in more {
+        c.args(["-p", p]);
+    }
+    c
+}

@@ -10,13 +10,7 @@ pub fn run(args: &[String]) -> Result<()> {
     setup::run()?;
     // lbd and lbctl are started by the lab from the target dir.
     phase("build lbd + lbctl (release)");
-    exec(cmd::cargo().current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "lb-userspace",
-        "--bins",
-    ]))?;
+    exec(&mut cmd::release_bins(&[]))?;
     phase("demo");
     exec(
         cmd::cargo()

@@ -19,10 +19,7 @@ pub struct LoadtestArgs {
 
 pub fn run(args: &LoadtestArgs) -> Result<()> {
     let root = cmd::workspace_root();
-    let out_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("loadtest");
+    let out_dir = cmd::target_dir().join("loadtest");
     let json = args.json;
     if json {
         // setup prints its progress on stdout, which --json keeps for the JSON: run it as a child with stdout muted.
@@ -35,19 +32,7 @@ pub fn run(args: &LoadtestArgs) -> Result<()> {
         setup::run()?;
         phase("build lbd, lbctl, lb-lab, lb-loadtest (release)");
     }
-    cmd::exec_for(
-        cmd::cargo().current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "lb-userspace",
-            "-p",
-            "lb-tests",
-            "--bins",
-        ]),
-        json,
-        false,
-    )?;
+    cmd::exec_for(&mut cmd::release_bins(&["lb-tests"]), json, false)?;
     if !json {
         phase("loadtest");
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod dist;
 mod fuzz;
 mod loadtest;
 mod setup;
@@ -39,6 +40,9 @@ enum Task {
     /// Load tests on the lab: packet rate (trafgen, live frames), wrk through this balancer, HAProxy and nftables,
     /// iperf3; Markdown + JSON + PNG under target/loadtest/.
     Loadtest(loadtest::LoadtestArgs),
+    /// The Debian package (cargo-deb): lbd, lbctl, systemd unit, /etc/lbd/lbd.toml, man pages, completions,
+    /// Grafana dashboard and Prometheus alert rules.
+    Dist(dist::DistArgs),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Loadtest(args) => loadtest::run(&args),
+        Task::Dist(args) => dist::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -24,7 +24,12 @@ const LOADTEST_PACKAGES: &[&str] = &[
     "nftables",
     "fonts-dejavu-core",
 ];
+/// What `cargo xtask dist` and its test use: dpkg-shlibdeps (cargo-deb's `$auto` dependencies), systemd-analyze (to
+/// verify the packaged unit), and zsh and fish (to check the packaged completions; bash is always there).
+const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "systemd", "zsh", "fish"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deb builds the .deb (`cargo xtask dist`); 3.8 needs rustc 1.85.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// aya-build runs `rustup run <this>`; lb-userspace/build.rs names it.
 const TOOLCHAIN_NAME: &str = "debian-rustc";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -36,12 +41,14 @@ pub fn run() -> Result<()> {
     apt.ensure(RUST_PACKAGES.iter().chain(RUNTIME_PACKAGES))?;
     // HAProxy and iperf3 ship services; the load test runs its own instances in namespaces, never these.
     no_service_starts(|| apt.ensure(LOADTEST_PACKAGES))?;
+    no_service_starts(|| apt.ensure(PACKAGING_PACKAGES))?;
     // The LLVM that bpf-linker links must be the one Debian's rustc emits bitcode for; ask the compiler.
     let llvm = llvm_major()?;
     println!("setup: Debian rustc uses LLVM {llvm}");
     apt.ensure(&[format!("llvm-{llvm}-dev")])?;
     link_toolchain()?;
     bpf_linker(llvm)?;
+    cargo_deb()?;
     nextest();
     bpffs()?;
     println!("setup: done");
@@ -148,31 +155,53 @@ fn link_toolchain() -> Result<()> {
 }
 
 fn bpf_linker(llvm: u32) -> Result<()> {
-    let want = format!("bpf-linker {BPF_LINKER_VERSION}");
-    if let Some(v) = probe(Command::new("bpf-linker").arg("--version")) {
+    cargo_tool(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        Command::new("bpf-linker").arg("--version"),
+        |c| {
+            println!(
+                "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about 75 s on 2 cores)"
+            );
+            c.env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")).args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm}"),
+            ]);
+        },
+    )
+}
+
+fn cargo_deb() -> Result<()> {
+    cargo_tool(
+        "cargo-deb",
+        CARGO_DEB_VERSION,
+        cmd::cargo().args(["deb", "--version"]),
+        |_| {
+            println!("setup: building cargo-deb {CARGO_DEB_VERSION} (about a minute on 2 cores)");
+        },
+    )
+}
+
+/// `cargo install --locked NAME@VERSION`, adjusted by `adjust`, unless `probe` prints exactly `NAME VERSION`.
+fn cargo_tool(
+    name: &str,
+    version: &str,
+    probe_cmd: &mut Command,
+    adjust: impl FnOnce(&mut Command),
+) -> Result<()> {
+    let want = format!("{name} {version}");
+    if let Some(v) = probe(probe_cmd) {
         if v == want {
             println!("setup: {v} present");
             return Ok(());
         }
         println!("setup: found `{v}`, need {want}");
     }
-    println!(
-        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about 75 s on 2 cores)"
-    );
-    exec(
-        cmd::cargo()
-            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
-            .args([
-                "install",
-                "--locked",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{llvm}"),
-            ]),
-    )
+    let mut install = cmd::cargo();
+    install.args(["install", "--locked", &format!("{name}@{version}")]);
+    adjust(&mut install);
+    exec(&mut install)
 }
 
 fn nextest() {

@@ -1,16 +1,9 @@
 //! `lbctl flows`.
 
-use clap::Args;
+use lb_userspace::cli::lbctl::FlowsArgs;
 use lb_userspace::control::{Request, Response};
 
 use crate::{Ctx, output, unexpected};
-
-#[derive(Args)]
-pub struct FlowsArgs {
-    /// At most this many entries (the table can hold millions).
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
-}
 
 pub fn run(ctx: &Ctx, args: FlowsArgs) -> anyhow::Result<()> {
     let flows = match ctx.call(&Request::Flows { limit: args.limit })? {

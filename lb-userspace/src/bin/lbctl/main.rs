@@ -15,48 +15,9 @@ mod vip;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use lb_userspace::cli::lbctl::{Cli, Command};
 use lb_userspace::control::{Client, ClientError, Request, Response};
-
-#[derive(Parser)]
-#[command(name = "lbctl", version, about = "Control the lbd XDP load balancer")]
-struct Cli {
-    /// The daemon's control socket.
-    #[arg(long, global = true, default_value = lb_userspace::config::DEFAULT_CONTROL_SOCKET)]
-    socket: PathBuf,
-    /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Daemon status: interface, XDP mode, uptime, counts.
-    Status,
-    /// List, add or delete VIPs.
-    #[command(subcommand)]
-    Vip(vip::VipCmd),
-    /// Add, delete, drain or reweight a VIP's backends.
-    #[command(subcommand)]
-    Backend(backend::BackendCmd),
-    /// Health-check table: state, last result, latency, consecutive counts.
-    Health,
-    /// Per-VIP and per-backend counters with rates (sampled twice over --interval).
-    Stats(stats::StatsArgs),
-    /// Entries of the live flow table.
-    Flows(flows::FlowsArgs),
-    /// Which backend a flow would reach, from the live maps.
-    Simulate(simulate::SimulateArgs),
-    /// Re-read the daemon's config file and apply the difference.
-    Reload,
-    /// Config file tools.
-    #[command(subcommand)]
-    Config(config::ConfigCmd),
-    /// Stop lbd (the XDP program keeps forwarding unless --detach).
-    Shutdown(reload::ShutdownArgs),
-}
 
 /// What every subcommand needs: where the daemon is and how to print.
 pub struct Ctx {

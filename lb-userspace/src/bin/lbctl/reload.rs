@@ -1,16 +1,9 @@
 //! `lbctl status`, `reload` and `shutdown`: the daemon lifecycle.
 
-use clap::Args;
+use lb_userspace::cli::lbctl::ShutdownArgs;
 use lb_userspace::control::{Request, Response};
 
 use crate::{Ctx, output, unexpected};
-
-#[derive(Args)]
-pub struct ShutdownArgs {
-    /// Also detach the XDP program (otherwise it keeps forwarding with the pinned maps).
-    #[arg(long)]
-    detach: bool,
-}
 
 pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
     let s = match ctx.call(&Request::Status)? {

@@ -1,22 +1,12 @@
 //! `lbctl simulate <proto> <src> <sport> <dst> <dport>`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use clap::Args;
+use lb_userspace::cli::lbctl::SimulateArgs;
 use lb_userspace::control::api::{FiveTuple, parse_proto};
 use lb_userspace::control::{Request, Response};
 
 use crate::{Ctx, output, unexpected};
-
-#[derive(Args)]
-pub struct SimulateArgs {
-    /// tcp or udp
-    proto: String,
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-}
 
 pub fn proto_name(p: u8) -> String {
     lb_userspace::config::Protocol::from_number(p)

@@ -3,19 +3,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use lb_userspace::cli::lbctl::StatsArgs;
 use lb_userspace::control::api::Stats;
 use lb_userspace::control::{Request, Response};
 use serde::Serialize;
 
 use crate::{Ctx, output, unexpected};
-
-#[derive(Args)]
-pub struct StatsArgs {
-    /// Seconds between the two samples (0: totals only, no rates).
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-}
 
 #[derive(Serialize)]
 struct Rate {

@@ -1,38 +1,11 @@
 //! `lbctl vip list|add|del`.
 
-use clap::Subcommand;
+use lb_userspace::cli::lbctl::VipCmd;
 use lb_userspace::control::api::{BackendSpec, VipSpec, parse_vip};
 use lb_userspace::control::{Request, Response};
 use lb_userspace::health::CheckSpec;
 
 use crate::{Ctx, output, unexpected};
-
-#[derive(Subcommand)]
-pub enum VipCmd {
-    /// VIPs with their backends, weights, health and ring shares.
-    List,
-    /// Add a VIP (validated like a `[[vip]]` config entry).
-    Add {
-        /// ADDR:PORT/PROTO, e.g. 198.18.0.10:80/tcp or [fd00::10]:53/udp (port 0 = every port).
-        vip: String,
-        /// Forwarding mode: ipip (default) or l2dsr.
-        #[arg(long)]
-        mode: Option<String>,
-        #[arg(long)]
-        ring_size: Option<u32>,
-        /// Fragment policy: drop (default) or hash3.
-        #[arg(long)]
-        fragments: Option<String>,
-        /// A backend as ADDR or ADDR=WEIGHT; repeat for more.
-        #[arg(long = "backend")]
-        backends: Vec<String>,
-        /// Health check as TOML inline-table fields, e.g. 'kind = "http", path = "/healthz"'.
-        #[arg(long)]
-        health: Option<String>,
-    },
-    /// Delete a VIP (its flows stop being balanced at once).
-    Del { vip: String },
-}
 
 pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
     match cmd {
