@@ -95,16 +95,12 @@ fn fragment(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
     let hash = flow_hash(&key);
     let cfg = config()?;
     let (id, be) = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-    forward(
-        ctx,
-        l3,
-        &meta,
-        cfg,
+    let to = Chosen {
         id,
-        &be,
-        FlowHash::known(&key, hash),
-        len,
-    )
+        be,
+        hash: FlowHash::known(&key, hash),
+    };
+    forward(ctx, l3, &meta, cfg, to, len)
 }
 
 /// Step 4: echo requests to a VIP address are answered, too-big errors about a VIP flow steered.
@@ -144,16 +140,12 @@ fn too_big(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
         Some(p) => p,
         None => select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?,
     };
-    forward(
-        ctx,
-        l3,
-        &meta,
-        cfg,
+    let to = Chosen {
         id,
-        &be,
-        FlowHash::known(&key, hash),
-        len,
-    )
+        be,
+        hash: FlowHash::known(&key, hash),
+    };
+    forward(ctx, l3, &meta, cfg, to, len)
 }
 
 /// Steps 5 to 8 for TCP and UDP.
@@ -169,17 +161,8 @@ fn transport(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
     let vip_counters = VipCounters::packet(meta.vip_id, len);
     let cfg = config()?;
     let key = l3.flow_key(sport, dport);
-    let (id, be, hash) = choose_backend(&key, &meta, cfg, new_connection, &vip_counters)?;
-    forward(
-        ctx,
-        l3,
-        &meta,
-        cfg,
-        id,
-        &be,
-        FlowHash { key: &key, hash },
-        len,
-    )
+    let to = choose_backend(&key, &meta, cfg, new_connection, &vip_counters)?;
+    forward(ctx, l3, &meta, cfg, to, len)
 }
 
 /// Step 5, once the service is known: the whole TCP/UDP header lies before the IP end. Returns whether the
@@ -199,24 +182,29 @@ fn l4_header(ctx: &XdpContext, l3: &L3) -> Result<bool, Verdict> {
     Ok(flags == TCP_SYN)
 }
 
-/// Step 7: the backend of a TCP/UDP packet, and its flow hash when one was computed (an established flow needs
+/// Step 7: the backend of a TCP/UDP packet, with its flow hash when one was computed (an established flow needs
 /// none unless it is encapsulated in IPv6, for the flow label: `forward` computes it then).
 #[inline(always)]
-fn choose_backend(
-    key: &FlowKey,
+fn choose_backend<'a>(
+    key: &'a FlowKey,
     meta: &VipMeta,
     cfg: &GlobalConfig,
     new_connection: bool,
     vip_counters: &VipCounters,
-) -> Result<(BackendId, Backend, Option<u32>), Verdict> {
+) -> Result<Chosen<'a>, Verdict> {
+    let chosen = |(id, be), hash| Chosen {
+        id,
+        be,
+        hash: FlowHash { key, hash },
+    };
     if meta.flags & VIP_F_FRAG_HASH3 != 0 {
         let hash = flow_hash(&key.three_tuple());
-        let (id, be) = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return Ok((id, be, Some(hash)));
+        let picked = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
+        return Ok(chosen(picked, Some(hash)));
     }
     if !new_connection {
         match conntrack::lookup(key, meta) {
-            Lookup::Hit(id, be) => return Ok((id, be, None)),
+            Lookup::Hit(id, be) => return Ok(chosen((id, be), None)),
             Lookup::Miss => vip_counters.lru_miss(),
             Lookup::Unusable => {}
         }
@@ -229,7 +217,14 @@ fn choose_backend(
     } else {
         stats::count(Counter::NewFlowCapped);
     }
-    Ok((id, be, Some(hash)))
+    Ok(chosen((id, be), Some(hash)))
+}
+
+/// The backend a packet goes to: its id, its entry, and the flow's hash (for an IPv6 outer header's label).
+struct Chosen<'a> {
+    id: BackendId,
+    be: Backend,
+    hash: FlowHash<'a>,
 }
 
 /// A flow's hash, or the key to compute it from when it is first needed.
@@ -258,20 +253,16 @@ impl<'a> FlowHash<'a> {
 
 /// Step 8: encapsulate or rewrite MACs, route, and pick `XDP_TX` or a redirect.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined into four call sites; a struct would only rename the same values"
-)]
 fn forward(
     ctx: &XdpContext,
     l3: &L3,
     meta: &VipMeta,
     cfg: &GlobalConfig,
-    id: BackendId,
-    be: &Backend,
-    hash: FlowHash,
+    to: Chosen,
     len: u64,
 ) -> Result<Verdict, Verdict> {
+    let Chosen { id, be, hash } = to;
+    let be = &be;
     stats::backend_packet(id, len);
     if meta.flags & VIP_F_L2DSR != 0 {
         if be.family != l3.family {

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use aya::programs::Xdp;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{Xdp, XdpMode};
 use tracing::{info, warn};
 
-use crate::config::XdpMode as ConfigMode;
+use crate::config::XdpMode;
 
 /// The pinned link of `program` on `interface` (one per interface and program, so `lb_xdp` and `lb_decap` on
 /// different interfaces can share a pin directory).
@@ -41,7 +41,7 @@ pub fn attach_pinned(
     prog: &mut Xdp,
     program: &str,
     interface: &str,
-    mode: ConfigMode,
+    mode: XdpMode,
     pin_dir: &Path,
 ) -> Result<Attachment> {
     std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
@@ -68,22 +68,22 @@ pub fn attach_pinned(
     }
 
     let (id, how) = match mode {
-        ConfigMode::Native => (
-            prog.attach(interface, XdpMode::Driver)
+        XdpMode::Native => (
+            prog.attach(interface, aya::programs::XdpMode::Driver)
                 .context("native XDP attach")?,
             Attachment::Native,
         ),
-        ConfigMode::Generic => (
-            prog.attach(interface, XdpMode::Skb)
+        XdpMode::Generic => (
+            prog.attach(interface, aya::programs::XdpMode::Skb)
                 .context("generic XDP attach")?,
             Attachment::Generic,
         ),
-        ConfigMode::Auto => match prog.attach(interface, XdpMode::Driver) {
+        XdpMode::Auto => match prog.attach(interface, aya::programs::XdpMode::Driver) {
             Ok(id) => (id, Attachment::Native),
             Err(e) => {
                 warn!(interface, error = %e, "native XDP attach failed; falling back to generic (slower) mode");
                 (
-                    prog.attach(interface, XdpMode::Skb)
+                    prog.attach(interface, aya::programs::XdpMode::Skb)
                         .context("generic XDP attach")?,
                     Attachment::Generic,
                 )

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use lb_common::{
     BACKEND_F_ACTIVE, Backend, BackendId, CFG_F_ICMP_TOO_BIG, GlobalConfig, VIP_F_FRAG_ONLY,
-    VipKey, VipMeta, addr_words, programs,
+    VipMeta, addr_words, programs,
 };
 use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
 use crate::config::{Config, VipAddr};
-use crate::dataplane::{Dataplane, LoadOptions, MapSizes};
+use crate::dataplane::{Dataplane, LoadOptions};
 use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, diff};
 
 pub struct Daemon {
@@ -42,20 +42,6 @@ pub struct Daemon {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
-}
-
-fn vip_key(k: &VipAddr) -> VipKey {
-    VipKey::new(k.address, k.port, k.protocol)
-}
-
-fn sizes(c: &Config) -> MapSizes {
-    let s = c.daemon.sizes;
-    MapSizes {
-        max_vips: s.max_vips,
-        max_backends: s.max_backends,
-        flow_table_size: s.flow_table_size,
-        max_ring_size: s.max_ring_size,
-    }
 }
 
 fn global_config(c: &Config) -> GlobalConfig {
@@ -84,7 +70,7 @@ impl Daemon {
         let d = &config.daemon;
         let ifindex = attach::ifindex(&d.interface)?;
         let mut dp = Dataplane::load(&LoadOptions {
-            sizes: sizes(&config),
+            sizes: config.daemon.sizes,
             pin_dir: Some(d.pin_dir.clone()),
             programs: &[programs::LB],
         })
@@ -130,7 +116,7 @@ impl Daemon {
         // switch to what is most likely the same table) and remove what the config no longer has.
         let old = DesiredState::default();
         let d = diff(&old, &new);
-        daemon.apply(&old, new, &d)?;
+        daemon.apply(new, &d)?;
         daemon.remove_stale()?;
         info!(vips = daemon.state.vips.len(), attachment = %daemon.attachment, "lbd running");
         Ok(daemon)
@@ -328,7 +314,7 @@ impl Daemon {
                 .get(&k.0)
                 .is_some_and(|v| v.backends.contains_key(&k.1))
         });
-        if let Err(e) = self.apply(&old, new, &d) {
+        if let Err(e) = self.apply(new, &d) {
             bail!("applying the reload failed part-way (maps may mix old and new state): {e:#}");
         }
         Ok(d)
@@ -345,12 +331,12 @@ impl Daemon {
         Backend::new(addr, self.state.vips[vip].id, flags)
     }
 
-    fn apply(&mut self, old: &DesiredState, new: DesiredState, d: &Diff) -> Result<()> {
+    fn apply(&mut self, new: DesiredState, d: &Diff) -> Result<()> {
         self.dp.set_config(&global_config(&self.config))?;
         self.state = new;
         for (k, _, backend_ids) in &d.vips_removed {
             self.dp
-                .remove_vip(&vip_key(k))
+                .remove_vip(&k.key())
                 .with_context(|| format!("removing VIP {k}"))?;
             self.metas.remove(k);
             for id in backend_ids {
@@ -359,7 +345,7 @@ impl Daemon {
             info!(vip = %k, "VIP removed");
         }
         for k in &d.frag_only_removed {
-            self.dp.remove_vip(&vip_key(k))?;
+            self.dp.remove_vip(&k.key())?;
         }
         for k in &d.vips_added {
             let v = self.state.vips[k].clone();
@@ -394,7 +380,6 @@ impl Daemon {
         for k in &d.frag_only_set {
             self.write_frag_only(k)?;
         }
-        let _ = old;
         Ok(())
     }
 
@@ -410,7 +395,7 @@ impl Daemon {
         };
         let new_meta = self
             .dp
-            .install_ring(&vip_key(k), meta, &ring)
+            .install_ring(&k.key(), meta, &ring)
             .with_context(|| format!("installing the ring of {k}"))?;
         self.metas.insert(*k, new_meta);
         self.ring_builds += 1;
@@ -438,7 +423,7 @@ impl Daemon {
             ..*meta
         };
         self.dp
-            .upsert_vip(&vip_key(wild), &meta)
+            .upsert_vip(&wild.key(), &meta)
             .with_context(|| format!("writing the fragment entry {wild}"))
     }
 

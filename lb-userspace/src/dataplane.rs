@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::Xdp,
 };
 use lb_common::{
-    AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig,
-    RING_SLOTS_PER_VIP, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats, consts, hash::vip_filter_bit,
-    maps,
+    AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig, NextHop,
+    RING_SLOTS_PER_VIP, RateLimit, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipStats, consts,
+    hash::vip_filter_bit, maps,
 };
 
 /// The production object (`lb_xdp`, `lb_decap`), built by `build.rs` through aya-build.
@@ -42,8 +42,8 @@ fn address_of(k: &VipKey) -> AddrKey {
     }
 }
 
-/// The configurable map sizes (`max_entries`), fixed at load time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The configurable map sizes (`max_entries`), fixed at load time: `daemon.max_vips` and friends in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MapSizes {
     /// Entries of `LB_VIPS`, `LB_VIP_ADDRS`, `LB_VIP_STATS` and `LB_DECAP_VIPS`; VIP ids are `0..max_vips`.
     pub max_vips: u32,
@@ -183,14 +183,14 @@ impl Dataplane {
         &self.sizes
     }
 
-    /// The loaded object, read-only (tests read per-CPU state through it).
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// The names of the object's programs, loaded or not.
+    pub fn program_names(&self) -> Vec<&str> {
+        self.ebpf.programs().map(|(name, _)| name).collect()
     }
 
-    /// Escape hatch for attaching programs and setting up aya-log.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The aya-log reader of the loaded programs' log records (an error when the object logs nothing).
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error> {
+        aya_log::EbpfLogger::init(&mut self.ebpf)
     }
 
     /// One of the loaded XDP programs by name (`lb_common::programs`).
@@ -465,6 +465,54 @@ impl Dataplane {
                     .with_context(|| format!("reading {}[{i}]", maps::RING))
             })
             .collect()
+    }
+
+    /// Takes `ifindex` out of the redirect targets (a missing one is fine).
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = DevMapHash::try_from(self.map_mut(maps::TX_PORTS)?)
+            .with_context(|| format!("map {}", maps::TX_PORTS))?;
+        match m.remove(ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e)
+                .with_context(|| format!("removing ifindex {ifindex} from {}", maps::TX_PORTS)),
+        }
+    }
+
+    /// Each CPU's `LB_NEXTHOP_CACHE[id]`.
+    pub fn nexthops(&self, id: BackendId) -> Result<Vec<NextHop>> {
+        self.check_backend_id(id)?;
+        let v = self
+            .percpu::<NextHop>(maps::NEXTHOP_CACHE)?
+            .get(&id, 0)
+            .with_context(|| format!("reading {}[{id}]", maps::NEXTHOP_CACHE))?;
+        Ok(v.iter().copied().collect())
+    }
+
+    /// Writes `LB_NEXTHOP_CACHE[id]` on every CPU (0 is allowed: it is never used, which tests rely on).
+    pub fn set_nexthop(&mut self, id: BackendId, nh: &NextHop) -> Result<()> {
+        self.set_every_cpu(maps::NEXTHOP_CACHE, id, *nh)
+    }
+
+    /// Writes `LB_RATE_WINDOWS[limit]` on every CPU.
+    pub fn set_rate_window(&mut self, limit: RateLimit, w: &RateWindow) -> Result<()> {
+        self.set_every_cpu(maps::RATE_WINDOWS, limit as u32, *w)
+    }
+
+    /// Overwrites one word of `LB_VIP_FILTER` without regard to `LB_VIPS`: for tests proving the program reads
+    /// the filter. Anything else keeps the filter with [`Dataplane::upsert_vip`] and [`Dataplane::remove_vip`].
+    pub fn overwrite_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+        self.write_filter_word(index, |_| word)
+    }
+
+    fn set_every_cpu<V: aya::Pod>(&mut self, name: &str, index: u32, v: V) -> Result<()> {
+        let ncpu = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let mut arr = PerCpuArray::<_, V>::try_from(self.map_mut(name)?)
+            .with_context(|| format!("map {name}"))?;
+        let values = PerCpuValues::try_from(vec![v; ncpu]).context("per-CPU values")?;
+        arr.set(index, values, 0)
+            .with_context(|| format!("writing {name}[{index}]"))
     }
 
     /// Lets `lb_xdp` redirect to `ifindex` (an egress interface other than the ingress one).

@@ -9,9 +9,9 @@ use lb_common::hash::flow_hash;
 use lb_common::lookup::{flow_entry_usable, ring_index, service};
 use lb_common::{BACKEND_ID_NONE, FlowKey, VIP_F_FRAG_HASH3, VipKey, VipMeta, addr_words};
 
-use crate::config::VipAddr;
 use crate::control::api::{FiveTuple, SimulateResult};
 use crate::dataplane::Dataplane;
+use crate::service::VipAddr;
 
 /// The backend a non-SYN packet of `flow` would reach now (a TCP SYN skips the flow table; that case is the ring
 /// answer, given in `note` when the flow table answered).

@@ -57,7 +57,7 @@ fn the_production_object_holds_only_the_balancer_and_decap() {
         ..small()
     })
     .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
-    let mut names: Vec<&str> = dp.ebpf().programs().map(|(name, _)| name).collect();
+    let mut names = dp.program_names();
     names.sort();
     assert_eq!(names, ["lb_decap", "lb_xdp"]);
     assert!(dp.xdp(programs::DECAP).unwrap().fd().is_ok());

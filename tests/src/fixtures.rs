@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{PerCpuArray, PerCpuValues};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::*;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
@@ -554,17 +553,9 @@ impl Rig {
         }
         let other = self.lab.if_other;
         if setup.no_redirect_port {
-            let map = self
-                .dp
-                .ebpf_mut()
-                .map_mut(maps::TX_PORTS)
-                .expect("LB_TX_PORTS");
-            let mut ports =
-                aya::maps::DevMapHash::try_from(map).expect("LB_TX_PORTS as DevMapHash");
-            match ports.remove(other) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => panic!("removing {other} from LB_TX_PORTS: {e}"),
-            }
+            self.dp
+                .remove_tx_port(other)
+                .expect("remove lb1 from LB_TX_PORTS");
         } else {
             self.dp.add_tx_port(other).expect("add lb1 to LB_TX_PORTS");
         }
@@ -587,7 +578,9 @@ impl Rig {
             } else {
                 monotonic_ns() + valid_ns
             };
-            self.set_percpu(maps::NEXTHOP_CACHE, *id, NextHop { expires_ns, ..nh });
+            self.dp
+                .set_nexthop(*id, &NextHop { expires_ns, ..nh })
+                .expect("plant a next hop");
         }
         for w in &setup.windows {
             let now = monotonic_ns();
@@ -600,7 +593,9 @@ impl Rig {
                 window_start_ns,
                 count: w.count,
             };
-            self.set_percpu(maps::RATE_WINDOWS, w.limit as u32, window);
+            self.dp
+                .set_rate_window(w.limit, &window)
+                .expect("set a rate window");
         }
         self.model = setup.model(self.lab.if_in, other);
     }
@@ -643,11 +638,15 @@ impl Rig {
 
     /// Zeroes the next-hop cache (so a case never sees a previous case's answer) and the rate windows.
     fn reset_percpu(&mut self) {
-        for id in 0..SIZES.max_backends {
-            self.set_percpu(maps::NEXTHOP_CACHE, id, NextHop::default());
+        for id in 1..SIZES.max_backends {
+            self.dp
+                .set_nexthop(id, &NextHop::default())
+                .expect("clear a next hop");
         }
-        for limit in 0..RATE_LIMIT_COUNT {
-            self.set_percpu(maps::RATE_WINDOWS, limit, RateWindow::default());
+        for limit in [RateLimit::NewFlows, RateLimit::IcmpAnswers] {
+            self.dp
+                .set_rate_window(limit, &RateWindow::default())
+                .expect("clear a rate window");
         }
     }
 
@@ -658,39 +657,15 @@ impl Rig {
             window_start_ns: monotonic_ns() + FROZEN_NS,
             count,
         };
-        self.set_percpu(maps::RATE_WINDOWS, limit as u32, window);
+        self.dp
+            .set_rate_window(limit, &window)
+            .expect("set a rate window");
         self.model.window_count[limit as usize] = count;
     }
 
     /// This CPU's `LB_NEXTHOP_CACHE[id]` (the test thread is pinned to CPU 0).
     pub fn nexthop(&self, id: BackendId) -> NextHop {
-        let arr: PerCpuArray<_, NextHop> = PerCpuArray::try_from(
-            self.dp
-                .ebpf()
-                .map(maps::NEXTHOP_CACHE)
-                .expect("LB_NEXTHOP_CACHE"),
-        )
-        .expect("LB_NEXTHOP_CACHE as PerCpuArray");
-        arr.get(&id, 0).expect("read LB_NEXTHOP_CACHE")[0]
-    }
-
-    /// Writes `LB_NEXTHOP_CACHE[id]` on every CPU.
-    pub fn plant_nexthop(&mut self, id: BackendId, nh: NextHop) {
-        self.set_percpu(maps::NEXTHOP_CACHE, id, nh);
-    }
-
-    fn set_percpu<V: aya::Pod>(&mut self, map: &str, index: u32, v: V) {
-        let ncpu = aya::util::nr_cpus().expect("nr_cpus");
-        let mut arr: PerCpuArray<_, V> = PerCpuArray::try_from(
-            self.dp
-                .ebpf_mut()
-                .map_mut(map)
-                .unwrap_or_else(|| panic!("map {map}")),
-        )
-        .unwrap_or_else(|e| panic!("{map} as PerCpuArray: {e}"));
-        let values = PerCpuValues::try_from(vec![v; ncpu]).expect("per-cpu values");
-        arr.set(index, values, 0)
-            .unwrap_or_else(|e| panic!("write {map}[{index}]: {e}"));
+        self.dp.nexthops(id).expect("read LB_NEXTHOP_CACHE")[0]
     }
 
     /// A program of either object by name.

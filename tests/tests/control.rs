@@ -55,9 +55,9 @@ impl Handler for Fake {
             Request::VipList => Response::Vips(vec![VipInfo {
                 vip,
                 id: 0,
-                mode: "ipip".into(),
+                mode: lb_userspace::config::Mode::Ipip,
                 ring_size: 65537,
-                fragments: "drop".into(),
+                fragments: lb_userspace::config::FragmentPolicy::Drop,
                 backends: vec![BackendInfo {
                     address: backend,
                     id: 1,

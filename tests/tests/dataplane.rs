@@ -2162,11 +2162,7 @@ fn vip_filter() {
 
     // The program reads the filter: with VIP4's word cleared behind userspace's back, its packets are not seen.
     let index = bit_of(v4(VIP4)) / 64;
-    {
-        let map = rig.dp.ebpf_mut().map_mut(maps::VIP_FILTER).unwrap();
-        let mut arr = aya::maps::Array::<_, u64>::try_from(map).unwrap();
-        arr.set(index, 0, 0).unwrap();
-    }
+    rig.dp.overwrite_filter_word(index, 0).unwrap();
     assert_eq!(
         verdict(&mut rig, &to_vip),
         (XDP_PASS, vec![Counter::PassNotVip]),
@@ -2249,13 +2245,15 @@ fn nexthop_cache_remembers_failures() {
     rig.lab
         .lb
         .add_neigh("lb0", &backend_ip(9).to_string(), be_mac(9));
-    rig.plant_nexthop(
-        9,
-        NextHop {
-            expires_ns: monotonic_ns() + 3_600_000_000_000,
-            ..nh
-        },
-    );
+    rig.dp
+        .set_nexthop(
+            9,
+            &NextHop {
+                expires_ns: monotonic_ns() + 3_600_000_000_000,
+                ..nh
+            },
+        )
+        .unwrap();
     let k = rig.kernel(programs::LB, &syn).expect("test run");
     assert_eq!(
         (k.action, k.counters.clone()),
@@ -2264,13 +2262,15 @@ fn nexthop_cache_remembers_failures() {
     );
 
     // Expired: the FIB is asked again and now answers.
-    rig.plant_nexthop(
-        9,
-        NextHop {
-            expires_ns: 1,
-            ..nh
-        },
-    );
+    rig.dp
+        .set_nexthop(
+            9,
+            &NextHop {
+                expires_ns: 1,
+                ..nh
+            },
+        )
+        .unwrap();
     let k = rig.kernel(programs::LB, &syn).expect("test run");
     assert_eq!(
         (k.action, k.counters.clone(), k.backend),

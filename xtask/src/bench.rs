@@ -32,18 +32,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     // The maglev bench measures a real lbd, found next to lb-bench in target/release.
     cmd::exec_for(cmd::release_bins(&[]).arg("--quiet"), args.json, false)?;
-    let mut c = cmd::cargo();
-    c.current_dir(cmd::workspace_root()).args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-bench",
-        "--",
-        what,
-    ]);
+    let mut c = cmd::lb_tests_bin("lb-bench");
+    c.arg(what);
     if args.json {
         c.arg("--json");
     }

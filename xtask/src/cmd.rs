@@ -84,3 +84,20 @@ pub fn release_bins(more: &[&str]) -> Command {
     }
     c
 }
+
+/// `cargo run --release -p lb-tests --bin NAME --`: the lab, benchmark, load-test and fuzz binaries, which link the
+/// eBPF objects and the netns helpers that xtask itself must not. Arguments for the binary follow.
+pub fn lb_tests_bin(name: &str) -> Command {
+    let mut c = cargo();
+    c.current_dir(workspace_root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        name,
+        "--",
+    ]);
+    c
+}

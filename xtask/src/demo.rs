@@ -6,25 +6,10 @@ use crate::cmd::{self, exec, phase};
 use crate::setup;
 
 pub fn run(args: &[String]) -> Result<()> {
-    let root = cmd::workspace_root();
     setup::run()?;
     // lbd and lbctl are started by the lab from the target dir.
     phase("build lbd + lbctl (release)");
     exec(&mut cmd::release_bins(&[]))?;
     phase("demo");
-    exec(
-        cmd::cargo()
-            .current_dir(&root)
-            .args([
-                "run",
-                "-p",
-                "lb-tests",
-                "--bin",
-                "lb-lab",
-                "--release",
-                "--",
-                "demo",
-            ])
-            .args(args),
-    )
+    exec(cmd::lb_tests_bin("lb-lab").arg("demo").args(args))
 }

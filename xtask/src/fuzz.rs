@@ -18,19 +18,8 @@ pub struct FuzzArgs {
 
 pub fn run(args: &FuzzArgs) -> Result<()> {
     phase(&format!("fuzz: {} packets", args.packets));
-    let mut c = cmd::cargo();
-    c.current_dir(cmd::workspace_root()).args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-fuzz",
-        "--",
-        "--packets",
-        &args.packets.to_string(),
-    ]);
+    let mut c = cmd::lb_tests_bin("lb-fuzz");
+    c.args(["--packets", &args.packets.to_string()]);
     if let Some(seed) = &args.seed {
         c.args(["--seed", seed]);
     }

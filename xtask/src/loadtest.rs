@@ -18,7 +18,6 @@ pub struct LoadtestArgs {
 }
 
 pub fn run(args: &LoadtestArgs) -> Result<()> {
-    let root = cmd::workspace_root();
     let out_dir = cmd::target_dir().join("loadtest");
     let json = args.json;
     if json {
@@ -36,19 +35,8 @@ pub fn run(args: &LoadtestArgs) -> Result<()> {
     if !json {
         phase("loadtest");
     }
-    let mut c = cmd::cargo();
-    c.current_dir(&root).args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-loadtest",
-        "--",
-        "--out",
-    ]);
-    c.arg(&out_dir);
+    let mut c = cmd::lb_tests_bin("lb-loadtest");
+    c.arg("--out").arg(&out_dir);
     if args.quick {
         c.arg("--quick");
     }

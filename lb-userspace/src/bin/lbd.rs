@@ -47,7 +47,7 @@ fn run(cli: Cli) -> Result<()> {
             locals: &locals,
             from: &from,
             pin_dir: &pin_dir,
-            mode: xdp_mode.into(),
+            mode: xdp_mode,
         });
     }
     let config =

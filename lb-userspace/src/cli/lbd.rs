@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::XdpMode;
 use crate::decap;
@@ -57,26 +57,9 @@ pub enum Command {
         #[arg(long, default_value = decap::DEFAULT_DECAP_PIN_DIR)]
         pin_dir: PathBuf,
         #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: Mode,
+        xdp_mode: XdpMode,
         /// Remove lb_decap from the interface instead.
         #[arg(long)]
         detach: bool,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Mode {
-    Native,
-    Generic,
-    Auto,
-}
-
-impl From<Mode> for XdpMode {
-    fn from(m: Mode) -> XdpMode {
-        match m {
-            Mode::Native => XdpMode::Native,
-            Mode::Generic => XdpMode::Generic,
-            Mode::Auto => XdpMode::Auto,
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::VipAddr;
+use crate::config::{FragmentPolicy, Mode, VipAddr};
 use crate::health::{BackendHealth, CheckSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,11 +146,9 @@ pub struct StatusInfo {
 pub struct VipInfo {
     pub vip: VipAddr,
     pub id: u32,
-    /// "ipip" or "l2dsr".
-    pub mode: String,
+    pub mode: Mode,
     pub ring_size: u32,
-    /// "drop" or "hash3".
-    pub fragments: String,
+    pub fragments: FragmentPolicy,
     pub backends: Vec<BackendInfo>,
 }
 

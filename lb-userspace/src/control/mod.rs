@@ -1,8 +1,9 @@
 //! The control API: typed requests over a root-only unix socket ([`api`]), the daemon side ([`server`], which calls
-//! a [`Handler`] the daemon implements) and the `lbctl` side ([`client`]).
+//! a [`Handler`]; lbd's is in [`handler`]) and the `lbctl` side ([`client`]).
 
 pub mod api;
 pub mod client;
+mod handler;
 pub mod server;
 
 pub use api::{Request, Response};

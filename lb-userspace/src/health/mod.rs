@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::VipAddr;
+use crate::service::VipAddr;
 
 pub use checker::Checker;
 

@@ -36,6 +36,5 @@ pub fn run(ctx: &Ctx, cmd: BackendCmd) -> anyhow::Result<()> {
             weight,
         },
     };
-    let r = ctx.call(&request)?;
-    crate::vip::done(ctx, r)
+    ctx.change(&request)
 }

@@ -13,8 +13,7 @@ pub fn run(ctx: &Ctx, cmd: ConfigCmd) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     if remote {
-        let r = ctx.call(&Request::ConfigCheck { toml: text })?;
-        return crate::vip::done(ctx, r);
+        return ctx.change(&Request::ConfigCheck { toml: text });
     }
     match Config::parse(&text) {
         Ok(c) => output::done(

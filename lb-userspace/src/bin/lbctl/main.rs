@@ -6,10 +6,11 @@ mod backend;
 mod config;
 mod flows;
 mod health;
+mod lifecycle;
 mod output;
-mod reload;
 mod simulate;
 mod stats;
+mod status;
 mod vip;
 
 use std::path::PathBuf;
@@ -34,6 +35,14 @@ impl Ctx {
             other => Ok(other),
         }
     }
+
+    /// Sends a request answered with "ok, this changed" and prints the message.
+    pub fn change(&self, request: &Request) -> anyhow::Result<()> {
+        match self.call(request)? {
+            Response::Ok { message } => output::done(self.json, &message),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// The daemon (or the config check) rejected the request.
@@ -53,16 +62,16 @@ fn main() -> ExitCode {
         json: cli.json,
     };
     let result = match cli.command {
-        Command::Status => reload::status(&ctx),
+        Command::Status => status::run(&ctx),
         Command::Vip(c) => vip::run(&ctx, c),
         Command::Backend(c) => backend::run(&ctx, c),
         Command::Health => health::run(&ctx),
         Command::Stats(a) => stats::run(&ctx, a),
         Command::Flows(a) => flows::run(&ctx, a),
         Command::Simulate(a) => simulate::run(&ctx, a),
-        Command::Reload => reload::reload(&ctx),
+        Command::Reload => lifecycle::reload(&ctx),
         Command::Config(c) => config::run(&ctx, c),
-        Command::Shutdown(a) => reload::shutdown(&ctx, a),
+        Command::Shutdown(a) => lifecycle::shutdown(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

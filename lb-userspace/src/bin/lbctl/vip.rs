@@ -35,23 +35,14 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
             };
-            let r = ctx.call(&Request::VipAdd {
+            ctx.change(&Request::VipAdd {
                 vip: Box::new(spec),
-            })?;
-            done(ctx, r)
+            })
         }
         VipCmd::Del { vip } => {
             let vip = parse_vip(&vip).map_err(anyhow::Error::msg)?;
-            let r = ctx.call(&Request::VipDel { vip })?;
-            done(ctx, r)
+            ctx.change(&Request::VipDel { vip })
         }
-    }
-}
-
-pub fn done(ctx: &Ctx, r: Response) -> anyhow::Result<()> {
-    match r {
-        Response::Ok { message } => output::done(ctx.json, &message),
-        other => Err(unexpected(other)),
     }
 }
 
@@ -97,9 +88,9 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
         rows.push(vec![
             v.vip.to_string(),
             v.id.to_string(),
-            v.mode.clone(),
+            v.mode.to_string(),
             v.ring_size.to_string(),
-            v.fragments.clone(),
+            v.fragments.to_string(),
             String::new(),
             String::new(),
             String::new(),

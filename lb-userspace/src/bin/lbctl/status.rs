@@ -1,11 +1,10 @@
-//! `lbctl status`, `reload` and `shutdown`: the daemon lifecycle.
+//! `lbctl status`: what the daemon runs, since when, and how its program is attached.
 
-use lb_userspace::cli::lbctl::ShutdownArgs;
 use lb_userspace::control::{Request, Response};
 
 use crate::{Ctx, output, unexpected};
 
-pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let s = match ctx.call(&Request::Status)? {
         Response::Status(s) => s,
         other => return Err(unexpected(other)),
@@ -40,14 +39,4 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
         println!("{k:<22}{v}");
     }
     Ok(())
-}
-
-pub fn reload(ctx: &Ctx) -> anyhow::Result<()> {
-    let r = ctx.call(&Request::Reload)?;
-    crate::vip::done(ctx, r)
-}
-
-pub fn shutdown(ctx: &Ctx, a: ShutdownArgs) -> anyhow::Result<()> {
-    let r = ctx.call(&Request::Shutdown { detach: a.detach })?;
-    crate::vip::done(ctx, r)
 }

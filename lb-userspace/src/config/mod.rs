@@ -1,0 +1,353 @@
+//! `lbd`'s configuration: the file as written ([`raw`]: `deny_unknown_fields`, strings where a bad value must be
+//! reported rather than rejected by serde) becomes the typed [`Config`] everything else consumes, which the rules
+//! ([`rules`]) check as a whole. Runtime edits ([`edit`]) change a typed config and run the same rules: one
+//! validator, no round trip through the file form. Every problem is reported at once, each naming its field path
+//! and value, so an operator fixes a config in one round; nothing is applied unless it passes.
+
+pub mod edit;
+pub mod raw;
+mod rules;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::dataplane::MapSizes;
+use crate::health::CheckSpec;
+use crate::names::named_enum;
+pub use crate::service::{Protocol, VipAddr};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lbd/lbd.sock";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9100";
+/// Highest backend weight; 0 drains.
+pub const MAX_WEIGHT: u32 = 1000;
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// The IP MTU behind the balancer: Ethernet's. An operator who omits `mtu` gets too-big answers, not a path-MTU
+/// black hole (0 turns the check off).
+pub const DEFAULT_MTU: u32 = 1500;
+/// The least non-zero `mtu`: IPv6 needs 1280-byte packets to pass end to end (RFC 8200) and IP6IP6 adds a 40-byte
+/// outer header; below this an encapsulated minimum-size packet could not be forwarded and no too-big answer could
+/// fix it.
+pub const MIN_MTU: u32 = 1280 + 40;
+
+/// A configuration whose every field parsed; [`Config::validate`] holds it to the rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonConfig {
+    pub interface: String,
+    pub xdp_mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    /// Map sizes, fixed when the maps are created (a change needs a fresh load, see the daemon).
+    pub sizes: MapSizes,
+    pub encap_src_v4: Option<Ipv4Addr>,
+    pub encap_src_v6: Option<Ipv6Addr>,
+    pub mtu: u32,
+    pub new_flow_cap: u32,
+    pub icmp_too_big: bool,
+    /// ICMP too-big answers per second per CPU (0 = no limit).
+    pub icmp_answer_cap: u32,
+}
+
+named_enum! {
+    /// How `lb_xdp` is attached.
+    pub enum XdpMode {
+        Native = "native",
+        Generic = "generic",
+        /// Native, falling back to generic (with a warning) where the driver has no XDP support.
+        Auto = "auto",
+    }
+}
+
+named_enum! {
+    /// How a VIP's packets reach its backends.
+    pub enum Mode {
+        /// IP-in-IP (IPIP, IP6IP6, 4-in-6, 6-in-4) direct server return.
+        Ipip = "ipip",
+        /// Destination-MAC rewrite (L2 direct server return).
+        L2dsr = "l2dsr",
+    }
+}
+
+named_enum! {
+    /// What happens to fragments of a VIP's datagrams.
+    pub enum FragmentPolicy {
+        /// Counted and dropped.
+        Drop = "drop",
+        /// Forwarded by the 3-tuple hash; the VIP becomes stateless.
+        Hash3 = "hash3",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub ring_size: u32,
+    pub fragments: FragmentPolicy,
+    pub backends: Vec<BackendConfig>,
+    pub health: Option<CheckSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// 0..=MAX_WEIGHT; 0 drains (no new flows, existing flows stay).
+    pub weight: u32,
+}
+
+impl VipConfig {
+    pub fn key(&self) -> VipAddr {
+        VipAddr {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol.number(),
+        }
+    }
+}
+
+/// Every problem found, one per line, each `path: "value" reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid config ({} error{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Config::parse(&text)
+    }
+
+    /// The file's text, parsed and held to the rules.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError(vec![e.to_string().trim_end().to_string()]))?;
+        raw.to_config()
+    }
+
+    /// Holds the whole config to every rule; errors name a VIP by its key (`vip[198.19.0.10:80/tcp]`), which is
+    /// what an operator editing at run time knows it by. (The file's errors name it by position instead.)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let labels: Vec<String> = self
+            .vips
+            .iter()
+            .map(|v| format!("vip[{}]", v.key()))
+            .collect();
+        let mut errs = Vec::new();
+        self.check(&labels, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use lb_common::DEFAULT_MAX_BACKENDS;
+
+    const GOOD: &str = r#"
+[daemon]
+interface = "eth1"
+encap_src_v4 = "198.18.0.1"
+encap_src_v6 = "fd00:18::1"
+max_vips = 8
+max_ring_size = 251
+
+[[vip]]
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+ring_size = 251
+backends = [{ address = "198.18.1.11" }, { address = "198.18.1.12", weight = 0 }]
+
+[[vip]]
+address = "fd00:18::100"
+protocol = "udp"
+mode = "l2dsr"
+ring_size = 13
+fragments = "hash3"
+backends = [{ address = "fd00:18:1::11", weight = 1000 }]
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(c) => panic!("accepted a bad config: {c:#?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = Config::parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.daemon.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.daemon.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(c.daemon.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.daemon.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
+        assert_eq!(c.daemon.sizes.max_backends, DEFAULT_MAX_BACKENDS);
+        assert_eq!(c.daemon.sizes.max_ring_size, 251);
+        assert_eq!(c.vips.len(), 2);
+        assert_eq!(c.vips[0].mode, Mode::Ipip);
+        assert_eq!(c.vips[0].fragments, FragmentPolicy::Drop);
+        assert_eq!(c.vips[0].backends[0].weight, DEFAULT_WEIGHT);
+        assert_eq!(c.vips[0].backends[1].weight, 0);
+        assert_eq!(c.vips[1].port, 0);
+        assert_eq!(c.vips[1].mode, Mode::L2dsr);
+        assert_eq!(c.vips[1].key().to_string(), "[fd00:18::100]:0/udp");
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        if let Err(e) = Config::load(&dir.join("lab.toml")) {
+            panic!("lab.toml: {e}");
+        }
+        // The package installs lbd.toml with `interface` commented out, so that installing it attaches nothing: as
+        // shipped it must be refused for exactly that, and be valid once the interface is set.
+        let example = std::fs::read_to_string(dir.join("lbd.toml")).expect("config/lbd.toml");
+        let e = errors(&example);
+        assert!(
+            e.len() == 1 && e[0].contains("missing field `interface`"),
+            "{e:#?}"
+        );
+        let set = example.replacen("# interface = ", "interface = ", 1);
+        assert_ne!(
+            set, example,
+            "lbd.toml has a commented `# interface = ` line"
+        );
+        if let Err(e) = Config::parse(&set) {
+            panic!("lbd.toml with its interface set: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = errors(&GOOD.replace("max_vips = 8", "max_vipz = 8"));
+        assert!(e[0].contains("max_vipz"), "{e:?}");
+        let e = errors(&GOOD.replace("weight = 1000", "wieght = 1000"));
+        assert!(e[0].contains("wieght"), "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_path_and_value() {
+        let bad = GOOD
+            .replace("\"198.18.1.11\"", "\"10.0.0.x\"")
+            .replace("ring_size = 13", "ring_size = 15")
+            .replace("weight = 1000", "weight = 1001")
+            .replace("\"tcp\"", "\"sctp\"")
+            .replace(
+                "interface = \"eth1\"",
+                "interface = \"eth1\"\nxdp_mode = \"fast\"",
+            );
+        let e = errors(&bad);
+        let want = [
+            "daemon.xdp_mode: \"fast\" is not one of native, generic, auto",
+            "vip[0].backends[0].address: \"10.0.0.x\" is not an IP address",
+            "vip[0].protocol: \"sctp\" is not one of tcp, udp",
+            "vip[1].ring_size: 15 is not prime",
+            "vip[1].backends[0].weight: 1001 is out of range 0..=1000",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let dup = format!(
+            "{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\nring_size = 7\n"
+        );
+        let e = errors(&dup);
+        assert!(
+            e.iter()
+                .any(|x| x.contains("vip[2]: 198.18.0.100:80/tcp duplicates vip[0]")),
+            "{e:#?}"
+        );
+
+        let e = errors(&GOOD.replace("fd00:18:1::11", "198.18.1.11"));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("vip[1].backends[0].address: \"198.18.1.11\" is IPv4")),
+            "{e:#?}"
+        );
+
+        let e = errors(&GOOD.replace("ring_size = 251\nbackends", "ring_size = 257\nbackends"));
+        assert!(
+            e.iter()
+                .any(|x| x == "vip[0].ring_size: 257 exceeds daemon.max_ring_size = 251"),
+            "{e:#?}"
+        );
+
+        let e = errors(&GOOD.replace("encap_src_v4 = \"198.18.0.1\"", ""));
+        assert!(
+            e.iter().any(|x| x.contains("needs daemon.encap_src_v4")),
+            "{e:#?}"
+        );
+
+        let e = errors(&GOOD.replace("max_vips = 8", "max_vips = 1"));
+        assert!(
+            e.iter().any(|x| x.contains("exceed daemon.max_vips = 1")),
+            "{e:#?}"
+        );
+
+        let twice = GOOD.replace(
+            "{ address = \"198.18.1.12\", weight = 0 }",
+            "{ address = \"198.18.1.11\" }",
+        );
+        let e = errors(&twice);
+        assert!(
+            e.iter()
+                .any(|x| x.contains("vip[0].backends[1].address: \"198.18.1.11\" is listed twice")),
+            "{e:#?}"
+        );
+
+        let frag = format!(
+            "{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 81\nprotocol = \"tcp\"\nring_size = 7\nfragments = \"hash3\"\n"
+        );
+        let e = errors(&frag);
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("vip[2].fragments: hash3 conflicts with vip[0]")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_place() {
+        let e = errors("[daemon]\ninterface = eth0\n");
+        assert!(e[0].contains("line 2"), "{e:?}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The rules a configuration must meet, checked on the typed values: the file (`raw.rs`) and every runtime edit
+//! (`edit.rs`) pass through these, and nothing else decides whether a config may run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use super::{Config, DaemonConfig, FragmentPolicy, MAX_WEIGHT, MIN_MTU, Mode, VipAddr, VipConfig};
+use crate::maglev::is_prime;
+
+impl Config {
+    /// Adds an error for every rule broken; `labels[i]` names `self.vips[i]` in them.
+    pub(super) fn check(&self, labels: &[String], errs: &mut Vec<String>) {
+        check_daemon(&self.daemon, errs);
+        let mut seen: HashMap<VipAddr, &str> = HashMap::new();
+        for (v, label) in self.vips.iter().zip(labels) {
+            if let Some(first) = seen.insert(v.key(), label) {
+                errs.push(format!("{label}: {} duplicates {first}", v.key()));
+            }
+            check_vip(v, label, &self.daemon, errs);
+        }
+        check_totals(&self.daemon, &self.vips, labels, errs);
+    }
+}
+
+fn check_daemon(d: &DaemonConfig, errs: &mut Vec<String>) {
+    if d.interface.is_empty() {
+        errs.push("daemon.interface: \"\" is empty".into());
+    }
+    let s = &d.sizes;
+    for (name, v) in [
+        ("max_vips", s.max_vips),
+        ("max_backends", s.max_backends),
+        ("flow_table_size", s.flow_table_size),
+        ("max_ring_size", s.max_ring_size),
+    ] {
+        if v == 0 {
+            errs.push(format!("daemon.{name}: 0 must be at least 1"));
+        }
+    }
+    if s.max_backends == 1 {
+        errs.push("daemon.max_backends: 1 leaves no backend (id 0 is reserved)".into());
+    }
+    let ring_entries = 2u64 * s.max_vips as u64 * s.max_ring_size as u64;
+    if ring_entries > u32::MAX as u64 / 4 {
+        errs.push(format!(
+            "daemon.max_ring_size: {} with max_vips {} needs {ring_entries} ring entries, too many for one map",
+            s.max_ring_size, s.max_vips
+        ));
+    }
+    if d.mtu != 0 && d.mtu < MIN_MTU {
+        errs.push(format!(
+            "daemon.mtu: {} is below {MIN_MTU} (IPv6's 1280 plus a 40-byte outer header); 0 turns the check off",
+            d.mtu
+        ));
+    }
+}
+
+fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<String>) {
+    if !is_prime(v.ring_size) {
+        errs.push(format!("{p}.ring_size: {} is not prime", v.ring_size));
+    }
+    if v.ring_size > daemon.sizes.max_ring_size {
+        errs.push(format!(
+            "{p}.ring_size: {} exceeds daemon.max_ring_size = {}",
+            v.ring_size, daemon.sizes.max_ring_size
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (j, b) in v.backends.iter().enumerate() {
+        let bp = format!("{p}.backends[{j}]");
+        let addr = b.address;
+        if b.weight > MAX_WEIGHT {
+            errs.push(format!(
+                "{bp}.weight: {} is out of range 0..={MAX_WEIGHT}",
+                b.weight
+            ));
+        }
+        if !seen.insert(addr) {
+            errs.push(format!("{bp}.address: \"{addr}\" is listed twice"));
+        }
+        if addr.is_unspecified() || addr.is_multicast() {
+            errs.push(format!("{bp}.address: \"{addr}\" is not a unicast address"));
+        }
+        if v.mode == Mode::L2dsr && v.address.is_ipv4() != addr.is_ipv4() {
+            errs.push(format!(
+                "{bp}.address: \"{addr}\" is {} but the l2dsr VIP {} is {} (L2 DSR cannot change the family)",
+                family(addr),
+                v.address,
+                family(v.address)
+            ));
+        }
+        if v.mode == Mode::Ipip {
+            match addr {
+                IpAddr::V4(_) if daemon.encap_src_v4.is_none() => errs.push(format!(
+                    "{bp}.address: \"{addr}\" needs daemon.encap_src_v4 for IP-in-IP encapsulation"
+                )),
+                IpAddr::V6(_) if daemon.encap_src_v6.is_none() => errs.push(format!(
+                    "{bp}.address: \"{addr}\" needs daemon.encap_src_v6 for IP-in-IP encapsulation"
+                )),
+                _ => {}
+            }
+        }
+    }
+    if let Some(h) = &v.health {
+        errs.extend(h.validate(&format!("{p}.health"), v.port));
+    }
+}
+
+fn check_totals(
+    daemon: &DaemonConfig,
+    vips: &[VipConfig],
+    labels: &[String],
+    errs: &mut Vec<String>,
+) {
+    if vips.len() > daemon.sizes.max_vips as usize {
+        errs.push(format!(
+            "vip: {} VIPs exceed daemon.max_vips = {}",
+            vips.len(),
+            daemon.sizes.max_vips
+        ));
+    }
+    // A backend id names a (VIP, backend) pair (see state.rs); id 0 is reserved, so max_backends - 1 are usable.
+    let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
+    if backends >= daemon.sizes.max_backends as usize {
+        errs.push(format!(
+            "vip[*].backends: {} (VIP, backend) pairs exceed daemon.max_backends - 1 = {}",
+            backends,
+            daemon.sizes.max_backends.saturating_sub(1)
+        ));
+    }
+    // Fragments of a port-specific VIP are matched by a (address, port 0) entry; VIPs sharing it must agree.
+    let mut frag: BTreeMap<(IpAddr, u8), (&str, FragmentPolicy)> = BTreeMap::new();
+    let wildcards: HashSet<(IpAddr, u8)> = vips
+        .iter()
+        .filter(|v| v.port == 0)
+        .map(|v| (v.address, v.protocol.number()))
+        .collect();
+    for (v, label) in vips.iter().zip(labels) {
+        let k = (v.address, v.protocol.number());
+        if v.port == 0 || wildcards.contains(&k) {
+            continue;
+        }
+        match frag.get(&k) {
+            Some(&(first, policy)) if policy != v.fragments => errs.push(format!(
+                "{label}.fragments: {} conflicts with {first} on the same address and protocol ({policy}); \
+                 fragments carry no port, so they share one policy",
+                v.fragments
+            )),
+            Some(_) => {}
+            None => {
+                frag.insert(k, (label, v.fragments));
+            }
+        }
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}

@@ -1,0 +1,202 @@
+//! The daemon's answers to lbctl: one named method per request, as sozu's `ConfigState` dispatches them. Reads
+//! take the daemon's lock and report; edits change a copy of the running config with the typed operations of
+//! `config::edit`, hold it to the same rules as the file, and apply it only if it passes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+use crate::config::{
+    Config, VipAddr,
+    raw::{RawBackend, RawVip},
+};
+use crate::control::api::{FiveTuple, FlowInfo, Request, Response, StatusInfo, VipSpec};
+use crate::control::server::Handler;
+use crate::shared::Shared;
+use crate::stats;
+
+impl Handler for Shared {
+    async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => self.status().await,
+            Request::VipList => self.vip_list().await,
+            Request::VipAdd { vip } => self.vip_add(*vip).await,
+            Request::VipDel { vip } => self.edit(|c| c.remove_vip(&vip)).await,
+            Request::BackendAdd {
+                vip,
+                backend,
+                weight,
+            } => self.edit(|c| c.add_backend(&vip, backend, weight)).await,
+            Request::BackendDel { vip, backend } => {
+                self.edit(|c| c.remove_backend(&vip, backend)).await
+            }
+            Request::BackendDrain { vip, backend } => {
+                self.edit(|c| c.set_weight(&vip, backend, 0)).await
+            }
+            Request::BackendWeight {
+                vip,
+                backend,
+                weight,
+            } => self.edit(|c| c.set_weight(&vip, backend, weight)).await,
+            Request::Health => Response::Health(self.checker.lock().expect("checker lock").table()),
+            Request::Stats => self.stats().await,
+            Request::Flows { limit } => self.flows(limit).await,
+            Request::Simulate { flow } => self.simulate(flow).await,
+            Request::Reload => self.reload().await,
+            Request::ConfigCheck { toml } => config_check(&toml),
+            Request::Shutdown { detach } => self.shutdown(detach),
+        }
+    }
+}
+
+/// An internal error as a response: the message with its causes.
+fn failed(e: anyhow::Error) -> Response {
+    Response::error(format!("{e:#}"))
+}
+
+impl Shared {
+    async fn status(&self) -> Response {
+        let d = self.daemon.lock().await;
+        let c = d.config();
+        Response::Status(StatusInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            interface: c.daemon.interface.clone(),
+            xdp_mode: d.attachment.to_string(),
+            config_path: d.config_path.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            vips: d.state().vips.len(),
+            backends: d.state().vips.values().map(|v| v.backends.len()).sum(),
+            adopted: d.attachment == crate::attach::Attachment::Adopted,
+            reloads_ok: d.reloads_ok,
+            reloads_failed: d.reloads_failed,
+            attached: d.attached(),
+            reattachments: d.reattachments,
+        })
+    }
+
+    async fn vip_list(&self) -> Response {
+        match stats::vip_list(&*self.daemon.lock().await) {
+            Ok(v) => Response::Vips(v),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `lbctl vip add`: the VIP's values parse as the file's would (named by the VIP, not a position), then it is
+    /// added like any other edit.
+    async fn vip_add(&self, spec: VipSpec) -> Response {
+        let label = format!(
+            "vip[{}/{}]",
+            std::net::SocketAddr::new(spec.address, spec.port),
+            spec.protocol
+        );
+        let raw = RawVip {
+            address: spec.address.to_string(),
+            port: spec.port,
+            protocol: spec.protocol,
+            mode: spec.mode,
+            ring_size: spec.ring_size,
+            fragments: spec.fragments,
+            backends: spec
+                .backends
+                .iter()
+                .map(|b| RawBackend {
+                    address: b.address.to_string(),
+                    weight: b.weight,
+                })
+                .collect(),
+            health: spec.health,
+        };
+        let mut errs = Vec::new();
+        match raw.to_typed(&label, &mut errs) {
+            Some(vip) => self.edit(|c| c.add_vip(vip)).await,
+            None => Response::error(errs.join("; ")),
+        }
+    }
+
+    /// Applies an edit to a copy of the running config; the result must pass the rules, then it is diff-applied
+    /// like a reload. A refused edit changes nothing.
+    async fn edit(&self, op: impl FnOnce(&mut Config) -> Result<String, String>) -> Response {
+        let mut d = self.daemon.lock().await;
+        let mut cfg = d.config().clone();
+        let msg = match op(&mut cfg) {
+            Ok(m) => m,
+            Err(e) => return Response::error(e),
+        };
+        if let Err(e) = cfg.validate() {
+            return Response::error(e.0.join("; "));
+        }
+        match d.apply_config(cfg) {
+            Ok(diff) => {
+                self.sync_checks(&d);
+                Response::ok(format!("{msg} ({})", diff.summary()))
+            }
+            Err(e) => failed(e),
+        }
+    }
+
+    async fn stats(&self) -> Response {
+        match stats::stats(&mut *self.daemon.lock().await) {
+            Ok(s) => Response::Stats(s),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Up to `limit` flow-table entries, each with the VIP and backend address its backend id stands for.
+    async fn flows(&self, limit: usize) -> Response {
+        let mut d = self.daemon.lock().await;
+        let ids: BTreeMap<u32, (VipAddr, IpAddr)> = d
+            .state()
+            .vips
+            .iter()
+            .flat_map(|(k, v)| v.backends.iter().map(move |(a, b)| (b.id, (*k, *a))))
+            .collect();
+        let flows = match d.dataplane().flows(limit) {
+            Ok(f) => f,
+            Err(e) => return failed(e),
+        };
+        Response::Flows(
+            flows
+                .into_iter()
+                .filter_map(|(k, s)| {
+                    let (src, dst) = (k.src_ip()?, k.dst_ip()?);
+                    Some(FlowInfo {
+                        flow: FiveTuple {
+                            protocol: k.proto,
+                            src: (src, u16::from_be(k.sport)).into(),
+                            dst: (dst, u16::from_be(k.dport)).into(),
+                        },
+                        backend_id: s.backend_id,
+                        backend: ids.get(&s.backend_id).map(|x| x.1),
+                        vip: ids.get(&s.backend_id).map(|x| x.0),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    async fn simulate(&self, flow: FiveTuple) -> Response {
+        match crate::simulate::simulate(self.daemon.lock().await.dataplane(), flow) {
+            Ok(r) => Response::Simulate(r),
+            Err(e) => failed(e),
+        }
+    }
+
+    fn shutdown(&self, detach: bool) -> Response {
+        self.detach.store(detach, Ordering::SeqCst);
+        self.stop.send_replace(true);
+        Response::ok(if detach {
+            "shutting down and detaching"
+        } else {
+            "shutting down; forwarding continues"
+        })
+    }
+}
+
+/// `lbctl config check`: the text held to the file's rules; nothing runs on it.
+fn config_check(toml: &str) -> Response {
+    match Config::parse(toml) {
+        Ok(c) => Response::ok(format!("config ok ({} VIPs)", c.vips.len())),
+        Err(e) => Response::error(e.to_string()),
+    }
+}

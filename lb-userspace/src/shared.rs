@@ -1,0 +1,76 @@
+//! What lbd's tasks share: the daemon behind its lock, the health checker, when it started, and the stop signal.
+//! The signal loop (`runtime`), the control handler (`control::handler`) and the metrics endpoint all hold one.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use tokio::sync::{Mutex, watch};
+
+use crate::control::api::Response;
+use crate::daemon::Daemon;
+use crate::health::{CheckKind, Checker, HealthKey};
+
+pub struct Shared {
+    pub daemon: Mutex<Daemon>,
+    pub checker: std::sync::Mutex<Checker>,
+    pub started: Instant,
+    /// Becomes true once, on `lbctl shutdown`; the main loop, the control server and the metrics server all wait
+    /// for it. A watch, not a Notify: a Notify permit goes to one waiter only, and the main loop re-registers its
+    /// wait on every event, so under a stream of health events the permit could land elsewhere and the daemon never
+    /// stop.
+    pub stop: watch::Sender<bool>,
+    /// Set with the stop by `lbctl shutdown --detach`: remove the program on the way out.
+    pub detach: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(daemon: Daemon, checker: Checker) -> Shared {
+        Shared {
+            daemon: Mutex::new(daemon),
+            checker: std::sync::Mutex::new(checker),
+            started: Instant::now(),
+            stop: watch::Sender::new(false),
+            detach: false.into(),
+        }
+    }
+
+    /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`).
+    pub async fn reload(&self) -> Response {
+        let mut d = self.daemon.lock().await;
+        match d.reload() {
+            Ok(diff) => {
+                self.sync_checks(&d);
+                Response::ok(format!("reloaded: {}", diff.summary()))
+            }
+            Err(e) => Response::error(format!("reload rejected, running state kept: {e:#}")),
+        }
+    }
+
+    /// Health checks wanted by the current config: every backend of every VIP with a check other than `none`.
+    pub fn sync_checks(&self, daemon: &Daemon) {
+        let wanted: Vec<_> = daemon
+            .config()
+            .vips
+            .iter()
+            .filter_map(|v| {
+                v.health
+                    .clone()
+                    .filter(|h| h.kind != CheckKind::None)
+                    .map(|h| (v, h))
+            })
+            .flat_map(|(v, h)| {
+                v.backends.iter().map(move |b| {
+                    (
+                        HealthKey {
+                            vip: v.key(),
+                            backend: b.address,
+                        },
+                        h.target(b.address, v.port),
+                        h.clone(),
+                    )
+                })
+            })
+            .collect();
+        self.checker.lock().expect("checker lock").sync(wanted);
+    }
+}
