@@ -103,7 +103,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                shared.reload().await;
+                // Daemon::reload logs the outcome either way.
+                let _ = shared.reload().await;
             }
             Some(ev) = events.recv() => {
                 let mut d = shared.daemon.lock().await;

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, watch};
 
-use crate::control::api::Response;
 use crate::daemon::Daemon;
 use crate::health::{CheckKind, Checker, HealthKey};
 
@@ -34,15 +33,16 @@ impl Shared {
         }
     }
 
-    /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`).
-    pub async fn reload(&self) -> Response {
+    /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`): what changed, or why the
+    /// running state was kept.
+    pub async fn reload(&self) -> Result<String, String> {
         let mut d = self.daemon.lock().await;
         match d.reload() {
             Ok(diff) => {
                 self.sync_checks(&d);
-                Response::ok(format!("reloaded: {}", diff.summary()))
+                Ok(format!("reloaded: {}", diff.summary()))
             }
-            Err(e) => Response::error(format!("reload rejected, running state kept: {e:#}")),
+            Err(e) => Err(format!("reload rejected, running state kept: {e:#}")),
         }
     }
 

@@ -1,20 +1,7 @@
-//! Shared test support: network namespaces, packet builders, the reference model of the dataplane and the fixture
-//! table run against the real program.
+//! Shared test support in three parts: the packet harness (`harness`: packet builders, the reference model, the
+//! fixtures and the differential comparison), the lab of network namespaces with a real lbd (`lab`), and
+//! performance (`perf`: benchmarks and load tests). The binaries in `src/bin` are their command-line faces.
 
-pub mod bench;
-pub mod daemon;
-pub mod differential;
-pub mod fixtures;
+pub mod harness;
 pub mod lab;
-pub mod lab_programs;
-pub mod loadtest;
-pub mod model;
-pub mod netns;
-pub mod nft_counters;
-pub mod packets;
-pub mod pinned;
-pub mod pki;
-pub mod promql;
-pub mod scrape;
-pub mod servers;
-pub mod traffic;
+pub mod perf;

@@ -4,8 +4,8 @@
 //! bench must build every table and measure a real lbd. The figures are not asserted: one short round on a shared
 //! machine says nothing about speed.
 
-use lb_tests::bench::{dataplane, maglev};
-use lb_tests::netns::skip_unless_root;
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::perf::bench::{dataplane, maglev};
 
 #[test]
 fn dataplane_bench_one_round_takes_every_path() {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use lb_tests::lab::{TempDir, target_binary};
+use lb_tests::harness::guards::TempDir;
+use lb_tests::lab::target_binary;
 use lb_userspace::control::api::{
     BackendInfo, BackendStats, FiveTuple, FlowInfo, SimulateResult, Stats, StatusInfo, VipInfo,
     VipStats, parse_vip,

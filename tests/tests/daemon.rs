@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData};
 use lb_common::{BackendId, Counter, VipKey, VipMeta, maps};
-use lb_tests::lab::{BpffsDir, ChildGuard, target_binary};
-use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
-use lb_tests::pinned::{counter, open_map};
+use lb_tests::harness::guards::{BpffsDir, ChildGuard};
+use lb_tests::harness::netns::{NetNs, skip_unless_root, veth_pair};
+use lb_tests::harness::pinned::{self, counter};
+use lb_tests::lab::target_binary;
 
 const LB_ADDR: &str = "198.18.0.1";
 const PEER_ADDR: &str = "198.18.0.2";
@@ -189,12 +190,7 @@ fn vip_meta(pins: &Path, addr: &str) -> Option<VipMeta> {
 }
 
 fn ring(pins: &Path, meta: &VipMeta) -> Vec<BackendId> {
-    let arr: Array<_, BackendId> =
-        Array::try_from(Map::Array(open_map(pins, maps::RING))).expect("LB_RING array");
-    let base = meta.ring_slot * RING;
-    (base..base + meta.ring_size)
-        .map(|i| arr.get(&i, 0).expect("ring entry"))
-        .collect()
+    pinned::ring(pins, meta, RING)
 }
 
 fn kill(child: &ChildGuard, sig: nix::sys::signal::Signal) {

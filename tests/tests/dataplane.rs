@@ -1,15 +1,15 @@
 //! Fixture tests: the real `lb-ebpf` object under BPF_PROG_TEST_RUN, inside a private namespace with a real FIB,
 //! against hand-written expectations per docs/dataplane.md (and against the reference model, see
-//! `lb_tests::fixtures`). One test function per area, so nextest runs them as separate processes.
+//! `lb_tests::harness`: world, case, rig, oracle). One test function per area, so nextest runs them as separate processes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::hash::flow_hash;
 use lb_common::*;
-use lb_tests::fixtures::*;
-use lb_tests::model::Route;
-use lb_tests::netns::skip_unless_root;
-use lb_tests::packets::*;
+use lb_tests::harness::model::Route;
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::packets::*;
+use lb_tests::harness::{case::*, oracle::*, rig::*, world::*};
 
 fn l2in() -> L2 {
     L2::new(CLIENT_MAC, LB0_MAC)
@@ -2242,7 +2242,7 @@ fn nexthop_cache_remembers_failures() {
     );
 
     // The neighbour appears; a remembered failure (made to last) still decides.
-    rig.lab
+    rig.net
         .lb
         .add_neigh("lb0", &backend_ip(9).to_string(), be_mac(9));
     rig.dp
@@ -2280,7 +2280,7 @@ fn nexthop_cache_remembers_failures() {
     assert_eq!(&k.frame[0..6], &be_mac(9), "sent to the resolved neighbour");
     assert_eq!(
         rig.nexthop(9).ifindex,
-        rig.lab.if_in,
+        rig.net.if_in,
         "the answer is cached"
     );
 }

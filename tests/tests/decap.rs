@@ -7,11 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use lb_common::Counter;
-use lb_tests::lab::{BpffsDir, target_binary};
-use lb_tests::netns::{NetNs, skip_unless_root, veth_pair};
-use lb_tests::packets::{Ip, encap4};
-use lb_tests::pinned::counter;
-use lb_tests::traffic::send_raw_ipv4;
+use lb_tests::harness::guards::BpffsDir;
+use lb_tests::harness::netns::{NetNs, skip_unless_root, veth_pair};
+use lb_tests::harness::packets::{Ip, encap4};
+use lb_tests::harness::pinned::counter;
+use lb_tests::lab::target_binary;
+use lb_tests::lab::traffic::send_raw_ipv4;
 
 const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 1);
 /// Not a balancer: `lbd decap` is not told about it.

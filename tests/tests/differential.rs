@@ -1,5 +1,5 @@
 //! Differential test: generated packets through the real program and the reference model (see
-//! `lb_tests::differential`), 100,000 of them from a fixed seed. Besides every packet agreeing, the run must have
+//! `lb_tests::harness::differential`), 100,000 of them from a fixed seed. Besides every packet agreeing, the run must have
 //! exercised what it claims to compare: each verdict, drop reason and flow-table path a minimum number of times,
 //! so a setup change that made (say) every VIP unreachable in both kernel and model turns this red instead of
 //! comparing passes.
@@ -8,9 +8,9 @@
 //! the same comparison for as long as asked.
 
 use lb_common::Counter;
-use lb_tests::differential::{Options, run};
-use lb_tests::model::FlowUse;
-use lb_tests::netns::skip_unless_root;
+use lb_tests::harness::differential::{Options, run};
+use lb_tests::harness::model::FlowUse;
+use lb_tests::harness::netns::skip_unless_root;
 
 const DEFAULT_SEED: u64 = 0x4c42_d1ff;
 const DEFAULT_PACKETS: usize = 100_000;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::CommandFactory;
-use lb_tests::lab::TempDir;
-use lb_tests::netns::run_cmd;
+use lb_tests::harness::guards::TempDir;
+use lb_tests::harness::netns::run_cmd;
 use lb_userspace::cli::{lbctl, lbd};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,5 @@
 //! End-to-end: the real lbd, the real XDP programs (native mode on veth), real TCP/UDP from a client namespace to
-//! backends in their own namespaces. Each test builds its own lab (see tests/src/lab.rs) and tears it down, also when
+//! backends in their own namespaces. Each test builds its own lab (see tests/src/lab/) and tears it down, also when
 //! it fails. Needs root; prints a skip reason otherwise.
 
 use std::collections::BTreeMap;
@@ -7,11 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lb_tests::daemon::Lbd;
+use lb_tests::harness::netns::{NetNs, skip_unless_root};
+use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::nft_counters::NftCounters;
+use lb_tests::lab::traffic::{self, HttpConn, Tally};
 use lb_tests::lab::{self, Lab, LabOptions};
-use lb_tests::netns::{NetNs, skip_unless_root};
-use lb_tests::nft_counters::NftCounters;
-use lb_tests::traffic::{self, HttpConn, Tally};
 use lb_userspace::control::api::{Request, Response};
 
 fn vip4() -> SocketAddr {
@@ -493,7 +493,7 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
     let IpAddr::V4(client_ip) = conn.local.ip() else {
         panic!("v4 connection")
     };
-    let quoted = lb_tests::packets::Ip::tcp(
+    let quoted = lb_tests::harness::packets::Ip::tcp(
         IpAddr::V4(lab::VIP_V4),
         lab::HTTP_PORT,
         conn.local.ip(),
@@ -502,7 +502,8 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
     )
     .bytes();
     let icmp =
-        lb_tests::packets::icmp4_frag_needed(client_ip, lab::VIP_V4, 1400, &quoted[..28]).bytes();
+        lb_tests::harness::packets::icmp4_frag_needed(client_ip, lab::VIP_V4, 1400, &quoted[..28])
+            .bytes();
     lab.client()
         .ns
         .run(|| traffic::send_raw_ipv4(&icmp, lab::VIP_V4));
@@ -849,7 +850,7 @@ health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_c
         cfg.insert(
             "vip".into(),
             toml::Value::Array(vec![
-                https_vip(lab::VIP_V4, lb_tests::pki::BACKEND_TLS_NAME),
+                https_vip(lab::VIP_V4, lb_tests::lab::pki::BACKEND_TLS_NAME),
                 https_vip(lab::VIP2_V4, "other.lab"),
             ]),
         );

@@ -4,9 +4,9 @@
 //! of what is offered, and that the report is written with the keys it documents. Speeds are not asserted (this
 //! machine is shared and noisy).
 
-use lb_tests::lab::TempDir;
-use lb_tests::loadtest::{self, Options, results::Results};
-use lb_tests::netns::skip_unless_root;
+use lb_tests::harness::guards::TempDir;
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::perf::loadtest::{self, Options, results::Results};
 
 #[test]
 fn quick_loadtest_measures_every_phase_and_writes_the_report() {

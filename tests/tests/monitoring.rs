@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use lb_tests::daemon::Lbd;
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::promql;
+use lb_tests::lab::scrape::Scrape;
 use lb_tests::lab::{Lab, LabOptions};
-use lb_tests::netns::skip_unless_root;
-use lb_tests::promql;
-use lb_tests::scrape::Scrape;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 

@@ -42,7 +42,10 @@ impl Handler for Shared {
             Request::Stats => self.stats().await,
             Request::Flows { limit } => self.flows(limit).await,
             Request::Simulate { flow } => self.simulate(flow).await,
-            Request::Reload => self.reload().await,
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(e),
+            },
             Request::ConfigCheck { toml } => config_check(&toml),
             Request::Shutdown { detach } => self.shutdown(detach),
         }

@@ -1,6 +1,6 @@
 //! `lb-bench dataplane|maglev [--json]`: what `cargo xtask bench` runs. Needs root.
 
-use lb_tests::bench;
+use lb_tests::perf::bench;
 
 use clap::{Parser, ValueEnum};
 
@@ -21,7 +21,7 @@ enum What {
 
 fn main() {
     let cli = Cli::parse();
-    if !lb_tests::netns::is_root() {
+    if !lb_tests::harness::netns::is_root() {
         eprintln!("lb-bench: needs root (loads BPF programs, creates network namespaces)");
         std::process::exit(1);
     }

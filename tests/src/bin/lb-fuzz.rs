@@ -1,11 +1,11 @@
 //! `lb-fuzz [--packets N] [--seed S]`: what `cargo xtask fuzz` runs. The differential comparison of
-//! `lb_tests::differential` (the real program against the reference model) for as many packets as asked, printing
+//! `lb_tests::harness::differential` (the real program against the reference model) for as many packets as asked, printing
 //! packets/s as it goes and stopping at the first divergence with a readable diff. Needs root.
 
 use std::time::Duration;
 
 use clap::Parser;
-use lb_tests::differential::{Options, run};
+use lb_tests::harness::differential::{Options, run};
 
 #[derive(Parser)]
 #[command(about = "Kernel-vs-model differential fuzzing of lb_xdp and lb_decap")]
@@ -24,7 +24,7 @@ fn parse_hex(s: &str) -> Result<u64, String> {
 
 fn main() {
     let cli = Cli::parse();
-    if !lb_tests::netns::is_root() {
+    if !lb_tests::harness::netns::is_root() {
         eprintln!("lb-fuzz: needs root (loads BPF programs, creates network namespaces)");
         std::process::exit(1);
     }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use lb_tests::daemon::Lbd;
+use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::traffic;
 use lb_tests::lab::{self, Lab, LabOptions};
-use lb_tests::traffic;
 
 #[derive(Parser)]
 #[command(about = "The load balancer lab: namespaces, backends, real traffic")]
@@ -63,11 +63,11 @@ fn main() -> ExitCode {
         } => {
             let https = match (https_port, tls_cert, tls_key) {
                 (Some(port), Some(cert), Some(key)) => {
-                    Some(lb_tests::servers::Https { port, cert, key })
+                    Some(lb_tests::lab::servers::Https { port, cert, key })
                 }
                 _ => None,
             };
-            match lb_tests::servers::serve(&name, http_port, &udp, https.as_ref()) {
+            match lb_tests::lab::servers::serve(&name, http_port, &udp, https.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lb-lab serve: {e:#}");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use lb_tests::loadtest::{self, Options, report};
+use lb_tests::perf::loadtest::{self, Options, report};
 
 #[derive(Parser)]
 #[command(

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::lab::{ChildGuard, target_binary};
-use crate::netns::{NetNs, veth_pair};
+use crate::harness::guards::ChildGuard;
+use crate::harness::netns::{NetNs, veth_pair};
+use crate::lab::target_binary;
 use lb_common::BackendId;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;

@@ -13,7 +13,7 @@ use lb_common::csum::fold;
 use lb_common::hash::flow_hash;
 use lb_common::*;
 
-use crate::packets::{self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6};
+use crate::harness::packets::{self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6};
 
 /// What `bpf_fib_lookup` answers for a backend address (the test namespace's routes + permanent neighbours).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::netns::NetNs;
+use crate::harness::netns::NetNs;
 
 pub struct NftCounters<'a> {
     ns: &'a NetNs,

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::daemon::Lbd;
+use crate::lab::daemon::Lbd;
+use crate::lab::traffic;
 use crate::lab::{self, Lab, LabOptions};
-use crate::traffic;
 use pps::{Floor, LiveGen, Sinks, Traffic};
 use requests::{BalancerCpu, Haproxy, Mode, NftDnat};
 use results::{Machine, Results, WrkBalancer};

@@ -9,7 +9,8 @@ use lb_userspace::config::Config;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 
-use crate::lab::{ChildGuard, Lab, target_binary};
+use crate::harness::guards::ChildGuard;
+use crate::lab::{Lab, target_binary};
 
 /// `lbd --config <path>` running in the balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
 /// guard then removes what it left attached.

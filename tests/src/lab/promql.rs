@@ -10,7 +10,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr, VectorSelector};
 use promql_parser::util::{ExprVisitor, walk_expr};
 
-use crate::scrape::Scrape;
+use crate::lab::scrape::Scrape;
 
 /// Labels Prometheus attaches to every series of a scrape target: queries may group by them although lbd never
 /// exports them.

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::netns::NetNs;
+use crate::harness::netns::NetNs;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -14,7 +14,8 @@ use super::measure::{
     ProgStats, check, machine_busy_seconds, process_cpu_seconds, run_bounded, xdp_prog_id,
 };
 use super::results::WrkRun;
-use crate::lab::{self, ChildGuard, HOST_IF, Lab};
+use crate::harness::guards::ChildGuard;
+use crate::lab::{self, HOST_IF, Lab};
 
 /// Open connections per wrk run (two wrk threads: the machine has few cores and the backends need them too).
 pub const CONNECTIONS: u32 = 32;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::ChildGuard;
-use crate::netns::NetNs;
+use crate::harness::guards::ChildGuard;
+use crate::harness::netns::NetNs;
 
 fn clock_ticks_per_s() -> f64 {
     // SAFETY: sysconf has no preconditions.

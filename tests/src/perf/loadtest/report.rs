@@ -626,7 +626,7 @@ mod tests {
         let tmp = TempDir::new("empty");
         std::fs::create_dir_all(&tmp.0).unwrap();
         let path = tmp.0.join("empty.png");
-        crate::loadtest::chart::chart(&Results::default(), &path).expect("chart");
+        crate::perf::loadtest::chart::chart(&Results::default(), &path).expect("chart");
         assert!(std::fs::read(&path).unwrap().starts_with(b"\x89PNG"));
     }
 

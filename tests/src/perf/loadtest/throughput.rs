@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 
 use super::measure::{check, run_bounded, tx_drops};
 use super::results::IperfRun;
-use crate::lab::{self, ChildGuard, Lab};
+use crate::harness::guards::ChildGuard;
+use crate::lab::{self, Lab};
 
 pub const BASE_PORT: u16 = 5201;
 pub const STREAMS_PER_CLIENT: u32 = 4;

@@ -22,9 +22,9 @@ use lb_common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::fixtures::*;
-use crate::model::{FlowUse, ModelState, Outcome, action_name};
-use crate::packets::*;
+use super::{case::*, oracle::*, rig::*, world::*};
+use crate::harness::model::{FlowUse, ModelState, Outcome, action_name};
+use crate::harness::packets::*;
 
 /// The flow table: big enough that the mixed and capped segments (reset at every checkpoint) never evict, small
 /// enough that a churn segment overflows it many times.

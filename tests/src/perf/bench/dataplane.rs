@@ -15,8 +15,10 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, IPPROTO_TCP, VIP_F_L2DSR, XDP_PASS, XDP_TX, programs};
 use lb_userspace::dataplane::MapSizes;
 
-use crate::fixtures::{CLIENT_MAC, LB0_MAC, Rig, SIZES, Setup, VIP4, VIP4B, VIP6, VipSpec, xdp_md};
-use crate::packets::{Ip, L2, TCP_ACK, TCP_SYN, frame};
+use crate::harness::case::{Setup, VipSpec};
+use crate::harness::packets::{Ip, L2, TCP_ACK, TCP_SYN, frame};
+use crate::harness::rig::{Rig, xdp_md};
+use crate::harness::world::{CLIENT_MAC, LB0_MAC, SIZES, VIP4, VIP4B, VIP6};
 
 use super::median;
 
@@ -65,7 +67,7 @@ pub struct Report {
 
 /// In-program ns per run of `prog` over `repeat` runs of one packet (kernel run-time statistics).
 fn warm_ns(rig: &mut Rig, prog: &str, frame: &[u8], repeat: u32, want: u32) -> f64 {
-    let ifindex = rig.lab.if_in;
+    let ifindex = rig.net.if_in;
     let xdp = rig.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
     let (ns, ()) = program_ns(xdp, prog, u64::from(repeat), |xdp| {
@@ -161,7 +163,7 @@ fn time_runs(
     frames: &[Vec<u8>],
     want: u32,
 ) -> (f64, Vec<f64>) {
-    let ifindex = rig.lab.if_in;
+    let ifindex = rig.net.if_in;
     let xdp = rig.xdp(prog).expect("program");
     let mut out = vec![0u8; 2048];
     program_ns(xdp, prog, frames.len() as u64, |xdp| {

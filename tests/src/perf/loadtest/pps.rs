@@ -11,17 +11,17 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::lab_programs::LabPrograms;
+use crate::harness::lab_programs::LabPrograms;
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use lb_common::{LOADGEN_PORT_BASE, LOADGEN_PORTS, programs};
 
 use super::measure::{ProgStats, run_bounded, xdp_prog_id};
 use super::results::PpsRun;
-use crate::fixtures::xdp_md;
+use crate::harness::netns::{NetNs, mac_str};
+use crate::harness::packets::{Ip, L2, TCP_SYN, frame};
+use crate::harness::rig::xdp_md;
 use crate::lab::{self, HOST_IF, Lab};
-use crate::netns::{NetNs, mac_str};
-use crate::packets::{Ip, L2, TCP_SYN, frame};
 
 /// Source of every generated packet (outside the lab's segment, see the module doc).
 const GEN_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);

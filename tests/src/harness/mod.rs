@@ -1,0 +1,14 @@
+//! The packet harness: packet builders, the reference model, the fixture world, cases, runner and oracle, the
+//! differential comparison, and the guards and namespaces every real-kernel test stands on.
+
+pub mod case;
+pub mod differential;
+pub mod guards;
+pub mod lab_programs;
+pub mod model;
+pub mod netns;
+pub mod oracle;
+pub mod packets;
+pub mod pinned;
+pub mod rig;
+pub mod world;
