@@ -94,13 +94,15 @@ fn fragment(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
     let key = l3.flow_key(0, 0);
     let hash = flow_hash(&key);
     let cfg = config()?;
-    let (id, be) = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-    let to = Chosen {
-        id,
-        be,
-        hash: FlowHash::known(&key, hash),
-    };
-    forward(ctx, l3, &meta, cfg, to, len)
+    let picked = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
+    forward(
+        ctx,
+        l3,
+        &meta,
+        cfg,
+        Chosen::of(picked, FlowHash::known(&key, hash)),
+        len,
+    )
 }
 
 /// Step 4: echo requests to a VIP address are answered, too-big errors about a VIP flow steered.
@@ -136,16 +138,18 @@ fn too_big(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
         },
         true => None,
     };
-    let (id, be) = match pinned {
+    let picked = match pinned {
         Some(p) => p,
         None => select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?,
     };
-    let to = Chosen {
-        id,
-        be,
-        hash: FlowHash::known(&key, hash),
-    };
-    forward(ctx, l3, &meta, cfg, to, len)
+    forward(
+        ctx,
+        l3,
+        &meta,
+        cfg,
+        Chosen::of(picked, FlowHash::known(&key, hash)),
+        len,
+    )
 }
 
 /// Steps 5 to 8 for TCP and UDP.
@@ -192,11 +196,7 @@ fn choose_backend<'a>(
     new_connection: bool,
     vip_counters: &VipCounters,
 ) -> Result<Chosen<'a>, Verdict> {
-    let chosen = |(id, be), hash| Chosen {
-        id,
-        be,
-        hash: FlowHash { key, hash },
-    };
+    let chosen = |picked, hash| Chosen::of(picked, FlowHash { key, hash });
     if meta.flags & VIP_F_FRAG_HASH3 != 0 {
         let hash = flow_hash(&key.three_tuple());
         let picked = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
@@ -225,6 +225,13 @@ struct Chosen<'a> {
     id: BackendId,
     be: Backend,
     hash: FlowHash<'a>,
+}
+
+impl<'a> Chosen<'a> {
+    #[inline(always)]
+    fn of((id, be): (BackendId, Backend), hash: FlowHash<'a>) -> Self {
+        Chosen { id, be, hash }
+    }
 }
 
 /// A flow's hash, or the key to compute it from when it is first needed.
