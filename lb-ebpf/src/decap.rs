@@ -57,9 +57,8 @@ fn outer(ctx: &XdpContext) -> Result<Outer, Verdict> {
     let et = unsafe { (*eth).proto };
     let o = if et == ETH_P_IPV4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(DECAP_NOT_TUNNEL)?;
-        let vihl = unsafe { (*ip).version_ihl };
-        let ihl = ((vihl & 0x0f) as usize) << 2;
-        if vihl >> 4 != 4 || ihl < 20 || ETH_HLEN + ihl > frame_len(ctx) {
+        let ihl = unsafe { (*ip).header_len() }.ok_or(DECAP_NOT_TUNNEL)?;
+        if ETH_HLEN + ihl > frame_len(ctx) {
             return Err(DECAP_NOT_TUNNEL);
         }
         Outer {

@@ -44,6 +44,20 @@ pub struct Ipv4Hdr {
     pub dst: u32,
 }
 
+impl Ipv4Hdr {
+    /// The header's length in bytes (IHL · 4) when it says version 4 and IHL ≥ 5: every IPv4 header the programs
+    /// read (a packet's, a tunnel's outer one, the one an ICMP error quotes) must pass this before its options are
+    /// skipped.
+    #[inline(always)]
+    pub fn header_len(&self) -> Option<usize> {
+        let ihl = ((self.version_ihl & 0x0f) as usize) << 2;
+        if self.version_ihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        Some(ihl)
+    }
+}
+
 #[repr(C)]
 pub struct Ipv6Hdr {
     pub version_tc_flow: [u8; 4],

@@ -117,11 +117,7 @@ pub fn quote(ctx: &XdpContext, l3: &L3) -> Result<Quoted, Unbalanced> {
     let q = l3.l4 + 8;
     let (src, dst, proto, il4) = if l3.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_within(ctx, q, l3.end).ok_or(Unbalanced::Malformed)?;
-        let vihl = unsafe { (*ip).version_ihl };
-        let ihl = ((vihl & 0x0f) as usize) << 2;
-        if vihl >> 4 != 4 || ihl < 20 {
-            return Err(Unbalanced::Malformed);
-        }
+        let ihl = unsafe { (*ip).header_len() }.ok_or(Unbalanced::Malformed)?;
         unsafe {
             (
                 [(*ip).src, 0, 0, 0],

@@ -87,11 +87,10 @@ pub fn parse(ctx: &XdpContext) -> Result<L3, Verdict> {
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, off: usize) -> Result<L3, Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(PASS_MALFORMED)?;
-    let vihl = unsafe { (*ip).version_ihl };
-    let ihl = ((vihl & 0x0f) as usize) << 2;
+    let ihl = unsafe { (*ip).header_len() }.ok_or(PASS_MALFORMED)?;
     let avail = frame_len(ctx) - off;
     let total = u16::from_be(unsafe { (*ip).tot_len }) as usize;
-    if vihl >> 4 != 4 || ihl < 20 || ihl > avail || total < ihl || total > avail {
+    if ihl > avail || total < ihl || total > avail {
         return Err(PASS_MALFORMED);
     }
     let frag = unsafe { (*ip).frag_off };
