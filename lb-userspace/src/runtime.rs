@@ -127,18 +127,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         .daemon
         .control_socket
         .clone();
-    let _ = std::fs::remove_file(&sock);
+    crate::control::server::remove_socket(&sock);
     if detach {
         // The control and metrics tasks may still hold the daemon; removing the pins is enough: the link and maps
         // die with their last file descriptor, which this process closes on exit.
-        let (interface, pin_dir) = {
-            let d = shared.daemon.lock().await;
-            (
-                d.config().daemon.interface.clone(),
-                d.config().daemon.pin_dir.clone(),
-            )
-        };
-        crate::daemon::detach_all(&interface, &pin_dir)?;
+        shared.daemon.lock().await.detach()?;
         info!("detached; exiting");
     } else {
         info!(

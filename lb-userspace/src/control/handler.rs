@@ -132,6 +132,7 @@ impl Shared {
         match d.apply_config(cfg) {
             Ok(diff) => {
                 self.sync_checks(&d);
+                d.record_edit(msg.clone());
                 Response::ok(format!("{msg} ({})", diff.summary()))
             }
             Err(e) => failed(e),

@@ -5,9 +5,9 @@ use std::path::Path;
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use lb_common::{BackendId, Counter, VipMeta, lookup::ring_index, maps};
 
-/// The pinned map `name` under `pins`.
+/// The pinned map `name` of the pin directory `pins` (in its current layout's maps directory).
 pub fn open_map(pins: &Path, name: &str) -> MapData {
-    let path = pins.join(name);
+    let path = lb_userspace::pins::maps_dir(pins).join(name);
     MapData::from_pin(&path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()))
 }
 
