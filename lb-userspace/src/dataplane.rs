@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, ensure};
+use crate::ring_map::RingMap;
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -126,6 +127,8 @@ pub struct Dataplane {
     /// The keys in `LB_VIPS` (read at load, then kept by every write here): which addresses the filter must cover,
     /// without walking the map on every removal.
     vip_keys: HashSet<VipKey>,
+    /// `LB_RING`'s values, written and read in place.
+    ring: RingMap,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -169,10 +172,15 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let ring = match ebpf.map(maps::RING) {
+            Some(Map::Array(data)) => RingMap::new(data.fd(), s.ring_entries()?)?,
+            _ => bail!("map {} missing from the object or not an array", maps::RING),
+        };
         let mut dp = Dataplane {
             ebpf,
             sizes: s,
             vip_keys: HashSet::new(),
+            ring,
         };
         dp.vip_keys = dp.vips()?.into_iter().map(|(k, _)| k).collect();
         // Adopted maps may hold VIPs whose addresses the filter or the address set do not cover (pins written by a
@@ -461,12 +469,9 @@ impl Dataplane {
             ..meta
         };
         self.check_ring_meta(&new_meta)?;
-        let base = slot * self.sizes.max_ring_size;
-        let mut arr = self.array_mut::<BackendId>(maps::RING)?;
-        for (i, id) in ring.iter().enumerate() {
-            arr.set(base + i as u32, id, 0)
-                .with_context(|| format!("writing {}[{}]", maps::RING, base + i as u32))?;
-        }
+        self.ring
+            .write(slot * self.sizes.max_ring_size, ring)
+            .with_context(|| format!("writing slot {slot} of {}", maps::RING))?;
         self.upsert_vip(key, &new_meta)?;
         Ok(new_meta)
     }
@@ -474,14 +479,8 @@ impl Dataplane {
     /// The active ring of a VIP (`meta.ring_size` entries of slot `meta.ring_slot`).
     pub fn read_ring(&self, meta: &VipMeta) -> Result<Vec<BackendId>> {
         self.check_ring_meta(meta)?;
-        let base = meta.ring_slot * self.sizes.max_ring_size;
-        let arr = self.array::<BackendId>(maps::RING)?;
-        (base..base + meta.ring_size)
-            .map(|i| {
-                arr.get(&i, 0)
-                    .with_context(|| format!("reading {}[{i}]", maps::RING))
-            })
-            .collect()
+        self.ring
+            .read(meta.ring_slot * self.sizes.max_ring_size, meta.ring_size)
     }
 
     /// Takes `ifindex` out of the redirect targets (a missing one is fine).

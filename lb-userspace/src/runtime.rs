@@ -107,10 +107,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 let _ = shared.reload().await;
             }
             Some(ev) = events.recv() => {
-                let mut d = shared.daemon.lock().await;
-                if let Err(e) = d.set_health(&ev.key.vip, ev.key.backend, ev.up) {
-                    warn!(vip = %ev.key.vip, backend = %ev.key.backend, "applying a health change failed: {e:#}");
+                // One backend failing under a hundred VIPs sends a hundred events at once: take them together.
+                let mut changes = vec![(ev.key, ev.up)];
+                while let Ok(ev) = events.try_recv() {
+                    changes.push((ev.key, ev.up));
                 }
+                shared.set_health(changes).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -161,5 +163,7 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reloads_failed: d.reloads_failed,
         attached: d.attached(),
         reattachments: d.reattachments,
+        panicking: d.panicking().iter().map(ToString::to_string).collect(),
+        panics: d.panics,
     }
 }
