@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub attached: bool,
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
+    /// VIPs below their panic threshold now (their rings ignore health).
+    pub panicking: Vec<String>,
+    /// Times a VIP entered panic mode.
+    pub panics: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +124,24 @@ pub fn render(snap: &Snapshot) -> String {
         vip_new.get_or_create(&l).inc_by(v.new_flows);
         vip_miss.get_or_create(&l).inc_by(v.flow_misses);
     }
+
+    let panic = Family::<VipLabels, Gauge>::default();
+    registry.register(
+        "vip_panic",
+        "1 while a VIP is below its panic threshold: every backend not drained is in its ring, healthy or not",
+        panic.clone(),
+    );
+    for v in &snap.stats.vips {
+        let vip = v.vip.to_string();
+        let on = snap.panicking.contains(&vip);
+        panic.get_or_create(&VipLabels { vip }).set(i64::from(on));
+    }
+    counter(
+        &mut registry,
+        "vip_panics",
+        "Times a VIP entered panic mode",
+        snap.panics,
+    );
 
     let be_packets = counter_family::<BackendLabels>(
         &mut registry,
@@ -326,6 +348,8 @@ mod tests {
             reloads_failed: 1,
             attached: true,
             reattachments: 3,
+            panicking: vec!["198.18.0.10:80/tcp".into()],
+            panics: 4,
         }
     }
 
@@ -351,6 +375,8 @@ mod tests {
             r#"lb_reloads_total{result="failed"} 1"#,
             "lb_xdp_attached 1",
             "lb_xdp_reattachments_total 3",
+            r#"lb_vip_panic{vip="198.18.0.10:80/tcp"} 1"#,
+            "lb_vip_panics_total 4",
             "# TYPE lb_backend_up gauge",
             "# TYPE lb_verdicts counter",
             "# EOF",

@@ -69,6 +69,7 @@ pub fn vip_list(d: &Daemon) -> Result<Vec<VipInfo>> {
             ring_size: v.ring_size,
             fragments: v.config.fragments,
             backends,
+            panic: d.panicking().contains(k),
         });
     }
     Ok(out)

@@ -79,6 +79,10 @@ pub enum VipCmd {
         /// Health check as TOML inline-table fields, e.g. 'kind = "http", path = "/healthz"'.
         #[arg(long)]
         health: Option<String>,
+        /// Percent of the weight that must be healthy; below it every backend stays in the ring (default 25, 0 =
+        /// never).
+        #[arg(long)]
+        panic_threshold: Option<u32>,
     },
     /// Delete a VIP (its flows stop being balanced at once).
     Del { vip: String },

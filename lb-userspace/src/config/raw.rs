@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::{
     BackendConfig, Config, ConfigError, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_ADDR, DEFAULT_MTU,
-    DEFAULT_PIN_DIR, DEFAULT_WEIGHT, DaemonConfig, FragmentPolicy, Mode, VipConfig, XdpMode,
+    DEFAULT_PANIC_THRESHOLD, DEFAULT_PIN_DIR, DEFAULT_WEIGHT, DaemonConfig, FragmentPolicy, Mode,
+    VipConfig, XdpMode,
 };
 use crate::dataplane::MapSizes;
 use crate::health::CheckSpec;
@@ -79,6 +80,8 @@ pub struct RawVip {
     pub backends: Vec<RawBackend>,
     #[serde(default)]
     pub health: Option<CheckSpec>,
+    #[serde(default)]
+    pub panic_threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +253,7 @@ impl RawVip {
             backends: backends.into_iter().collect::<Option<Vec<_>>>()?,
             // The documented default: a TCP connect on the VIP port (a port-0 VIP must name a port, the rules say).
             health: self.health.clone().unwrap_or_default(),
+            panic_threshold: self.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
         })
     }
 }

@@ -71,6 +71,12 @@ fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<Strin
     if let Some(why) = unusable(v.address) {
         errs.push(format!("{p}.address: \"{}\" {why}", v.address));
     }
+    if v.panic_threshold > 100 {
+        errs.push(format!(
+            "{p}.panic_threshold: {} is not a percentage (0..=100; 0 turns panic mode off)",
+            v.panic_threshold
+        ));
+    }
     if !is_prime(v.ring_size) {
         errs.push(format!("{p}.ring_size: {} is not prime", v.ring_size));
     }

@@ -111,6 +111,8 @@ pub struct VipSpec {
     pub backends: Vec<BackendSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CheckSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +152,9 @@ pub struct VipInfo {
     pub ring_size: u32,
     pub fragments: FragmentPolicy,
     pub backends: Vec<BackendInfo>,
+    /// Below its panic threshold: every backend not drained is in the ring, healthy or not.
+    #[serde(default)]
+    pub panic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

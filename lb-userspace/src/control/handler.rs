@@ -109,6 +109,7 @@ impl Shared {
                 })
                 .collect(),
             health: spec.health,
+            panic_threshold: spec.panic_threshold,
         };
         let mut errs = Vec::new();
         match raw.to_typed(&label, &mut errs) {

@@ -17,6 +17,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
             fragments,
             backends,
             health,
+            panic_threshold,
         } => {
             let key = parse_vip(&vip).map_err(anyhow::Error::msg)?;
             let protocol = lb_userspace::config::Protocol::from_number(key.protocol)
@@ -34,6 +35,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .map(|b| parse_backend(b))
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
+                panic_threshold,
             };
             ctx.change(&Request::VipAdd {
                 vip: Box::new(spec),
