@@ -66,6 +66,7 @@ impl Handler for Fake {
                     up: true,
                     ring_entries: 65537,
                 }],
+                panic: false,
             }]),
             Request::Health => Response::Health(vec![BackendHealth {
                 key: HealthKey { vip, backend },
@@ -405,6 +406,56 @@ fn config_check_is_local_and_names_the_field() {
         out.status.success(),
         "lab.toml is valid without a daemon: {out:?}"
     );
+
+    // --json shows what would run: the defaults filled in, as a config lbd itself accepts.
+    let minimal = dir.join("minimal.toml");
+    std::fs::write(
+        &minimal,
+        "[daemon]\ninterface = \"eth0\"\nencap_src_v4 = \"198.18.0.1\"\n[[vip]]\naddress = \"198.19.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+         backends = [{ address = \"198.18.0.11\" }]\n",
+    )
+    .unwrap();
+    let out = lbctl_at(
+        &nowhere,
+        &["--json", "config", "check", minimal.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    let eff = &v["effective"];
+    for (path, want) in [
+        ("/daemon/mtu", serde_json::json!(1500)),
+        ("/daemon/metrics_addr", serde_json::json!("127.0.0.1:9662")),
+        ("/daemon/pin_dir", serde_json::json!("/sys/fs/bpf/lb")),
+        ("/daemon/xdp_mode", serde_json::json!("auto")),
+        ("/daemon/flow_table_size", serde_json::json!(1048576)),
+        ("/vip/0/mode", serde_json::json!("ipip")),
+        ("/vip/0/ring_size", serde_json::json!(65537)),
+        ("/vip/0/panic_threshold", serde_json::json!(25)),
+        ("/vip/0/backends/0/weight", serde_json::json!(100)),
+        ("/vip/0/health/kind", serde_json::json!("tcp")),
+        ("/vip/0/health/interval_ms", serde_json::json!(1000)),
+        ("/vip/0/health/timeout_ms", serde_json::json!(500)),
+    ] {
+        assert_eq!(eff.pointer(path), Some(&want), "{path} in {eff:#}");
+    }
+    let again = dir.join("effective.toml");
+    let text = toml::to_string(&eff).expect("the effective config as TOML");
+    std::fs::write(&again, &text).unwrap();
+    let out = lbctl_at(
+        &nowhere,
+        &["--json", "config", "check", again.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "the effective config is refused:\n{text}\n{out:?}"
+    );
+    let v2: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        &v2["effective"], eff,
+        "the effective config of the effective config differs"
+    );
+
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\ncolour = \"blue\"\n").unwrap();
     let out = lbctl_at(&nowhere, &["config", "check", bad.to_str().unwrap()]);

@@ -33,11 +33,19 @@ pub const DEFAULT_MTU: u32 = 1500;
 /// outer header; below this an encapsulated minimum-size packet could not be forwarded and no too-big answer could
 /// fix it.
 pub const MIN_MTU: u32 = 1280 + 40;
+/// Below this share (percent of a VIP's configured weight, drained backends left out) of healthy backends, a VIP's
+/// ring holds every backend that is not drained, healthy or not: a tier sized to lose a member or two that has lost
+/// three quarters of its weight is likelier to be failing its checks than failing (a broken check, a path from the
+/// balancer that clients do not take), and the survivors could not carry all the traffic anyway. Only when every
+/// backend is down does this differ from dropping; 0 turns it off (Envoy's default is 50).
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 25;
 
-/// A configuration whose every field parsed; [`Config::validate`] holds it to the rules.
+/// A configuration whose every field parsed; [`Config::validate`] holds it to the rules. It serializes in the file's
+/// form with every default filled in (`lbctl config check --json`): what would run, itself a valid config.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
 }
 
@@ -48,9 +56,12 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     pub control_socket: PathBuf,
     pub metrics_addr: SocketAddr,
-    /// Map sizes, fixed when the maps are created (a change needs a fresh load, see the daemon).
+    /// Map sizes, fixed when the maps are created (a change is an upgrade at the next start, see the daemon).
+    #[serde(flatten)]
     pub sizes: MapSizes,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub encap_src_v4: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub encap_src_v6: Option<Ipv6Addr>,
     pub mtu: u32,
     pub new_flow_cap: u32,
@@ -101,6 +112,8 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     /// The health check (default: TCP connect to the VIP port; `kind = "none"` checks nothing).
     pub health: CheckSpec,
+    /// Percent of the configured weight that must be healthy; below it health is ignored (panic mode).
+    pub panic_threshold: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -257,6 +270,33 @@ health = { kind = "none" }
         );
         if let Err(e) = Config::parse(&set) {
             panic!("lbd.toml with its interface set: {e}");
+        }
+    }
+
+    #[test]
+    fn the_effective_config_is_itself_the_same_config() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let example = std::fs::read_to_string(dir.join("lbd.toml")).expect("config/lbd.toml");
+        for (name, text) in [
+            (
+                "lab.toml",
+                std::fs::read_to_string(dir.join("lab.toml")).unwrap(),
+            ),
+            (
+                "lbd.toml",
+                example.replacen("# interface = ", "interface = ", 1),
+            ),
+            ("GOOD", GOOD.to_string()),
+        ] {
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let effective = toml::to_string(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let again = Config::parse(&effective).unwrap_or_else(|e| {
+                panic!("{name}'s effective config is refused: {e}\n{effective}")
+            });
+            assert_eq!(
+                again, c,
+                "{name}: the effective config differs\n{effective}"
+            );
         }
     }
 
