@@ -25,6 +25,7 @@ use crate::harness::netns::{self, NetNs, veth_pair};
 use pki::LabPki;
 
 pub mod daemon;
+pub mod interrupt;
 pub mod nft_counters;
 pub mod pki;
 pub mod promql;
