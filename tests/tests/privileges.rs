@@ -131,12 +131,12 @@ fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() 
     let pid = lbd.pid().expect("lbd runs");
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
     assert_eq!(comm.trim(), "lbd", "pid {pid} is not lbd itself");
+    assert_dropped(pid, "after start");
     assert!(
         lbd.log_text().contains("dropped every other capability"),
         "no drop in the log:\n{}",
         lbd.log_text()
     );
-    assert_dropped(pid, "after start");
 
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
     let t = traffic::http_burst(&lab.client().ns, vip, 150, 8);
