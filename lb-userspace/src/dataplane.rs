@@ -599,11 +599,29 @@ impl Dataplane {
         }
     }
 
-    /// Inserts a flow entry (tests preload state with it).
+    /// Inserts a flow entry (an upgrade carries flows over with it; tests preload state).
     pub fn insert_flow(&mut self, k: &FlowKey, v: &FlowState) -> Result<()> {
         self.hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
             .insert(k, v, 0)
             .with_context(|| format!("inserting into {}", maps::FLOWS))
+    }
+
+    /// Inserts a flow entry unless the table has one for the flow (the running program's choice stands); says
+    /// whether it inserted.
+    pub fn insert_flow_if_absent(&mut self, k: &FlowKey, v: &FlowState) -> Result<bool> {
+        const BPF_NOEXIST: u64 = 1;
+        match self
+            .hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
+            .insert(k, v, BPF_NOEXIST)
+        {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).with_context(|| format!("inserting into {}", maps::FLOWS)),
+        }
     }
 
     /// Empties the flow table.

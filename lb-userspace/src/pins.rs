@@ -4,9 +4,10 @@
 //! ```text
 //! <pin_dir>/link_<program>_<interface>   the XDP link (what keeps the program attached after lbd exits)
 //! <pin_dir>/maps-v<LAYOUT_VERSION>/      the maps, laid out as this build lays them out
-//! <pin_dir>/maps-v<N>.staging/           maps being filled by an upgrade (incomplete: removed on sight)
-//! <pin_dir>/maps-v<N>.ready/             maps an upgrade filled completely (the next step is the program swap)
+//! <pin_dir>/maps-v<N>-staging/           maps being filled by an upgrade (incomplete: removed on sight)
+//! <pin_dir>/maps-v<N>-ready/             maps an upgrade filled completely (the next step is the program swap)
 //! ```
+//! (`-`, not `.`: bpffs refuses names with a dot, it keeps them for itself.)
 //!
 //! While lbd works on a pin directory it holds an exclusive lock on it (two daemons on one dataplane would undo
 //! each other's writes). It removes only its own pins, never anything else another tool pinned beside them.
@@ -78,12 +79,12 @@ impl PinDir {
 
     /// Where an upgrade fills new maps before they are complete.
     pub fn staging_dir(&self) -> PathBuf {
-        self.versioned(LAYOUT_VERSION, ".staging")
+        self.versioned(LAYOUT_VERSION, "-staging")
     }
 
     /// Where an upgrade's maps wait, complete, for the program swap.
     pub fn ready_dir(&self) -> PathBuf {
-        self.versioned(LAYOUT_VERSION, ".ready")
+        self.versioned(LAYOUT_VERSION, "-ready")
     }
 
     fn versioned(&self, version: u32, suffix: &str) -> PathBuf {
