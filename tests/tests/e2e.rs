@@ -741,7 +741,7 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     );
     lbctl_json(&lab, &lbd, &["reload"]);
 
-    // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9100 in the balancer's namespace).
+    // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9662 in the balancer's namespace).
     let metrics = lbd.metrics(&lab);
     for needle in [
         "lb_verdicts_total",
