@@ -208,3 +208,91 @@ fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() 
         "after the reload, the edits, the health flips and a scrape",
     );
 }
+
+/// What a restart under the unit does with capabilities, and what lbd does after dropping them with the pins: a
+/// restart on a changed `flow_table_size` upgrades the pinned maps (new maps, flows copied, program swapped: before
+/// the drop, with only the unit's capabilities, no CAP_SYS_ADMIN), the restarted lbd keeps none, the pin directory
+/// stays locked against a second (fully privileged) lbd, and `lbctl shutdown --detach` removes the link and the
+/// maps with no capability left.
+#[test]
+fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
+    if skip_unless_root("an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities") {
+        return;
+    }
+    let granted = unit_capabilities();
+    let lab = Lab::new(&LabOptions::default());
+    let cfg = lab.write_config("lbd.toml", |_| {});
+    let mut lbd = Lbd::start_with(&lab, &cfg, as_the_unit_starts_it(&granted));
+    lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
+    let flows = lb_tests::harness::pinned::capacity(lab.pin_dir.path(), lb_common::maps::FLOWS);
+
+    lbd.kill9();
+    lab.write_config("lbd.toml", |cfg| {
+        cfg["daemon"]
+            .as_table_mut()
+            .expect("[daemon]")
+            .insert("flow_table_size".into(), i64::from(2 * flows).into());
+    });
+    lbd.restart(&lab);
+    lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
+    assert!(
+        lbd.log_text().contains("upgrade done"),
+        "the restart with the unit's capabilities did not upgrade the pins; log:\n{}",
+        lbd.log_text()
+    );
+    assert_eq!(
+        lb_tests::harness::pinned::capacity(lab.pin_dir.path(), lb_common::maps::FLOWS),
+        2 * flows,
+        "lbd runs on a flow table of another size than configured"
+    );
+    let pid = lbd.pid().expect("lbd runs");
+    assert_dropped(pid, "after the restart that upgraded the pins");
+    let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
+    let t = traffic::http_burst(&lab.client().ns, vip, 60, 8);
+    assert_eq!(
+        t.failures, 0,
+        "forwarding after the upgrade: {:?}",
+        t.errors
+    );
+
+    // The lock on the pin directory is a descriptor lbd holds: it outlives the drop.
+    let text = std::fs::read_to_string(&cfg).expect("read config").replace(
+        &lab.socket_path().display().to_string(),
+        &lab.dir.path().join("second.sock").display().to_string(),
+    );
+    let text = text.replace(":9662", ":9663");
+    let second = lab.dir.path().join("second.toml");
+    std::fs::write(&second, text).expect("write second config");
+    let lbd_bin = lb_tests::lab::target_binary("lbd");
+    let out = lab
+        .balancer_command(&[
+            lbd_bin.to_str().expect("utf-8"),
+            "--config",
+            second.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run a second lbd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in use by another lbd"),
+        "a second lbd on the pins of one without capabilities was not refused by the lock: {:?}\n{stderr}",
+        out.status
+    );
+
+    lbd.shutdown_detach(&lab);
+    let log = std::fs::read_to_string(lab.dir.path().join("lbd.log")).unwrap_or_default();
+    assert!(
+        log.contains("detached; exiting"),
+        "the detach without capabilities did not finish; log:\n{log}"
+    );
+    let left: Vec<String> = match std::fs::read_dir(lab.pin_dir.path()) {
+        Ok(rd) => rd
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(
+        left.is_empty(),
+        "lbd without capabilities left pins behind after --detach: {left:?}"
+    );
+}
