@@ -809,7 +809,7 @@ fn https_health_checks_verify_the_backends_certificates() {
 port = {port}
 protocol = "tcp"
 backends = [{{ address = "{b0}" }}, {{ address = "{b1}" }}, {{ address = "{b2}" }}]
-health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_ca_file = "{ca}", interval_ms = 200, timeout_ms = 1000, rise = 2, fall = 2 }}
+health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_ca_file = "{ca}", interval_ms = 300, timeout_ms = 300, rise = 2, fall = 2 }}
 "#,
             port = lab::HTTPS_PORT,
             b0 = lab::backend_v4(0),
