@@ -1,7 +1,8 @@
 //! `lbd`'s event loop around [`Daemon`]: signals (SIGHUP reload, SIGTERM/SIGINT exit leaving the program
-//! forwarding), health events turned into ring rebuilds, the interface watch, and starting the control socket,
-//! the metrics endpoint and the aya-log bridge. The answers to lbctl are `control::handler`'s; what is shared
-//! between the tasks is `shared::Shared`.
+//! forwarding), health events turned into ring rebuilds, the interface watch, the systemd watchdog, and starting
+//! the control socket, the metrics endpoint and the aya-log bridge; the capability drop once the program is
+//! attached (`privileges`) and the readiness notification once everything serves (`notify`). The answers to lbctl
+//! are `control::handler`'s; what is shared between the tasks is `shared::Shared`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use crate::daemon::Daemon;
 use crate::dataplane::Dataplane;
 use crate::health::{Checker, HealthEvent};
 use crate::metrics::{self, Snapshot};
+use crate::notify;
+use crate::privileges;
 use crate::shared::Shared;
 use crate::stats::stats;
 
@@ -69,6 +72,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     })?;
     let mut daemon = Daemon::start(&config_path, config)?;
     start_ebpf_logger(daemon.dataplane());
+    // Loaded and attached: from here on lbd parses what backends and clients send it, so it gives up what it no
+    // longer needs before any of that starts (the health checks, the control and metrics servers).
+    privileges::drop_to_running().context("dropping capabilities")?;
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
     let shared = Arc::new(Shared::new(daemon, Checker::new(tx)));
@@ -92,10 +98,30 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stop = shared.stop.subscribe();
+    // The watchdog pings come from this loop, so a loop that stops turning stops them.
+    let mut watchdog = notify::watchdog_interval().map(|every| {
+        info!(
+            every_ms = every.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let status = {
+        let d = shared.daemon.lock().await;
+        format!(
+            "serving {} VIPs on {}",
+            d.state().vips.len(),
+            d.config().daemon.interface
+        )
+    };
+    notify::ready(&status);
     let mut interface_watch = tokio::time::interval(INTERFACE_WATCH_INTERVAL);
     interface_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            Some(_) = tick(&mut watchdog) => notify::watchdog(),
             _ = interface_watch.tick() => {
                 if let Err(e) = shared.daemon.lock().await.watch_interface() {
                     warn!("following the interface: {e:#}");
@@ -119,6 +145,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             _ = stop.wait_for(|&s| s) => break,
         }
     }
+    notify::stopping();
     shared.stop.send_replace(true);
     let detach = shared.detach.load(std::sync::atomic::Ordering::SeqCst);
     let sock = shared
@@ -142,6 +169,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The next tick of `interval`, or never when there is none (no watchdog).
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> Option<tokio::time::Instant> {
+    match interval {
+        Some(i) => Some(i.tick().await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes once `stop` holds true (or its sender is gone).

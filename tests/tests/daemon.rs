@@ -196,6 +196,14 @@ fn a_recreated_interface_gets_lb_xdp_again() {
     let b = Bare::new("lbdif");
     let mut lbd = b.start(&b.config(&[VIP]));
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
+    // The attach below happens after lbd gave up its capabilities: it must need none (privileges::RUNNING).
+    for t in lb_tests::harness::capabilities::of_process(lbd.id()) {
+        assert!(
+            t.effective.is_empty() && t.permitted.is_empty(),
+            "lbd thread {} still holds capabilities: {t:?}",
+            t.tid
+        );
+    }
 
     // A driver reload or a rebuilt bond looks like this: the device goes away (the kernel detaches the program
     // with it) and a device of the same name comes back without one.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::interrupt::Interrupt;
 use lb_tests::lab::traffic;
 use lb_tests::lab::{self, Lab, LabOptions};
 
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Up { seconds } => {
+            let interrupt = Interrupt::install();
             let lab = Lab::new(&LabOptions::default());
             let cfg = lab.write_config("lab.toml", |_| {});
             let _lbd = Lbd::start(&lab, &cfg);
@@ -87,7 +89,10 @@ fn main() -> ExitCode {
             for b in &lab.backends {
                 println!("  ip netns exec {} ...   ({})", b.host.ns.name(), b.name);
             }
-            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            if let Some(sig) = interrupt.wait(std::time::Duration::from_secs(seconds)) {
+                println!("{sig}: tearing the lab down");
+            }
+            // lbd, the servers, the pins and the namespaces go as `_lbd` and `lab` drop.
             ExitCode::SUCCESS
         }
         Cmd::Demo { requests } => {
@@ -95,18 +100,35 @@ fn main() -> ExitCode {
                 eprintln!("lb-lab demo: needs root (network namespaces, XDP)");
                 return ExitCode::FAILURE;
             }
-            demo(requests);
-            ExitCode::SUCCESS
+            if demo(requests, &Interrupt::install()) {
+                ExitCode::SUCCESS
+            } else {
+                // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+                ExitCode::from(130)
+            }
         }
     }
 }
 
-fn step(title: &str) {
+/// Prints the next step's title; false when a signal came since the last step, so the demo returns and tears its
+/// lab down (a step in progress finishes first).
+fn step(interrupt: &Interrupt, title: &str) -> bool {
+    if let Some(sig) = interrupt.pending() {
+        println!("\n{sig}: stopping the demo and tearing the lab down");
+        return false;
+    }
     println!("\n=== {title}");
+    true
 }
 
-fn demo(requests: usize) {
-    step("Building the lab: client, balancer, 3 backends on a bridge (private network namespaces)");
+/// Returns false when a signal cut it short.
+fn demo(requests: usize, interrupt: &Interrupt) -> bool {
+    if !step(
+        interrupt,
+        "Building the lab: client, balancer, 3 backends on a bridge (private network namespaces)",
+    ) {
+        return false;
+    }
     let mut lab = Lab::new(&LabOptions::default());
     println!(
         "  client {} | balancer {} (lb_xdp, native) | backends {} (VIPs on loopback, lb_decap)",
@@ -119,40 +141,59 @@ fn demo(requests: usize) {
             .join(", ")
     );
 
-    step("Starting lbd with config/lab.toml");
+    if !step(interrupt, "Starting lbd with config/lab.toml") {
+        return false;
+    }
     let cfg = lab.write_config("lab.toml", |_| {});
     let lbd = Lbd::start(&lab, &cfg);
     lbd.wait_all_backends_up(&lab, std::time::Duration::from_secs(20));
     print!("{}", lbd.lbctl(&lab, &["vip", "list"]));
 
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
-    step(&format!(
-        "{requests} HTTP requests to {vip}, each on a new connection (a new source port)"
-    ));
+    if !step(
+        interrupt,
+        &format!("{requests} HTTP requests to {vip}, each on a new connection (a new source port)"),
+    ) {
+        return false;
+    }
     let t = traffic::http_burst(&lab.client().ns, vip, requests, 16);
     print!("{}", t.render());
 
     let vip6 = SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT);
-    step(&format!(
-        "{} HTTP requests to the IPv6 VIP {vip6}",
-        requests / 4
-    ));
+    if !step(
+        interrupt,
+        &format!("{} HTTP requests to the IPv6 VIP {vip6}", requests / 4),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip6, requests / 4, 8).render()
     );
 
     let uvip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::UDP_PORT);
-    step(&format!("{} UDP requests to {uvip}", requests / 6));
+    if !step(
+        interrupt,
+        &format!("{} UDP requests to {uvip}", requests / 6),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::udp_burst(&lab.client().ns, uvip, requests / 6).render()
     );
 
-    step("lbctl stats");
+    if !step(interrupt, "lbctl stats") {
+        return false;
+    }
     print!("{}", lbd.lbctl(&lab, &["stats"]));
 
-    step("Stopping backend-2's server: health checks take it out of the ring");
+    if !step(
+        interrupt,
+        "Stopping backend-2's server: health checks take it out of the ring",
+    ) {
+        return false;
+    }
     lab.stop_server(1);
     let took = lbd.wait_backend_state(
         &lab,
@@ -162,13 +203,23 @@ fn demo(requests: usize) {
     );
     println!("  backend-2 marked down after {:.1} s", took.as_secs_f64());
     print!("{}", lbd.lbctl(&lab, &["health"]));
-    step(&format!("{requests} requests with backend-2 down"));
+    if !step(
+        interrupt,
+        &format!("{requests} requests with backend-2 down"),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
     );
 
-    step("Starting backend-2 again: back in the ring after `rise` successful checks");
+    if !step(
+        interrupt,
+        "Starting backend-2 again: back in the ring after `rise` successful checks",
+    ) {
+        return false;
+    }
     lab.start_server(1);
     let took = lbd.wait_backend_state(
         &lab,
@@ -177,14 +228,25 @@ fn demo(requests: usize) {
         std::time::Duration::from_secs(20),
     );
     println!("  backend-2 marked up after {:.1} s", took.as_secs_f64());
-    step(&format!("{requests} requests with backend-2 back"));
+    if !step(
+        interrupt,
+        &format!("{requests} requests with backend-2 back"),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
     );
 
-    step("Tearing down (lbctl shutdown --detach, namespaces deleted)");
+    if !step(
+        interrupt,
+        "Tearing down (lbctl shutdown --detach, namespaces deleted)",
+    ) {
+        return false;
+    }
     lbd.shutdown_detach(&lab);
     drop(lab);
     println!("  done");
+    true
 }

@@ -19,16 +19,32 @@ pub struct Lbd {
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    launch: Launch,
+}
+
+/// How lbd is started, for tests that start it the way a service manager would.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// A command that runs lbd as its last arguments and replaces itself with it (`setpriv ...`, `sh -c '...
+    /// exec "$0" "$@"'`), so the process started is lbd's.
+    pub wrapper: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Lbd {
     /// Starts lbd and waits until its control socket answers.
     pub fn start(lab: &Lab, config: &Path) -> Lbd {
+        Lbd::start_with(lab, config, Launch::default())
+    }
+
+    /// Like [`Lbd::start`], through `launch`.
+    pub fn start_with(lab: &Lab, config: &Path, launch: Launch) -> Lbd {
         let mut lbd = Lbd {
             child: None,
             config: config.to_path_buf(),
             socket: lab.socket_path(),
             log: lab.dir.path().join("lbd.log"),
+            launch,
         };
         lbd.spawn(lab);
         lbd
@@ -41,15 +57,18 @@ impl Lbd {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let mut cmd = lab.balancer_command(&[
+        let mut argv: Vec<&str> = self.launch.wrapper.iter().map(String::as_str).collect();
+        argv.extend([
             lbd.to_str().expect("utf-8 path"),
             "--config",
             self.config.to_str().expect("utf-8 path"),
         ]);
+        let mut cmd = lab.balancer_command(&argv);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(ChildGuard::spawn(cmd, "lbd"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -26,6 +26,7 @@ use pki::LabPki;
 
 pub mod bare;
 pub mod daemon;
+pub mod interrupt;
 pub mod nft_counters;
 pub mod pki;
 pub mod promql;
