@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::named_enum;
 use crate::service::VipAddr;
 
 pub use checker::Checker;
@@ -34,17 +35,19 @@ pub const DEFAULT_HTTP_STATUS: u16 = 200;
 pub const MIN_INTERVAL_MS: u64 = 50;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckKind {
-    #[default]
-    Tcp,
-    Http,
-    /// HTTP over TLS: the handshake (and, unless `tls_verify = false`, the certificate) must succeed too.
-    Https,
-    Udp,
-    /// No probing: the backend is always up (weight and drain still apply).
-    None,
+named_enum! {
+    /// What a health check does.
+    #[derive(Default)]
+    pub enum CheckKind {
+        #[default]
+        Tcp = "tcp",
+        Http = "http",
+        /// HTTP over TLS: the handshake (and, unless `tls_verify = false`, the certificate) must succeed too.
+        Https = "https",
+        Udp = "udp",
+        /// No probing: the backend is always up (weight and drain still apply).
+        None = "none",
+    }
 }
 
 /// A VIP's `[vip.health]` table.
