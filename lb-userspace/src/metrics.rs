@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub attached: bool,
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
+    /// Health probes running (a backend checked the same way by several VIPs is one probe).
+    pub probes: usize,
+    /// Probes that could not run on this host (out of descriptors, ports, buffers), none counted against a backend.
+    pub probe_local_errors: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,7 +155,7 @@ pub fn render(snap: &Snapshot) -> String {
     let checks = counter_family::<CheckLabels>(
         &mut registry,
         "backend_health_checks",
-        "Health probes of a backend by result",
+        "Health probes of a backend by result (unknown: failed on this host, not counted against the backend)",
     );
     let latency = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
     registry.register(
@@ -166,7 +170,11 @@ pub fn render(snap: &Snapshot) -> String {
         };
         up.get_or_create(&l).set(i64::from(h.up));
         transitions.get_or_create(&l).inc_by(h.transitions);
-        for (result, n) in [("ok", h.checks - h.failures), ("failed", h.failures)] {
+        for (result, n) in [
+            ("ok", h.checks - h.failures - h.unknown),
+            ("failed", h.failures),
+            ("unknown", h.unknown),
+        ] {
             checks
                 .get_or_create(&CheckLabels {
                     vip: l.vip.clone(),
@@ -179,6 +187,20 @@ pub fn render(snap: &Snapshot) -> String {
             latency.get_or_create(&l).set(us as f64 / 1e6);
         }
     }
+
+    let probes = Gauge::<i64>::default();
+    probes.set(snap.probes as i64);
+    registry.register(
+        "health_probes",
+        "Health probes running (one per backend address and check, however many VIPs share it)",
+        probes,
+    );
+    counter(
+        &mut registry,
+        "health_probe_local_errors",
+        "Health probes that failed on this host (descriptors, ports, buffers): logged, never counted against a backend",
+        snap.probe_local_errors,
+    );
 
     counter(
         &mut registry,
@@ -317,8 +339,9 @@ mod tests {
                 last_latency_us: Some(100),
                 consecutive_ok: 5,
                 consecutive_fail: 0,
-                checks: 5,
+                checks: 6,
                 failures: 1,
+                unknown: 1,
                 transitions: 1,
             }],
             ring_rebuilds: 7,
@@ -326,6 +349,8 @@ mod tests {
             reloads_failed: 1,
             attached: true,
             reattachments: 3,
+            probes: 1,
+            probe_local_errors: 4,
         }
     }
 
@@ -345,6 +370,9 @@ mod tests {
             r#"lb_backend_health_transitions_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="ok"} 4"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="failed"} 1"#,
+            r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="unknown"} 1"#,
+            "lb_health_probes 1",
+            "lb_health_probe_local_errors_total 4",
             r#"lb_backend_health_check_latency_seconds{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 0.0001"#,
             "lb_ring_rebuilds_total 7",
             r#"lb_reloads_total{result="ok"} 2"#,

@@ -71,6 +71,9 @@ impl Shared {
                 })
             })
             .collect();
-        self.checker.lock().expect("checker lock").sync(wanted);
+        self.checker
+            .lock()
+            .expect("checker lock")
+            .sync(wanted, &daemon.config().trust);
     }
 }

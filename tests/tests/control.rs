@@ -79,6 +79,7 @@ impl Handler for Fake {
                 consecutive_fail: 0,
                 checks: 3,
                 failures: 1,
+                unknown: 0,
                 transitions: 0,
             }]),
             Request::Stats => {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataplane::MapSizes;
-use crate::health::CheckSpec;
+use crate::health::{CheckSpec, TrustStores};
 use crate::names::named_enum;
 pub use crate::service::{Protocol, VipAddr};
 
@@ -38,6 +38,10 @@ pub const MIN_MTU: u32 = 1280 + 40;
 pub struct Config {
     pub daemon: DaemonConfig,
     pub vips: Vec<VipConfig>,
+    /// The CA stores its HTTPS checks trust, read once when it is validated (derived from `vips`, so not part of
+    /// what it says).
+    #[serde(skip)]
+    pub trust: TrustStores,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
