@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
 use crate::config::{Config, VipAddr};
-use crate::dataplane::{Dataplane, LoadOptions};
+use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
 use crate::health::CheckKind;
 use crate::layout::{self, Plan};
 use crate::pins::PinDir;
@@ -324,6 +324,11 @@ impl Daemon {
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
         &mut self.dp
+    }
+
+    /// The flow table on a descriptor of its own, to walk without holding the daemon.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        self.dp.flow_table()
     }
 
     /// The ring packets of `vip` use now, from the map.
