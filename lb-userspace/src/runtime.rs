@@ -168,5 +168,7 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reloads_failed: d.reloads_failed,
         attached: d.attached(),
         reattachments: d.reattachments,
+        // Counted by the endpoint itself (metrics::serve).
+        metrics_refused: 0,
     }
 }
