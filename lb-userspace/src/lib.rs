@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod metrics;
 mod names;
 pub mod pins;
+pub mod rlimit;
 pub mod runtime;
 pub mod service;
 mod shared;

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lb_userspace::cli::lbd::{Cli, Command};
 use lb_userspace::config::Config;
-use lb_userspace::{daemon, decap, runtime};
-use tracing::error;
+use lb_userspace::{daemon, decap, rlimit, runtime};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -58,6 +58,13 @@ fn run(cli: Cli) -> Result<()> {
     }
     if cli.detach {
         return daemon::detach_all(&config.daemon.interface, &config.daemon.pin_dir);
+    }
+    match rlimit::raise_nofile() {
+        Ok((before, after)) if after > before => {
+            info!("descriptor limit raised from {before} to {after} (the hard limit)")
+        }
+        Ok((_, now)) => info!("descriptor limit {now} (the hard limit)"),
+        Err(e) => warn!("cannot raise the descriptor limit: {e}"),
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
