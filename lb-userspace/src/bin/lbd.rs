@@ -1,5 +1,6 @@
 //! `lbd`: the balancer daemon (see `lb_userspace::daemon`) and the backend-side decapsulation attach (`lbd decap`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -16,6 +17,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: in the journal or a log file, escape codes would split `uid=0` (the audit
+        // fields of control changes) from anything that searches for it.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
