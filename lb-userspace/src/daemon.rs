@@ -218,9 +218,11 @@ impl Daemon {
                 && be.weight > 0
             {
                 be.weight = 0;
-                self.edits.push(format!(
-                    "drain of {addr} in {va} (kept from the running dataplane)"
-                ));
+                let edit = format!("drain of {addr} in {va} (kept from the running dataplane)");
+                info!(
+                    "{edit}: a drain made at run time outlives restarts; a reload from the file drops it"
+                );
+                self.edits.push(edit);
             }
         }
         info!(
