@@ -31,7 +31,7 @@ fn flips_and_unknown(rows: &[BackendHealth]) -> (u64, u64) {
     )
 }
 
-fn start(edit: impl FnOnce(&mut toml::Table), nofile: Option<u64>) -> (Lab, Lbd) {
+fn start(edit: impl FnOnce(&mut toml::Table), nofile: Option<(u64, u64)>) -> (Lab, Lbd) {
     let lab = Lab::new(&LabOptions::default());
     let cfg = lab.write_config("lbd.toml", edit);
     let lbd = Lbd::start_with_nofile(&lab, &cfg, nofile);
@@ -70,7 +70,7 @@ fn idle_metrics_connections_leave_probes_and_backends_alone() {
     }
     const IDLE: usize = 1100;
     raise_own_nofile(IDLE as u64 + 256);
-    let (lab, lbd) = start(|_| {}, Some(1024));
+    let (lab, lbd) = start(|_| {}, Some((1024, 1024)));
     assert!(
         lbd.log_text().contains("descriptor limit 1024"),
         "lbd runs with another limit:\n{}",
@@ -158,6 +158,32 @@ fn idle_metrics_connections_leave_probes_and_backends_alone() {
         flips_and_unknown(&health(&lbd)).0,
         before.0,
         "a backend flipped"
+    );
+}
+
+/// Started with the soft limit service managers give (1,024) under a higher hard one, lbd runs with the hard one.
+#[test]
+fn lbd_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    if skip_unless_root("lbd_raises_its_soft_descriptor_limit_to_the_hard_one") {
+        return;
+    }
+    let (_lab, lbd) = start(|_| {}, Some((1024, 8192)));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", lbd.pid().expect("lbd runs")))
+        .expect("/proc/<lbd>/limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["8192", "8192"],
+        "{open_files}"
+    );
+    assert!(
+        lbd.log_text()
+            .contains("descriptor limit raised from 1024 to 8192"),
+        "{}",
+        lbd.log_text()
     );
 }
 

@@ -19,8 +19,8 @@ pub struct Lbd {
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
-    /// RLIMIT_NOFILE (soft and hard) lbd starts with, when not inherited.
-    nofile: Option<u64>,
+    /// RLIMIT_NOFILE (soft, hard) lbd starts with, when not inherited.
+    nofile: Option<(u64, u64)>,
 }
 
 impl Lbd {
@@ -29,9 +29,8 @@ impl Lbd {
         Lbd::start_with_nofile(lab, config, None)
     }
 
-    /// [`Lbd::start`] with its descriptor limit, soft and hard, at `nofile`: lbd raises its soft limit to the hard
-    /// one at start, so this is the limit it runs with.
-    pub fn start_with_nofile(lab: &Lab, config: &Path, nofile: Option<u64>) -> Lbd {
+    /// [`Lbd::start`] with its descriptor limit at `nofile` (soft, hard) when it starts.
+    pub fn start_with_nofile(lab: &Lab, config: &Path, nofile: Option<(u64, u64)>) -> Lbd {
         let mut lbd = Lbd {
             child: None,
             config: config.to_path_buf(),
@@ -59,13 +58,13 @@ impl Lbd {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .env("RUST_LOG", "info");
-        if let Some(n) = self.nofile {
+        if let Some((soft, hard)) = self.nofile {
             use nix::sys::resource::{Resource, setrlimit};
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and the closure touches nothing else of the parent.
             unsafe {
                 cmd.pre_exec(move || {
-                    setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
                 });
             }
         }
