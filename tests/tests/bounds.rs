@@ -217,7 +217,10 @@ fn probes_failing_on_this_host_are_unknown_not_down() {
         let rows = health(&lbd);
         let out_of_ports = rows
             .iter()
-            .filter(|r| r.unknown >= 4 && r.last_reason.contains("Cannot assign requested address"))
+            .filter(|r| {
+                r.unknown + r.failures >= 4
+                    && r.last_reason.contains("Cannot assign requested address")
+            })
             .count();
         if out_of_ports >= 3 {
             std::thread::sleep(Duration::from_secs(2));

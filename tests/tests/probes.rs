@@ -233,21 +233,30 @@ fn a_configs_probes_start_spread_over_their_interval() {
     );
 }
 
-/// Opens of a file, by any process, seen through inotify.
+/// Opens of a file, by any process, seen through inotify. Closes are watched too: inotify merges an event into the
+/// previous one when both are the same and the first is still unread, so back-to-back opens would count as one,
+/// while open, close, open, close are all kept.
 struct Opens(nix::sys::inotify::Inotify, usize);
 
 impl Opens {
     fn watch(path: &std::path::Path) -> Opens {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let ino = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
-        ino.add_watch(path, AddWatchFlags::IN_OPEN)
-            .unwrap_or_else(|e| panic!("watch {}: {e}", path.display()));
+        ino.add_watch(
+            path,
+            AddWatchFlags::IN_OPEN | AddWatchFlags::IN_CLOSE_NOWRITE,
+        )
+        .unwrap_or_else(|e| panic!("watch {}: {e}", path.display()));
         Opens(ino, 0)
     }
 
     fn count(&mut self) -> usize {
+        use nix::sys::inotify::AddWatchFlags;
         while let Ok(events) = self.0.read_events() {
-            self.1 += events.len();
+            self.1 += events
+                .iter()
+                .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
+                .count();
         }
         self.1
     }
