@@ -155,8 +155,7 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
     let dropped = lbd
         .log_text()
         .lines()
-        .filter(|l| l.contains("the reload dropped these runtime edits"))
-        .last()
+        .rfind(|l| l.contains("the reload dropped these runtime edits"))
         .expect("the line")
         .to_owned();
     assert!(

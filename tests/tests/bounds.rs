@@ -359,6 +359,19 @@ fn flows_are_capped_streamed_and_leave_lbd_responsive() {
     let out = lbd.lbctl_output(&lab, &["flows", "--limit", &(MAX_FLOWS + 1).to_string()]);
     assert_eq!(out.status.code(), Some(2), "over the cap: {out:?}");
 
+    // lbd holds other clients to the cap too.
+    let mut s = UnixStream::connect(lbd.socket()).expect("connect");
+    s.write_all(format!("{{\"type\":\"flows\",\"limit\":{}}}\n", MAX_FLOWS + 1).as_bytes())
+        .expect("request");
+    let mut answer = String::new();
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .expect("an answer");
+    match serde_json::from_str::<Response>(&answer) {
+        Ok(Response::Error { message }) => assert!(message.contains("1..=100000"), "{message}"),
+        other => panic!("over the cap: {other:?}"),
+    }
+
     // The raw protocol: the answer comes as pieces of at most FLOWS_PER_PART entries, one line each.
     let request = format!("{{\"type\":\"flows\",\"limit\":{MAX_FLOWS}}}\n");
     let mut s = UnixStream::connect(lbd.socket()).expect("connect");
