@@ -29,7 +29,7 @@ use crate::health::CheckKind;
 use crate::layout::{self, Plan};
 use crate::pins::PinDir;
 use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, diff};
-use crate::upgrade::{self, OldState};
+use crate::upgrade::{self, FlowCopy, OldState};
 
 pub struct Daemon {
     pub config_path: PathBuf,
@@ -142,14 +142,7 @@ impl Daemon {
         daemon.apply(new, &d_all)?;
         if let Plan::Upgrade { from, .. } = &plan {
             let from_dir = daemon.pins.layout_dir(*from);
-            let known: BTreeSet<BackendId> = daemon
-                .state
-                .vips
-                .values()
-                .flat_map(|v| v.backends.values().map(|b| b.id))
-                .collect();
-            let copied =
-                upgrade::copy_flows(&from_dir, *from, &mut daemon.dp, |id| known.contains(&id))?;
+            let copied = daemon.carry_flows(&from_dir, *from, FlowCopy::All)?;
             if *from == LAYOUT_VERSION {
                 upgrade::copy_stats(&from_dir, &mut daemon.dp)?;
             }
@@ -173,6 +166,17 @@ impl Daemon {
             .context("adding the interface to LB_TX_PORTS")?;
         if matches!(plan, Plan::Upgrade { .. } | Plan::Resume) {
             for layout in daemon.pins.layouts()? {
+                // Until the swap the old program kept making flows (after the first copy, or, resuming, since the
+                // new maps were filled): the old maps are final now.
+                let late = daemon.carry_flows(
+                    &daemon.pins.layout_dir(layout),
+                    layout,
+                    FlowCopy::Missing,
+                )?;
+                info!(
+                    flows = late,
+                    layout, "carried the flows made during the swap over"
+                );
                 daemon.pins.remove_layout(layout)?;
             }
             daemon
@@ -190,6 +194,18 @@ impl Daemon {
         }
         info!(vips = daemon.state.vips.len(), attachment = %daemon.attachment, "lbd running");
         Ok(daemon)
+    }
+
+    /// Copies the established flows of the old maps in `dir` into the new ones (see [`upgrade::copy_flows`]),
+    /// those of backends the new state still has.
+    fn carry_flows(&mut self, dir: &Path, layout: u32, how: FlowCopy) -> Result<usize> {
+        let known: BTreeSet<BackendId> = self
+            .state
+            .vips
+            .values()
+            .flat_map(|v| v.backends.values().map(|b| b.id))
+            .collect();
+        upgrade::copy_flows(dir, layout, &mut self.dp, how, |id| known.contains(&id))
     }
 
     /// What the pinned maps say carries over: VIP and backend ids (so flow entries and stats keep their meaning),
@@ -432,8 +448,10 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Writes `before` back: the view restored, then every map entry it implies rewritten and every other removed
-    /// (writes are idempotent, so this undoes any prefix of a failed apply).
+    /// Writes `before` back after a failed apply: the view restored, every entry `before` does not have removed, and
+    /// the change undone VIP by VIP (the diff from what was being applied back to `before`). Writes and removals
+    /// are idempotent, so this undoes any prefix of the change; a VIP the change never reached is left as it is,
+    /// one it may have reached is written again with its old ring.
     fn restore(&mut self, before: Snapshot) -> Result<()> {
         let partial = std::mem::take(&mut self.state);
         self.config = before.config;
@@ -441,10 +459,8 @@ impl Daemon {
         self.down = before.down;
         let state = before.state;
         self.remove_stale(&state)?;
-        // Everything the partial state wrote is either removed above or rewritten here.
-        let _ = partial;
-        let all = diff(&DesiredState::default(), &state);
-        self.apply(state, &all)
+        let undo = diff(&partial, &state);
+        self.apply(state, &undo)
     }
 
     /// Records a runtime edit (an lbctl change on top of the file), so a reload can name it when it drops it.

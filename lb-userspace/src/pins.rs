@@ -4,9 +4,10 @@
 //! ```text
 //! <pin_dir>/link_<program>_<interface>   the XDP link (what keeps the program attached after lbd exits)
 //! <pin_dir>/maps-v<LAYOUT_VERSION>/      the maps, laid out as this build lays them out
-//! <pin_dir>/maps-v<N>.staging/           maps being filled by an upgrade (incomplete: removed on sight)
-//! <pin_dir>/maps-v<N>.ready/             maps an upgrade filled completely (the next step is the program swap)
+//! <pin_dir>/maps-v<N>-staging/           maps being filled by an upgrade (incomplete: removed on sight)
+//! <pin_dir>/maps-v<N>-ready/             maps an upgrade filled completely (the next step is the program swap)
 //! ```
+//! (`-`, not `.`: bpffs refuses names with a dot, it keeps them for itself.)
 //!
 //! While lbd works on a pin directory it holds an exclusive lock on it (two daemons on one dataplane would undo
 //! each other's writes). It removes only its own pins, never anything else another tool pinned beside them.
@@ -39,15 +40,20 @@ impl PinDir {
             "pin directory {}: must be an absolute path on bpffs",
             path.display()
         );
-        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let statfs =
-            nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+        // The file system is asked of the deepest directory that exists, so nothing is created where it is not bpffs.
+        let existing = path
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let statfs = nix::sys::statfs::statfs(existing)
+            .with_context(|| format!("statfs {}", existing.display()))?;
         ensure!(
             statfs.filesystem_type().0 as i64 == BPF_FS_MAGIC,
             "pin directory {}: not on bpffs (mount -t bpf bpf /sys/fs/bpf; `lbd` must see the host's bpffs: \
              run it with `nsenter --net`, not `ip netns exec`)",
             path.display()
         );
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -78,12 +84,12 @@ impl PinDir {
 
     /// Where an upgrade fills new maps before they are complete.
     pub fn staging_dir(&self) -> PathBuf {
-        self.versioned(LAYOUT_VERSION, ".staging")
+        self.versioned(LAYOUT_VERSION, "-staging")
     }
 
     /// Where an upgrade's maps wait, complete, for the program swap.
     pub fn ready_dir(&self) -> PathBuf {
-        self.versioned(LAYOUT_VERSION, ".ready")
+        self.versioned(LAYOUT_VERSION, "-ready")
     }
 
     fn versioned(&self, version: u32, suffix: &str) -> PathBuf {

@@ -143,13 +143,24 @@ impl OldState {
     }
 }
 
+/// How [`copy_flows`] treats a flow the new table already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowCopy {
+    /// Before the program swap: the new table is lbd's alone, every flow is written.
+    All,
+    /// After the swap: the old program may have made flows after the first copy, and the new one may have chosen
+    /// for some flows since; only flows the new table does not have are written.
+    Missing,
+}
+
 /// Copies the flows of the maps of `layout` in `dir` into `dp`, keeping their backend ids (the caller seeded the
 /// same ids); flows of a backend id `keep` refuses are left behind (they re-pick from the ring). Returns how many
-/// were copied.
+/// were written.
 pub fn copy_flows(
     dir: &Path,
     layout: u32,
     dp: &mut Dataplane,
+    how: FlowCopy,
     keep: impl Fn(BackendId) -> bool,
 ) -> Result<usize> {
     let capacity = dp.sizes().flow_table_size as usize;
@@ -169,7 +180,7 @@ pub fn copy_flows(
             .map(|(k, s)| (k, s.backend_id))
             .collect()
     };
-    if flows.len() > capacity {
+    if how == FlowCopy::All && flows.len() > capacity {
         warn!(
             flows = flows.len(),
             capacity,
@@ -181,8 +192,12 @@ pub fn copy_flows(
         if !keep(backend_id) {
             continue;
         }
-        dp.insert_flow(&key, &FlowState { backend_id })?;
-        copied += 1;
+        let state = FlowState { backend_id };
+        let written = match how {
+            FlowCopy::All => dp.insert_flow(&key, &state).map(|()| true)?,
+            FlowCopy::Missing => dp.insert_flow_if_absent(&key, &state)?,
+        };
+        copied += usize::from(written);
     }
     Ok(copied)
 }
