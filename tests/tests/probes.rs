@@ -277,7 +277,7 @@ fn the_ca_file_is_read_once_per_config() {
             "address = \"{address}\"\nport = {port}\nprotocol = \"tcp\"\n\
              backends = [{{ address = \"{b0}\" }}, {{ address = \"{b1}\" }}, {{ address = \"{b2}\" }}]\n\
              health = {{ kind = \"https\", path = \"/healthz\", tls_server_name = \"{name}\", tls_ca_file = \"{ca}\", \
-             interval_ms = 200, timeout_ms = 1000 }}\n",
+             interval_ms = 300, timeout_ms = 300 }}\n",
             port = lab::HTTPS_PORT,
             b0 = lab::backend_v4(0),
             b1 = lab::backend_v4(1),
@@ -361,7 +361,7 @@ fn probes_go_on_while_lbd_rebuilds_rings() {
             80,
             probed,
             &format!(
-                "kind = \"tcp\", port = 8081, interval_ms = {}, timeout_ms = 1000",
+                "kind = \"tcp\", port = 8081, interval_ms = {0}, timeout_ms = {0}",
                 interval.as_millis()
             ),
         ));

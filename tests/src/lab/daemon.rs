@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use lb_userspace::config::Config;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
+use lb_userspace::health::CheckKind;
 
 use crate::harness::guards::ChildGuard;
 use crate::lab::{Lab, target_binary};
@@ -220,7 +221,19 @@ impl Lbd {
         }
     }
 
-    /// Waits until every health row of `backend` says `up`; returns how long it took.
+    /// Whether every checked health row of `backend` has had a passing probe.
+    fn all_probed(&self, backend: IpAddr) -> bool {
+        match self.call(&Request::Health) {
+            Response::Health(rows) => rows
+                .iter()
+                .filter(|h| h.target.ip() == backend && h.kind != CheckKind::None)
+                .all(|h| h.last_ok == Some(true)),
+            other => panic!("Health: unexpected answer {other:?}"),
+        }
+    }
+
+    /// Waits until every health row of `backend` says `up` (and, for up, each checked row has passed a probe);
+    /// returns how long it took.
     pub fn wait_backend_state(
         &self,
         _lab: &Lab,
@@ -232,7 +245,11 @@ impl Lbd {
         let start = Instant::now();
         loop {
             let rows = self.backend_up(backend);
-            if !rows.is_empty() && rows.iter().all(|&u| u == up) {
+            // "Up" also waits for a passing probe of each checked row: first probes are spread over the interval,
+            // and until one has run lbd's host may not have resolved the backend's neighbour entry yet (an XDP
+            // redirect to an unresolved neighbour drops the packet; TCP retransmits, a single UDP request is lost).
+            let probed = !up || self.all_probed(backend);
+            if !rows.is_empty() && rows.iter().all(|&u| u == up) && probed {
                 return start.elapsed();
             }
             assert!(
