@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
 use crate::config::{Config, VipAddr};
-use crate::dataplane::{Dataplane, LoadOptions};
+use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
 use crate::health::{CheckKind, HealthKey};
 use crate::layout::{self, Plan};
 use crate::pins::PinDir;
@@ -240,9 +240,11 @@ impl Daemon {
                 && be.weight > 0
             {
                 be.weight = 0;
-                self.edits.push(format!(
-                    "drain of {addr} in {va} (kept from the running dataplane)"
-                ));
+                let edit = format!("drain of {addr} in {va} (kept from the running dataplane)");
+                info!(
+                    "{edit}: a drain made at run time outlives restarts; a reload from the file drops it"
+                );
+                self.edits.push(edit);
             }
         }
         info!(
@@ -346,6 +348,11 @@ impl Daemon {
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
         &mut self.dp
+    }
+
+    /// The flow table on a descriptor of its own, to walk without holding the daemon.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        self.dp.flow_table()
     }
 
     /// The ring packets of `vip` use now, from the map.

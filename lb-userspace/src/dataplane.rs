@@ -3,6 +3,7 @@
 //! only optionally pins maps so that a restarted daemon adopts the running state.
 
 use std::collections::HashSet;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
 use crate::ring_map::RingMap;
@@ -25,6 +26,27 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Only tests, benchmarks and load tests load it, from this build's directory; lbd embeds and loads only
 /// [`EBPF_OBJECT`].
 pub const LAB_OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/lb-lab-ebpf");
+
+/// The flow table, apart from the [`Dataplane`] (see [`Dataplane::flow_table`]).
+pub struct FlowTable(HashMap<MapData, FlowKey, FlowState>);
+
+impl FlowTable {
+    /// Hands up to `limit` entries to `each`, in the kernel's order, until `each` returns false. The program keeps
+    /// inserting and evicting meanwhile: an entry gone before it is read is skipped.
+    pub fn walk(
+        &self,
+        limit: usize,
+        mut each: impl FnMut(FlowKey, FlowState) -> bool,
+    ) -> Result<()> {
+        for entry in self.0.iter().take(limit) {
+            let (k, s) = entry.with_context(|| format!("iterating {}", maps::FLOWS))?;
+            if !each(k, s) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Word `index` of the `LB_VIP_FILTER` that covers exactly the addresses of `keys`.
 fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
@@ -594,6 +616,24 @@ impl Dataplane {
             .take(limit)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("iterating {}", maps::FLOWS))
+    }
+
+    /// A handle on the flow table of its own (a second descriptor of the same map), for a walk that must not hold
+    /// the daemon: `lbctl flows` reads through it on a blocking thread while lbd goes on.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        let data = match self.map(maps::FLOWS)? {
+            Map::LruHashMap(d) | Map::HashMap(d) => d,
+            _ => anyhow::bail!("{} is not a hash map", maps::FLOWS),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the descriptor of {}", maps::FLOWS))?;
+        let data = MapData::from_fd(fd).with_context(|| format!("opening {}", maps::FLOWS))?;
+        let map = HashMap::try_from(Map::from_map_data(data)?)
+            .with_context(|| format!("map {}", maps::FLOWS))?;
+        Ok(FlowTable(map))
     }
 
     /// The flow table's entry for one flow.

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod pins;
 pub mod privileges;
 pub mod ring_map;
+pub mod rlimit;
 pub mod runtime;
 pub mod service;
 mod shared;

@@ -77,7 +77,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     privileges::drop_to_running().context("dropping capabilities")?;
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
-    let shared = Arc::new(Shared::new(daemon, Checker::new(tx)));
+    let checker = Checker::new(tx).context("starting the health-check thread")?;
+    let shared = Arc::new(Shared::new(daemon, checker));
     shared.sync_checks(&*shared.daemon.lock().await);
 
     let h = shared.clone();
@@ -190,9 +191,15 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         warn!("reading stats: {e:#}");
         Default::default()
     });
+    let (health, probes, probe_local_errors) = {
+        let checker = shared.checker.lock().expect("checker lock");
+        (checker.table(), checker.probes(), checker.local_errors())
+    };
     Snapshot {
         stats,
-        health: shared.checker.lock().expect("checker lock").table(),
+        health,
+        probes,
+        probe_local_errors,
         ring_rebuilds: d.ring_builds,
         reloads_ok: d.reloads_ok,
         reloads_failed: d.reloads_failed,
@@ -200,5 +207,7 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reattachments: d.reattachments,
         panicking: d.panicking().iter().map(ToString::to_string).collect(),
         panics: d.panics,
+        // Counted by the endpoint itself (metrics::serve).
+        metrics_refused: 0,
     }
 }

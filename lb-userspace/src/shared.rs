@@ -99,6 +99,9 @@ impl Shared {
                 })
             })
             .collect();
-        self.checker.lock().expect("checker lock").sync(wanted);
+        self.checker
+            .lock()
+            .expect("checker lock")
+            .sync(wanted, &daemon.config().trust);
     }
 }

@@ -54,7 +54,7 @@ fn as_the_unit_starts_it(caps: &BTreeSet<String>) -> Launch {
             "--inh-caps=-all".into(),
             format!("--bounding-set=-all,{}", list.join(",")),
         ],
-        env: Vec::new(),
+        ..Launch::default()
     }
 }
 

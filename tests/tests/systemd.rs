@@ -75,6 +75,7 @@ fn ready_once_serving_watchdog_pings_and_stopping() {
             ("NOTIFY_SOCKET".into(), path.display().to_string()),
             ("WATCHDOG_USEC".into(), WATCHDOG.as_micros().to_string()),
         ],
+        ..Launch::default()
     };
     let socket = lab.socket_path();
     let metrics_addr = lb_userspace::config::Config::load(&cfg)
@@ -284,7 +285,7 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
                 "-o".into(),
                 trace.display().to_string(),
             ],
-            env: Vec::new(),
+            ..Launch::default()
         },
     );
     lbd.wait_all_backends_up(&lab, Duration::from_secs(30));

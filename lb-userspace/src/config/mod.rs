@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataplane::MapSizes;
-use crate::health::CheckSpec;
+use crate::health::{CheckSpec, TrustStores};
 use crate::names::named_enum;
 pub use crate::service::{Protocol, VipAddr};
 
@@ -47,6 +47,10 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
+    /// The CA stores its HTTPS checks trust, read once when it is validated (derived from `vips`, so not part of
+    /// what it says).
+    #[serde(skip)]
+    pub trust: TrustStores,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -18,7 +18,7 @@ use super::{
     VipConfig, XdpMode,
 };
 use crate::dataplane::MapSizes;
-use crate::health::CheckSpec;
+use crate::health::{CheckSpec, TrustStores};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +108,11 @@ impl RawConfig {
                 labels.push(label);
             }
         }
-        let config = Config { daemon, vips };
+        let config = Config {
+            daemon,
+            vips,
+            trust: TrustStores::default(),
+        };
         config.check(&labels, &mut errs);
         if errs.is_empty() {
             Ok(config)

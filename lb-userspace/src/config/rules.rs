@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{Config, DaemonConfig, FragmentPolicy, MAX_WEIGHT, MIN_MTU, Mode, VipAddr, VipConfig};
+use crate::health::TrustStores;
 use crate::maglev::is_prime;
 
 impl Config {
@@ -16,7 +17,7 @@ impl Config {
             if let Some(first) = seen.insert(v.key(), label) {
                 errs.push(format!("{label}: {} duplicates {first}", v.key()));
             }
-            check_vip(v, label, &self.daemon, errs);
+            check_vip(v, label, &self.daemon, &self.trust, errs);
         }
         check_totals(&self.daemon, &self.vips, labels, errs);
     }
@@ -67,7 +68,13 @@ fn check_daemon(d: &DaemonConfig, errs: &mut Vec<String>) {
     }
 }
 
-fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<String>) {
+fn check_vip(
+    v: &VipConfig,
+    p: &str,
+    daemon: &DaemonConfig,
+    trust: &TrustStores,
+    errs: &mut Vec<String>,
+) {
     if let Some(why) = unusable(v.address) {
         errs.push(format!("{p}.address: \"{}\" {why}", v.address));
     }
@@ -122,7 +129,7 @@ fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<Strin
             }
         }
     }
-    errs.extend(v.health.validate(&format!("{p}.health"), v.port));
+    errs.extend(v.health.validate(&format!("{p}.health"), v.port, trust));
 }
 
 fn check_totals(
