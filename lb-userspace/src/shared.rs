@@ -4,13 +4,15 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::daemon::Daemon;
 use crate::health::{CheckKind, Checker, HealthKey};
+use crate::service::VipAddr;
 
 pub struct Shared {
     /// In an `Arc` of its own so that a heavy change (a reload, a health change across many VIPs: Maglev builds and
@@ -54,9 +56,23 @@ impl Shared {
 
     /// Applies health transitions (all those queued at once: each VIP they touch is rebuilt once).
     pub async fn set_health(&self, changes: Vec<(HealthKey, bool)>) {
-        let (_, result) = self.off_runtime(move |d| d.set_health(&changes)).await;
-        if let Err(e) = result {
-            warn!("applying health changes failed: {e:#}");
+        let queued = Instant::now();
+        let (_, (result, vips, took)) = self
+            .off_runtime(move |d| {
+                let started = Instant::now();
+                let vips: BTreeSet<VipAddr> = changes.iter().map(|(k, _)| k.vip).collect();
+                (d.set_health(&changes), vips.len(), started.elapsed())
+            })
+            .await;
+        match result {
+            Err(e) => warn!("applying health changes failed: {e:#}"),
+            // What a failover costs, for operators sizing rings and VIP counts (and bench maglev's down_to_ring_ms).
+            Ok(()) => info!(
+                vips,
+                apply_ms = took.as_secs_f64() * 1e3,
+                waited_ms = (queued.elapsed() - took).as_secs_f64() * 1e3,
+                "health changes applied"
+            ),
         }
     }
 

@@ -329,6 +329,18 @@ fn down_to_ring(
             && switched.len() == vips
         {
             let last = switched.iter().copied().fold(f64::MIN, f64::max);
+            // Where the time went: lbd logs each batch's work and its wait for the daemon's lock.
+            let applied: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.contains("health changes applied"))
+                .filter(|l| timestamp(l).is_some_and(|t| t >= first))
+                .copied()
+                .collect();
+            eprintln!(
+                "lb-bench maglev: {} health batches after the failed check:\n{}",
+                applied.len(),
+                applied.join("\n")
+            );
             return Ok((last - first) * 1e3);
         }
         if !child.alive() || Instant::now() > deadline {
