@@ -1,6 +1,6 @@
 //! `lbd`'s event loop around [`Daemon`]: signals (SIGHUP reload, SIGTERM/SIGINT exit leaving the program
-//! forwarding), health events turned into ring rebuilds, the interface watch, and starting the control socket,
-//! the metrics endpoint and the aya-log bridge. The answers to lbctl are `control::handler`'s; what is shared
+//! forwarding), health events turned into ring rebuilds and announcements, the interface watch, the announcement
+//! tick, and starting the control socket, the metrics endpoint and the aya-log bridge. The answers to lbctl are `control::handler`'s; what is shared
 //! between the tasks is `shared::Shared`.
 
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use lb_common::programs;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::announce::Announcer;
 use crate::config::Config;
 use crate::control::server::Server;
 use crate::daemon::Daemon;
@@ -55,6 +56,9 @@ fn start_ebpf_logger(dp: &mut Dataplane) {
 
 /// How often lbd checks that its interface is still the device it attached `lb_xdp` to.
 const INTERFACE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the announcements are synced without a health event: ends hold-downs on time (to this resolution) and
+/// puts back a route someone removed by hand.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -67,11 +71,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             config.daemon.control_socket.display()
         )
     })?;
+    let announcer = Announcer::start(&config.announce)?;
     let mut daemon = Daemon::start(&config_path, config)?;
     start_ebpf_logger(daemon.dataplane());
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
-    let shared = Arc::new(Shared::new(daemon, Checker::new(tx)));
+    let shared = Arc::new(Shared::new(daemon, Checker::new(tx), announcer));
     shared.sync_checks(&*shared.daemon.lock().await);
 
     let h = shared.clone();
@@ -94,6 +99,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     let mut stop = shared.stop.subscribe();
     let mut interface_watch = tokio::time::interval(INTERFACE_WATCH_INTERVAL);
     interface_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announce_tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    announce_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interface_watch.tick() => {
@@ -111,6 +118,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 if let Err(e) = d.set_health(&ev.key.vip, ev.key.backend, ev.up) {
                     warn!(vip = %ev.key.vip, backend = %ev.key.backend, "applying a health change failed: {e:#}");
                 }
+                // At once, not at the next tick: a VIP that lost its last backend must stop attracting traffic.
+                shared.sync_announcements(&d);
+            }
+            _ = announce_tick.tick() => {
+                shared.sync_announcements(&*shared.daemon.lock().await);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -138,6 +150,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 d.config().daemon.pin_dir.clone(),
             )
         };
+        // Withdrawn first: the routers stop sending before the program stops forwarding.
+        shared
+            .announcer
+            .lock()
+            .expect("announcer lock")
+            .withdraw_all()?;
         crate::daemon::detach_all(&interface, &pin_dir)?;
         info!("detached; exiting");
     } else {
@@ -168,5 +186,7 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reloads_failed: d.reloads_failed,
         attached: d.attached(),
         reattachments: d.reattachments,
+        table_digests: shared.table_digests(&d),
+        announce: shared.announcer.lock().expect("announcer lock").info(),
     }
 }

@@ -1,11 +1,15 @@
-//! What lbd's tasks share: the daemon behind its lock, the health checker, when it started, and the stop signal.
-//! The signal loop (`runtime`), the control handler (`control::handler`) and the metrics endpoint all hold one.
+//! What lbd's tasks share: the daemon behind its lock, the health checker, the announcements, when it started, and
+//! the stop signal. The signal loop (`runtime`), the control handler (`control::handler`) and the metrics endpoint
+//! all hold one.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use tokio::sync::{Mutex, watch};
 
+use crate::announce::{self, Announcer};
+use crate::config::VipAddr;
 use crate::daemon::Daemon;
 use crate::health::{CheckKind, Checker, HealthKey};
 
@@ -20,17 +24,50 @@ pub struct Shared {
     pub stop: watch::Sender<bool>,
     /// Set with the stop by `lbctl shutdown --detach`: remove the program on the way out.
     pub detach: AtomicBool,
+    pub announcer: std::sync::Mutex<Announcer>,
+    /// Each VIP's table digest, valid while the daemon's `ring_builds` is the number kept with it: reading a ring
+    /// back costs one syscall per slot, too much for every scrape.
+    digests: std::sync::Mutex<(u64, BTreeMap<VipAddr, String>)>,
 }
 
 impl Shared {
-    pub fn new(daemon: Daemon, checker: Checker) -> Shared {
+    pub fn new(daemon: Daemon, checker: Checker, announcer: Announcer) -> Shared {
         Shared {
             daemon: Mutex::new(daemon),
             checker: std::sync::Mutex::new(checker),
             started: Instant::now(),
             stop: watch::Sender::new(false),
             detach: false.into(),
+            announcer: std::sync::Mutex::new(announcer),
+            digests: Default::default(),
         }
+    }
+
+    /// Makes the announcements follow the daemon's config and health view as they are now.
+    pub fn sync_announcements(&self, daemon: &Daemon) {
+        let mut a = self.announcer.lock().expect("announcer lock");
+        a.reconfigure(&daemon.config().announce);
+        a.sync(Instant::now(), &announce::vip_health(daemon));
+    }
+
+    /// Every VIP's table digest (see `digest`), read from the live rings when one was rebuilt since the last call.
+    pub fn table_digests(&self, daemon: &Daemon) -> BTreeMap<VipAddr, String> {
+        let mut cache = self.digests.lock().expect("digest lock");
+        let fresh = cache.0 == daemon.ring_builds
+            && daemon.state().vips.keys().all(|k| cache.1.contains_key(k));
+        if !fresh {
+            let mut digests = BTreeMap::new();
+            for (k, v) in &daemon.state().vips {
+                match daemon.live_ring(k) {
+                    Ok(ring) => {
+                        digests.insert(*k, crate::digest::table_digest(&ring, &v.backends));
+                    }
+                    Err(e) => tracing::warn!(vip = %k, "reading the ring for its digest: {e:#}"),
+                }
+            }
+            *cache = (daemon.ring_builds, digests);
+        }
+        cache.1.clone()
     }
 
     /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`): what changed, or why the
@@ -40,6 +77,7 @@ impl Shared {
         match d.reload() {
             Ok(diff) => {
                 self.sync_checks(&d);
+                self.sync_announcements(&d);
                 Ok(format!("reloaded: {}", diff.summary()))
             }
             Err(e) => Err(format!("reload rejected, running state kept: {e:#}")),

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::announce::AnnounceInfo;
 use crate::config::{FragmentPolicy, Mode, VipAddr};
 use crate::health::{BackendHealth, CheckSpec};
 
@@ -59,6 +60,12 @@ pub enum Request {
     Shutdown {
         detach: bool,
     },
+    /// What is announced over BGP and why not.
+    Announce,
+    /// `drain: true` withdraws every address of this balancer (maintenance), `false` lets health decide again.
+    AnnounceDrain {
+        drain: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +84,7 @@ pub enum Response {
     Stats(Stats),
     Flows(Vec<FlowInfo>),
     Simulate(SimulateResult),
+    Announce(AnnounceInfo),
 }
 
 impl Response {
@@ -111,6 +119,8 @@ pub struct VipSpec {
     pub backends: Vec<BackendSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CheckSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +150,8 @@ pub struct StatusInfo {
     pub attached: bool,
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
+    /// What is announced over BGP.
+    pub announce: AnnounceInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +161,10 @@ pub struct VipInfo {
     pub mode: Mode,
     pub ring_size: u32,
     pub fragments: FragmentPolicy,
+    pub min_healthy: u32,
+    /// Digest of the active Maglev table by backend address (`digest::table_digest`): equal on every balancer
+    /// that sends each flow of this VIP to the same backend.
+    pub table_digest: String,
     pub backends: Vec<BackendInfo>,
 }
 
@@ -275,6 +291,8 @@ mod tests {
             },
             Request::Flows { limit: 10 },
             Request::Shutdown { detach: true },
+            Request::Announce,
+            Request::AnnounceDrain { drain: true },
         ];
         for r in reqs {
             let line = serde_json::to_string(&r).unwrap();

@@ -17,6 +17,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
             fragments,
             backends,
             health,
+            min_healthy,
         } => {
             let key = parse_vip(&vip).map_err(anyhow::Error::msg)?;
             let protocol = lb_userspace::config::Protocol::from_number(key.protocol)
@@ -34,6 +35,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .map(|b| parse_backend(b))
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
+                min_healthy,
             };
             ctx.change(&Request::VipAdd {
                 vip: Box::new(spec),
@@ -91,6 +93,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
             v.mode.to_string(),
             v.ring_size.to_string(),
             v.fragments.to_string(),
+            v.table_digest.clone(),
             String::new(),
             String::new(),
             String::new(),
@@ -98,6 +101,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
         ]);
         for b in &v.backends {
             rows.push(vec![
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -112,7 +116,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
     }
     output::table(
         &[
-            "vip", "id", "mode", "ring", "frags", "backend", "weight", "health", "entries",
+            "vip", "id", "mode", "ring", "frags", "table", "backend", "weight", "health", "entries",
         ],
         &rows,
     );
