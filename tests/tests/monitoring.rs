@@ -201,7 +201,7 @@ fn dashboard_and_alert_rules_name_only_what_a_live_lbd_exports() {
     let lbd = Lbd::start(&lab, &cfg);
     // Health probes must have run: the probe latency and per-result counts exist only after them.
     lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
-    let scrape = Scrape::parse(&lbd.metrics(&lab));
+    let scrape = Scrape::parse(&lbd.metrics());
 
     let mut problems = Vec::new();
     for q in dashboard_queries().into_iter().chain(rule_queries()) {
@@ -215,5 +215,5 @@ fn dashboard_and_alert_rules_name_only_what_a_live_lbd_exports() {
         problems.join("\n"),
         scrape.metric_names().collect::<Vec<_>>()
     );
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
 }

@@ -123,7 +123,7 @@ fn demo(requests: usize) {
     let cfg = lab.write_config("lab.toml", |_| {});
     let lbd = Lbd::start(&lab, &cfg);
     lbd.wait_all_backends_up(&lab, std::time::Duration::from_secs(20));
-    print!("{}", lbd.lbctl(&lab, &["vip", "list"]));
+    print!("{}", lbd.lbctl(&["vip", "list"]));
 
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
     step(&format!(
@@ -150,18 +150,17 @@ fn demo(requests: usize) {
     );
 
     step("lbctl stats");
-    print!("{}", lbd.lbctl(&lab, &["stats"]));
+    print!("{}", lbd.lbctl(&["stats"]));
 
     step("Stopping backend-2's server: health checks take it out of the ring");
     lab.stop_server(1);
     let took = lbd.wait_backend_state(
-        &lab,
         lab::backend_v4(1),
         false,
         std::time::Duration::from_secs(20),
     );
     println!("  backend-2 marked down after {:.1} s", took.as_secs_f64());
-    print!("{}", lbd.lbctl(&lab, &["health"]));
+    print!("{}", lbd.lbctl(&["health"]));
     step(&format!("{requests} requests with backend-2 down"));
     print!(
         "{}",
@@ -170,12 +169,7 @@ fn demo(requests: usize) {
 
     step("Starting backend-2 again: back in the ring after `rise` successful checks");
     lab.start_server(1);
-    let took = lbd.wait_backend_state(
-        &lab,
-        lab::backend_v4(1),
-        true,
-        std::time::Duration::from_secs(20),
-    );
+    let took = lbd.wait_backend_state(lab::backend_v4(1), true, std::time::Duration::from_secs(20));
     println!("  backend-2 marked up after {:.1} s", took.as_secs_f64());
     step(&format!("{requests} requests with backend-2 back"));
     print!(
@@ -184,7 +178,7 @@ fn demo(requests: usize) {
     );
 
     step("Tearing down (lbctl shutdown --detach, namespaces deleted)");
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
     drop(lab);
     println!("  done");
 }

@@ -1,4 +1,4 @@
-//! A real `lbd` process in the lab's balancer namespace, and `lbctl` against it.
+//! A real `lbd` process in a balancer namespace (the lab's, or one of the ECMP lab's), and `lbctl` against it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,38 +10,51 @@ use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 
 use crate::harness::guards::ChildGuard;
+use crate::harness::netns::NetNs;
 use crate::lab::{Lab, target_binary};
 
-/// `lbd --config <path>` running in the balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
+/// `lbd --config <path>` running in a balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
 /// guard then removes what it left attached.
 pub struct Lbd {
     child: Option<ChildGuard>,
+    /// The balancer's namespace (lbd and lbctl run there).
+    ns: NetNs,
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
 
 impl Lbd {
-    /// Starts lbd and waits until its control socket answers.
+    /// Starts lbd in the lab's balancer and waits until its control socket answers.
     pub fn start(lab: &Lab, config: &Path) -> Lbd {
+        Lbd::start_in(&lab.balancer.ns, config, &lab.dir.path().join("lbd.log"))
+    }
+
+    /// Starts lbd in `ns` with `config` (whose control socket it answers on), logging to `log`.
+    pub fn start_in(ns: &NetNs, config: &Path, log: &Path) -> Lbd {
+        let socket = Config::load(config)
+            .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
+            .daemon
+            .control_socket;
         let mut lbd = Lbd {
             child: None,
+            ns: ns.handle(),
             config: config.to_path_buf(),
-            socket: lab.socket_path(),
-            log: lab.dir.path().join("lbd.log"),
+            socket,
+            log: log.to_path_buf(),
         };
-        lbd.spawn(lab);
+        lbd.spawn();
         lbd
     }
 
-    fn spawn(&mut self, lab: &Lab) {
+    fn spawn(&mut self) {
         let lbd = target_binary("lbd");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let mut cmd = lab.balancer_command(&[
+        let mut cmd = self.ns.nsenter_command(&[
             lbd.to_str().expect("utf-8 path"),
             "--config",
             self.config.to_str().expect("utf-8 path"),
@@ -78,10 +91,31 @@ impl Lbd {
         self.child = None;
     }
 
-    /// Starts lbd again with the same config (after [`Lbd::kill9`]).
-    pub fn restart(&mut self, lab: &Lab) {
+    /// SIGTERM, as `systemctl stop` sends: lbd exits and leaves the program forwarding; returns once it is gone.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM lbd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.alive() {
+            assert!(
+                Instant::now() < deadline,
+                "lbd still running 10 s after SIGTERM; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts lbd again with the same config (after [`Lbd::kill9`] or [`Lbd::terminate`]).
+    pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running lbd");
-        self.spawn(lab);
+        self.spawn();
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -106,8 +140,8 @@ impl Lbd {
 
     /// Runs `lbctl --socket <sock> <args>` and returns its stdout; panics with stderr when it fails. The socket is a
     /// path, so lbctl can run from anywhere; it runs in the balancer namespace anyway, as an operator would.
-    pub fn lbctl(&self, lab: &Lab, args: &[&str]) -> String {
-        let out = self.lbctl_output(lab, args);
+    pub fn lbctl(&self, args: &[&str]) -> String {
+        let out = self.lbctl_output(args);
         assert!(
             out.status.success(),
             "lbctl {args:?} failed: {}\n{}",
@@ -117,7 +151,7 @@ impl Lbd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn lbctl_output(&self, lab: &Lab, args: &[&str]) -> std::process::Output {
+    pub fn lbctl_output(&self, args: &[&str]) -> std::process::Output {
         let lbctl = target_binary("lbctl");
         let mut argv = vec![
             lbctl.to_str().expect("utf-8 path"),
@@ -125,18 +159,18 @@ impl Lbd {
             self.socket.to_str().expect("utf-8"),
         ];
         argv.extend_from_slice(args);
-        let mut cmd: Command = lab.balancer_command(&argv);
+        let mut cmd: Command = self.ns.nsenter_command(&argv);
         cmd.output().unwrap_or_else(|e| panic!("run lbctl: {e}"))
     }
 
     /// The body of `GET /metrics` from the config's `metrics_addr`, asked inside the balancer's namespace where lbd
     /// listens; panics unless the answer is 200.
-    pub fn metrics(&self, lab: &Lab) -> String {
+    pub fn metrics(&self) -> String {
         let addr = Config::load(&self.config)
             .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()))
             .daemon
             .metrics_addr;
-        let response = lab.balancer.ns.run(|| {
+        let response = self.ns.run(|| {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .unwrap_or_else(|e| panic!("connect to /metrics at {addr}: {e}"));
@@ -169,7 +203,6 @@ impl Lbd {
     /// Waits until every health row of `backend` says `up`; returns how long it took.
     pub fn wait_backend_state(
         &self,
-        _lab: &Lab,
         backend: impl Into<IpAddr>,
         up: bool,
         limit: Duration,
@@ -194,14 +227,14 @@ impl Lbd {
     /// Waits until every backend of the lab is up in every VIP.
     pub fn wait_all_backends_up(&self, lab: &Lab, limit: Duration) {
         for b in &lab.backends {
-            self.wait_backend_state(lab, b.host.v4, true, limit);
-            self.wait_backend_state(lab, b.host.v6, true, limit);
+            self.wait_backend_state(b.host.v4, true, limit);
+            self.wait_backend_state(b.host.v6, true, limit);
         }
     }
 
     /// `lbctl shutdown --detach`; panics (with lbd's log) unless the process exits within 10 s.
-    pub fn shutdown_detach(mut self, lab: &Lab) {
-        let _ = self.lbctl(lab, &["shutdown", "--detach"]);
+    pub fn shutdown_detach(mut self) {
+        let _ = self.lbctl(&["shutdown", "--detach"]);
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.alive() {

@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lb_common::AddrKey;
@@ -257,17 +257,6 @@ impl Lab {
 
     pub fn client(&self) -> &LabHost {
         &self.clients[0]
-    }
-
-    /// A command running `argv` in the balancer's network namespace while keeping the host's mount namespace, so
-    /// that the host's bpffs (/sys/fs/bpf) is visible: pins must outlive the process (`ip netns exec` would give
-    /// the process a private /sys without bpffs).
-    pub fn balancer_command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.balancer.ns.name()))
-            .arg("--")
-            .args(argv);
-        cmd
     }
 
     /// Writes the lab's lbd config (config/lab.toml with this lab's pin directory, socket and log paths) and

@@ -153,7 +153,7 @@ fn start_lbd(lab: &Lab, cfg: &Path) -> Lbd {
 /// test owns it.
 fn stop_lbd(lab: &Lab, lbd: Lbd) -> Result<()> {
     let start = Instant::now();
-    lbd.shutdown_detach(lab);
+    lbd.shutdown_detach();
     while measure::xdp_prog_id(&lab.balancer.ns, lab::HOST_IF).is_ok() {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(20),
