@@ -272,8 +272,10 @@ backends = [{ address = "fd00:18:1::11", weight = 1000 }]
     #[test]
     fn shipped_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-        if let Err(e) = Config::load(&dir.join("lab.toml")) {
-            panic!("lab.toml: {e}");
+        for lab in ["lab.toml", "ecmp-lab.toml"] {
+            if let Err(e) = Config::load(&dir.join(lab)) {
+                panic!("{lab}: {e}");
+            }
         }
         // The package installs lbd.toml with `interface` commented out, so that installing it attaches nothing: as
         // shipped it must be refused for exactly that, and be valid once the interface is set.

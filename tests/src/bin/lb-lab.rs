@@ -1,14 +1,25 @@
 //! `lb-lab demo`: the balancer's main job, end to end, on the embedded lab config — what `cargo xtask demo` runs.
+//! `lb-lab demo ecmp`: three balancers behind a BGP router with ECMP — what `cargo xtask demo ecmp` runs.
 //! `lb-lab serve`: the server process each lab backend runs.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use lb_tests::lab::churn::{self, ChurnOptions};
 use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::ecmp::{self, EcmpLab, EcmpOptions};
 use lb_tests::lab::traffic;
 use lb_tests::lab::{self, Lab, LabOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DemoKind {
+    /// One balancer (config/lab.toml).
+    Single,
+    /// Three balancers announcing the VIPs over BGP to a router with ECMP (config/ecmp-lab.toml).
+    Ecmp,
+}
 
 #[derive(Parser)]
 #[command(about = "The load balancer lab: namespaces, backends, real traffic")]
@@ -20,10 +31,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the lab, start lbd with config/lab.toml, send traffic, take a backend down and back, tear down.
+    /// `demo ecmp`: three balancers behind a BGP router; flows spread, one balancer removed and added back, one
+    /// drained, while connections stay open; ends with `ecmp: N connections through B balancers, K broken` and
+    /// fails if K > 0.
     Demo {
+        #[arg(value_enum, default_value_t = DemoKind::Single)]
+        kind: DemoKind,
         /// Requests per traffic round.
         #[arg(long, default_value_t = 600)]
         requests: usize,
+        /// ecmp: long-lived connections kept open through the changes.
+        #[arg(long, default_value_t = 240)]
+        connections: usize,
     },
     /// Build the lab and start lbd, print how to reach it, and keep it up for a while (for exploring by hand).
     Up {
@@ -90,13 +109,22 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs(seconds));
             ExitCode::SUCCESS
         }
-        Cmd::Demo { requests } => {
+        Cmd::Demo {
+            kind,
+            requests,
+            connections,
+        } => {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("lb-lab demo: needs root (network namespaces, XDP)");
                 return ExitCode::FAILURE;
             }
-            demo(requests);
-            ExitCode::SUCCESS
+            match kind {
+                DemoKind::Single => {
+                    demo(requests);
+                    ExitCode::SUCCESS
+                }
+                DemoKind::Ecmp => ecmp_demo(requests, connections),
+            }
         }
     }
 }
@@ -181,4 +209,94 @@ fn demo(requests: usize) {
     lbd.shutdown_detach();
     drop(lab);
     println!("  done");
+}
+
+fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
+    step(
+        "Building the ECMP lab: clients -> router (BIRD, ECMP) -> 3 balancers (BIRD + lbd + lb_xdp) -> backends",
+    );
+    let mut lab = EcmpLab::new(&EcmpOptions::default());
+    println!(
+        "  clients on the edge segment; router {} / {}; balancers {}; backends {} (replies go back via the router)",
+        ecmp::ROUTER_EDGE_V4,
+        ecmp::ROUTER_FABRIC_V4,
+        (0..lab.balancers.len())
+            .map(|k| ecmp::balancer_v4(k).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        (0..lab.backends.len())
+            .map(|i| ecmp::backend_v4(i).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  every lbd announces the VIPs through its BIRD; the router merged the paths:");
+    for family in ["-4", "-6"] {
+        print!(
+            "{}",
+            indent(&lab.router.ip(&[family, "route", "show", "proto", "bird"]))
+        );
+    }
+    step("lbctl announce on lb1");
+    print!("{}", lab.balancers[0].lbd.lbctl(&["announce"]));
+
+    step(&format!(
+        "{requests} HTTP requests to {}, each on a new connection: the router spreads them over the balancers",
+        ecmp::vip4()
+    ));
+    let before: Vec<u64> = lab.all().iter().map(|&k| lab.vip_packets(k)).collect();
+    let mut tally = traffic::Tally::default();
+    for c in &lab.clients {
+        tally.merge(traffic::http_burst(
+            &c.ns,
+            ecmp::vip4(),
+            requests / lab.clients.len(),
+            16,
+        ));
+    }
+    print!("{}", tally.render());
+    for (k, b) in lab.balancers.iter().enumerate() {
+        println!(
+            "  {}: {} VIP packets",
+            b.name,
+            lab.vip_packets(k) - before[k]
+        );
+    }
+
+    step(
+        "Every balancer's Maglev tables: the digests agree, so a flow gets the same backend on each",
+    );
+    for (k, b) in lab.balancers.iter().enumerate() {
+        let d: Vec<String> = lab
+            .digests(k)
+            .iter()
+            .map(|(vip, d)| format!("{vip} {d}"))
+            .collect();
+        println!("  {}: {}", b.name, d.join("  "));
+    }
+
+    step(&format!(
+        "{connections} long-lived connections, one request each 100 ms, while balancers leave and return"
+    ));
+    let report = churn::churn(
+        &mut lab,
+        &ChurnOptions {
+            connections,
+            ..Default::default()
+        },
+    );
+    step("Convergence");
+    print!("{}", report.render());
+    step("Tearing down (namespaces, lbd and BIRD processes)");
+    drop(lab);
+    println!("  done");
+    println!("{}", report.summary());
+    if report.broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
