@@ -161,6 +161,10 @@ impl NetNs {
         self.ip(&["link", "set", ifname, "up"]);
     }
 
+    pub fn link_down(&self, ifname: &str) {
+        self.ip(&["link", "set", ifname, "down"]);
+    }
+
     /// Adds `cidr` (e.g. `198.18.0.1/24`, `fd00::1/64`) to `ifname`. IPv6 addresses skip DAD so they are usable at
     /// once.
     pub fn add_addr(&self, ifname: &str, cidr: &str) {

@@ -4,7 +4,8 @@
 //! What `cargo xtask demo ecmp` shows and tests/ecmp.rs asserts; it measures how long the router took to follow
 //! each change and how many connections moved.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::lab::ecmp::{EcmpLab, vip4, vip6};
@@ -89,6 +90,9 @@ impl ChurnReport {
 /// about two seconds (BIRD's 1 s connect delay, the OPEN exchange), and a return from drain the lab's 1.5 s
 /// hold-down; thirty seconds leave a shared machine's stalls room without hiding a route that never converges.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
+/// Which balancer carries a connection is watched for this many request periods: every connection sends a few
+/// requests in it even when a worker runs late.
+const PATH_WINDOW_PERIODS: u32 = 5;
 /// The connections never run longer than this, whatever happens to the caller.
 const SESSIONS_LIMIT: Duration = Duration::from_secs(600);
 
@@ -122,8 +126,9 @@ pub fn churn(lab: &mut EcmpLab, opts: &ChurnOptions) -> ChurnReport {
         flows.len(),
         opts.period.as_millis()
     );
-    let mut routes = lab.routes_of(&flows);
-    let mut used: BTreeSet<usize> = routes.iter().flatten().copied().collect();
+    let window = opts.period * PATH_WINDOW_PERIODS;
+    let mut routes = lab.flow_balancers(window);
+    let mut used: BTreeSet<usize> = routes.values().copied().collect();
     print_spread(lab, &routes);
     std::thread::sleep(opts.dwell);
 
@@ -136,9 +141,12 @@ pub fn churn(lab: &mut EcmpLab, opts: &ChurnOptions) -> ChurnReport {
         act(lab);
         lab.wait_next_hops(expect, CONVERGE_LIMIT);
         let took = start.elapsed();
-        let now = lab.routes_of(&flows);
-        let moved = routes.iter().zip(&now).filter(|(a, b)| a != b).count();
-        used.extend(now.iter().flatten().copied());
+        let now = lab.flow_balancers(window);
+        let moved = routes
+            .iter()
+            .filter(|(flow, k)| now.get(flow).is_some_and(|j| j != *k))
+            .count();
+        used.extend(now.values().copied());
         routes = now;
         let talked = sessions.iter().map(Sessions::messages).sum::<u64>();
         std::thread::sleep(opts.dwell);
@@ -213,13 +221,13 @@ pub fn churn(lab: &mut EcmpLab, opts: &ChurnOptions) -> ChurnReport {
 }
 
 /// How many connections each balancer carries.
-fn print_spread(lab: &EcmpLab, routes: &[Option<usize>]) {
+fn print_spread(lab: &EcmpLab, routes: &BTreeMap<SocketAddr, usize>) {
     let line: Vec<String> = lab
         .balancers
         .iter()
         .enumerate()
         .map(|(k, b)| {
-            let n = routes.iter().filter(|r| **r == Some(k)).count();
+            let n = routes.values().filter(|r| **r == k).count();
             format!("{} {n}", b.name)
         })
         .collect();

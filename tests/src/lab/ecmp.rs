@@ -12,10 +12,8 @@
 //! every lbd and BIRD process.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lb_userspace::control::api::{Request, Response};
@@ -25,6 +23,7 @@ use crate::harness::lab_programs::LabPrograms;
 use crate::harness::netns::{self, NetNs, veth_pair};
 use crate::lab::bird::{self, Bird};
 use crate::lab::daemon::Lbd;
+use crate::lab::paths::FlowPaths;
 use crate::lab::pki::LabPki;
 use crate::lab::{
     HOST_IF, HTTP_PORT, LabBackend, LabHost, VIP_V4, VIP_V4_NET, VIP_V6, VIP_V6_NET, plug,
@@ -45,6 +44,8 @@ pub const CONFIGURED_BACKENDS: usize = 3;
 /// The router's interfaces: towards the clients and towards the balancers and backends.
 const ROUTER_EDGE_IF: &str = "eth0";
 const ROUTER_FABRIC_IF: &str = "eth1";
+/// The router's port on the fabric bridge, where the flows towards the balancers leave it.
+const ROUTER_FABRIC_PORT: &str = "p-rtf";
 /// The whole lab (sessions, BGP, the first announcement after the hold-down) comes up within this on a quiet
 /// machine in about 10 s; a shared 2-core machine gets four times that.
 const UP_LIMIT: Duration = Duration::from_secs(60);
@@ -126,6 +127,7 @@ pub struct EcmpLab {
     _pass: LabPrograms,
     pub clients: Vec<LabHost>,
     pub router: NetNs,
+    paths: FlowPaths,
     pub switch: NetNs,
     pub pki: LabPki,
     pub dir: TempDir,
@@ -245,6 +247,7 @@ impl EcmpLab {
             _pass: pass,
             clients,
             router,
+            paths: FlowPaths::install(&switch, ROUTER_FABRIC_PORT, &[vip4(), vip6()]),
             switch,
             pki,
             dir,
@@ -319,65 +322,84 @@ impl EcmpLab {
         }
     }
 
-    /// The balancer the router sends each flow `(client address, VIP)` to now, as its forwarding computes it
-    /// (`ip route get ... iif ... sport ... dport ...`, one `ip -batch` for all of them).
-    pub fn routes_of(&self, flows: &[(SocketAddr, SocketAddr)]) -> Vec<Option<usize>> {
-        let mut out = Vec::with_capacity(flows.len());
-        for family in [true, false] {
-            let lines: Vec<String> = flows
-                .iter()
-                .filter(|(src, _)| src.is_ipv4() == family)
-                .map(|(src, dst)| {
-                    format!(
-                        "route get {} from {} iif {ROUTER_EDGE_IF} ipproto tcp sport {} dport {}\n",
-                        dst.ip(),
-                        src.ip(),
-                        src.port(),
-                        dst.port()
-                    )
-                })
-                .collect();
-            if lines.is_empty() {
-                continue;
-            }
-            let mut child = self
-                .router
-                .command(&["ip", if family { "-4" } else { "-6" }, "-j", "-batch", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("ip -batch in the router");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(lines.concat().as_bytes())
-                .expect("feed ip -batch");
-            let output = child.wait_with_output().expect("ip -batch");
-            let text = String::from_utf8_lossy(&output.stdout);
-            let answers: Vec<Option<usize>> = text
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                    let gw = v.get(0)?.get("gateway")?.as_str()?.parse().ok()?;
-                    self.balancer_at(gw)
-                })
-                .collect();
-            assert_eq!(answers.len(), lines.len(), "ip -batch answered:\n{text}");
-            out.push((family, answers));
-        }
-        // Back into the callers' order.
-        let mut by_family: BTreeMap<bool, std::vec::IntoIter<Option<usize>>> =
-            out.into_iter().map(|(f, a)| (f, a.into_iter())).collect();
-        flows
-            .iter()
-            .map(|(src, _)| {
-                by_family
-                    .get_mut(&src.is_ipv4())
-                    .and_then(Iterator::next)
-                    .flatten()
+    /// The balancer each client flow (by its client address and port) crossed during the last `window`, as the
+    /// switch saw it (see `paths`); a flow seen on two balancers in the window (it moved meanwhile) is left out.
+    pub fn flow_balancers(&self, window: Duration) -> BTreeMap<SocketAddr, usize> {
+        self.paths
+            .observe(window)
+            .into_iter()
+            .filter_map(|(flow, ports)| {
+                let [port] = Vec::from_iter(ports).try_into().ok()?;
+                let k = self
+                    .balancers
+                    .iter()
+                    .position(|b| port == format!("p-{}", b.name))?;
+                Some((flow, k))
             })
             .collect()
+    }
+
+    /// The VIP addresses balancer `k`'s lbd announces now: its routes in the announcement table, read from the
+    /// kernel as BIRD reads them.
+    pub fn announced_by(&self, k: usize) -> BTreeSet<IpAddr> {
+        let announce = &self.balancer_config(k).announce;
+        let (table, proto) = (announce.table.to_string(), announce.protocol.to_string());
+        ["-4", "-6"]
+            .iter()
+            .flat_map(|family| {
+                let out = self.balancers[k].host.ns.ip(&[
+                    family, "-j", "route", "show", "table", &table, "proto", &proto,
+                ]);
+                let routes: serde_json::Value = serde_json::from_str(out.trim())
+                    .unwrap_or_else(|e| panic!("ip -j route show table {table}: {e}: {out}"));
+                routes
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.get("dst")?.as_str()?.parse().ok())
+                    .collect::<Vec<IpAddr>>()
+            })
+            .collect()
+    }
+
+    /// Balancer `k`'s config as lbd runs it.
+    pub fn balancer_config(&self, k: usize) -> lb_userspace::config::Config {
+        let path = &self.balancers[k].config;
+        lb_userspace::config::Config::load(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// After a change that makes balancer `k` announce both VIPs (`announced`) or neither: how long (from now) until
+    /// its lbd had written (or removed) the routes, and until the router's routes went through exactly `expect`.
+    pub fn wait_announcement(
+        &self,
+        k: usize,
+        announced: bool,
+        expect: &[usize],
+        limit: Duration,
+    ) -> (Duration, Duration) {
+        let start = Instant::now();
+        let vips: BTreeSet<IpAddr> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].into();
+        loop {
+            let routes = self.announced_by(k);
+            let done = if announced {
+                routes.is_superset(&vips)
+            } else {
+                routes.is_disjoint(&vips)
+            };
+            if done {
+                let lbd = start.elapsed();
+                let router = lbd + self.wait_next_hops(expect, limit.saturating_sub(lbd));
+                return (lbd, router);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{}'s announcement routes are {routes:?} after {limit:?}; its lbd log:\n{}",
+                self.balancers[k].name,
+                self.balancers[k].lbd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Each VIP's table digest on balancer `k` (`lbctl vip list --json`'s `table_digest`).

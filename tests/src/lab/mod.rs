@@ -29,6 +29,7 @@ pub mod churn;
 pub mod daemon;
 pub mod ecmp;
 pub mod nft_counters;
+pub mod paths;
 pub mod pki;
 pub mod promql;
 pub mod scrape;

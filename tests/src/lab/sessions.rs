@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use crate::harness::netns::NetNs;
 use crate::lab::traffic::HttpConn;
 
+/// A request unanswered for this long breaks its connection. Far above any answer here (under a millisecond), and
+/// above a TCP retransmission or two, so a stall of the shared machine is not taken for a broken path; a connection
+/// sent to a backend that does not know it is reset at once anyway.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per worker thread: each request takes well under a millisecond here, so a worker gets round its
 /// connections well within the 100 ms period.
 const PER_WORKER: usize = 30;
@@ -70,6 +74,7 @@ impl Sessions {
                 .map(|i| {
                     let vip = vips[i % vips.len()];
                     let mut c = HttpConn::connect(vip)
+                        .and_then(|c| c.set_timeout(REQUEST_TIMEOUT).map(|()| c))
                         .unwrap_or_else(|e| panic!("opening connection {i} to {vip}: {e}"));
                     let backend = c
                         .get()
