@@ -3,6 +3,8 @@
 //! Each test builds its own lab and tears it down, also when it fails. Needs root (prints a skip reason otherwise)
 //! and bird2 (`cargo xtask setup` installs it).
 //!
+//! `readme_bird_configs_parse` checks the README's BIRD configs with `bird -p`.
+//!
 //! What the issue asks, by letter: (a) and (c) in `flows_spread_over_every_balancer_and_their_tables_agree`, (b) and
 //! (e) in `connections_survive_balancers_leaving_and_returning`, (d) and (e) in
 //! `a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns`.
@@ -386,4 +388,37 @@ fn a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns() {
         lbd >= hold_down,
         "announced after {lbd:.3} s, before the {hold_down} s hold-down ended"
     );
+}
+
+/// The README's BIRD configs for a balancer and for an upstream router are what BIRD accepts.
+#[test]
+fn readme_bird_configs_parse() {
+    let readme = include_str!("../../README.md");
+    let dir = lb_tests::harness::guards::TempDir::new("birdcfg");
+    for marker in ["bird-balancer", "bird-router"] {
+        let (open, close) = (format!("<!-- {marker} -->"), format!("<!-- /{marker} -->"));
+        let block = readme
+            .split_once(&open)
+            .and_then(|(_, rest)| rest.split_once(&close))
+            .map(|(block, _)| block)
+            .unwrap_or_else(|| panic!("README.md has no {open} ... {close} block"));
+        let config = block
+            .trim()
+            .strip_prefix("```")
+            .and_then(|b| b.strip_suffix("```"))
+            .unwrap_or_else(|| panic!("{marker}: one fenced block between the markers"));
+        let path = dir.path().join(format!("{marker}.conf"));
+        std::fs::write(&path, config).expect("write the config");
+        let out = std::process::Command::new("bird")
+            .args(["-p", "-c"])
+            .arg(&path)
+            .output()
+            .expect("bird (Debian bird2; `cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "README {marker}: bird -p rejects it: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
