@@ -26,6 +26,11 @@ pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 pub const IPV4_HDR_LEN: usize = 20;
 pub const IPV6_HDR_LEN: usize = 40;
 
+/// The layout of the pinned maps: bumped whenever a map's key or value layout, or the meaning of an entry, changes,
+/// so that a daemon never adopts maps another build laid out differently. Pins live in `maps-v<LAYOUT_VERSION>/`
+/// under the pin directory; layout 1 is the maps pinned directly in it by builds before this stamp.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Backend id 0 means "unset": a ring entry of 0 has no backend, and id 0 is never allocated.
 pub const BACKEND_ID_NONE: u32 = 0;
 
@@ -70,6 +75,9 @@ pub const VIP_F_FRAG_ONLY: u32 = 1 << 2;
 
 /// `Backend::flags`: the backend is healthy. Flows pinned to an inactive backend are re-chosen from the ring.
 pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+/// `Backend::flags`: the backend is drained (weight 0: no new flows, open flows stay). The program does not read
+/// it; it records the drain in the map so that a restarted daemon keeps a drain an operator made at run time.
+pub const BACKEND_F_DRAINED: u8 = 1 << 1;
 
 /// `GlobalConfig::flags`: answer over-MTU packets with ICMP too-big (else counted drop).
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;

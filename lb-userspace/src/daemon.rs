@@ -2,10 +2,14 @@
 //! adjusted by health. Every ring change is an atomic switch (`Dataplane::install_ring`); a reload touches only the
 //! VIPs the diff names.
 //!
-//! Lifecycle: `start` validates nothing itself (the caller passes a validated [`Config`]), loads the object with
-//! maps pinned under `pin_dir` (adopting pins a previous daemon left), attaches `lb_xdp` through a pinned link
-//! (adopting a pinned link), and programs the maps. Dropping the daemon leaves all of it in place: the program keeps
-//! forwarding with the last state. [`Daemon::detach`] removes program, link and pins.
+//! Lifecycle: `start` validates nothing itself (the caller passes a validated [`Config`]). It locks the pin
+//! directory, decides from the pinned maps what it may do with them (`layout::plan`: adopt maps that are exactly
+//! what it would create, carry the state of others into new maps, or refuse before touching anything), programs
+//! the maps, and attaches `lb_xdp` through a pinned link (adopting the link: one atomic program swap). Dropping the
+//! daemon leaves all of it in place: the program keeps forwarding with the last state.
+//!
+//! Every change is all or nothing: when a reload or an edit fails part-way, the maps are written back to the state
+//! before it, and the daemon's view with them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,15 +17,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use lb_common::{
-    BACKEND_F_ACTIVE, Backend, BackendId, CFG_F_ICMP_TOO_BIG, GlobalConfig, VIP_F_FRAG_ONLY,
-    VipMeta, addr_words, programs,
+    BACKEND_F_ACTIVE, BACKEND_F_DRAINED, Backend, BackendId, CFG_F_ICMP_TOO_BIG, GlobalConfig,
+    LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipMeta, addr_words, programs,
 };
 use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
 use crate::config::{Config, VipAddr};
 use crate::dataplane::{Dataplane, LoadOptions};
+use crate::health::CheckKind;
+use crate::layout::{self, Plan};
+use crate::pins::PinDir;
 use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, diff};
+use crate::upgrade::{self, FlowCopy, OldState};
 
 pub struct Daemon {
     pub config_path: PathBuf,
@@ -31,8 +39,13 @@ pub struct Daemon {
     state: DesiredState,
     /// The meta now in `LB_VIPS` per VIP (its active ring slot).
     metas: BTreeMap<VipAddr, VipMeta>,
-    /// Backends health reports down. Absent = up (the checkers start every backend up).
+    /// Backends health reports down. Absent = up (the checkers start every backend in the state the maps show).
     down: BTreeSet<BackendKey>,
+    /// Runtime edits in effect since the file was last read, in words: a reload from the file drops them and names
+    /// them.
+    edits: Vec<String>,
+    /// The locked pin directory.
+    pins: PinDir,
     pub attachment: Attachment,
     /// The interface's ifindex when `lb_xdp` was attached to it; 0 while the interface is gone.
     ifindex: u32,
@@ -67,33 +80,35 @@ fn global_config(c: &Config) -> GlobalConfig {
 
 impl Daemon {
     pub fn start(config_path: &Path, config: Config) -> Result<Daemon> {
-        let d = &config.daemon;
+        let d = config.daemon.clone();
         let ifindex = attach::ifindex(&d.interface)?;
-        let mut dp = Dataplane::load(&LoadOptions {
-            sizes: config.daemon.sizes,
-            pin_dir: Some(d.pin_dir.clone()),
+        let pins = PinDir::open(&d.pin_dir)?;
+        let plan = layout::plan(&pins, &d.sizes)?;
+        info!(pin_dir = %pins.path().display(), "{plan}");
+        let (maps_dir, old) = match &plan {
+            Plan::Fresh => (pins.maps_dir(), None),
+            Plan::Adopt => (
+                pins.maps_dir(),
+                Some(OldState::read(&pins.maps_dir(), LAYOUT_VERSION)?),
+            ),
+            Plan::Resume => (
+                pins.ready_dir(),
+                Some(OldState::read(&pins.ready_dir(), LAYOUT_VERSION)?),
+            ),
+            Plan::Upgrade { from, .. } => {
+                pins.remove_staging()?;
+                (
+                    pins.staging_dir(),
+                    Some(OldState::read(&pins.layout_dir(*from), *from)?),
+                )
+            }
+        };
+        let dp = Dataplane::load(&LoadOptions {
+            sizes: d.sizes,
+            pin_dir: Some(maps_dir),
             programs: &[programs::LB],
         })
         .context("loading the dataplane")?;
-        let attachment = attach::attach_pinned(
-            dp.xdp(programs::LB)?,
-            programs::LB,
-            &d.interface,
-            d.xdp_mode,
-            &d.pin_dir,
-        )
-        .with_context(|| format!("attaching {} to {}", programs::LB, d.interface))?;
-        dp.add_tx_port(ifindex)
-            .context("adding the interface to LB_TX_PORTS")?;
-        for sysctl in attach::forwarding_disabled(&d.interface) {
-            // bpf_fib_lookup refuses to answer for an interface that does not forward: every VIP packet would be
-            // dropped as drop_no_route. Changing host sysctls is the operator's call, so say it loudly.
-            warn!(
-                sysctl,
-                "forwarding is disabled: VIP packets will be dropped (drop_no_route) until it is set to 1"
-            );
-        }
-
         let mut daemon = Daemon {
             config_path: config_path.to_path_buf(),
             ids: Ids::new(d.sizes.max_vips, d.sizes.max_backends),
@@ -102,7 +117,9 @@ impl Daemon {
             state: DesiredState::default(),
             metas: BTreeMap::new(),
             down: BTreeSet::new(),
-            attachment,
+            edits: Vec::new(),
+            pins,
+            attachment: Attachment::Native,
             ifindex,
             reattachments: 0,
             ring_builds: 0,
@@ -110,79 +127,167 @@ impl Daemon {
             reloads_failed: 0,
             last_reload_error: None,
         };
-        daemon.adopt_existing()?;
-        let new = DesiredState::build(&config, &mut daemon.ids).map_err(anyhow::Error::msg)?;
-        // What the adopted maps hold is not known as a DesiredState; treat every VIP as new (an atomic ring
-        // switch to what is most likely the same table) and remove what the config no longer has.
-        let old = DesiredState::default();
-        let d = diff(&old, &new);
-        daemon.apply(new, &d)?;
-        daemon.remove_stale()?;
+        let adopted = matches!(plan, Plan::Adopt | Plan::Resume);
+        if let Some(old) = &old {
+            daemon.config = daemon.recover(old, adopted, config);
+        }
+        daemon.keep_down_of_checked_vips();
+        let new =
+            DesiredState::build(&daemon.config, &mut daemon.ids).map_err(anyhow::Error::msg)?;
+        // Stale entries go first, so the new ones fit in maps sized for the config alone.
+        daemon.remove_stale(&new)?;
+        // What the adopted maps hold is not known as a DesiredState; every VIP is written as new (an atomic ring
+        // switch to what is most likely the same table).
+        let d_all = diff(&DesiredState::default(), &new);
+        daemon.apply(new, &d_all)?;
+        if let Plan::Upgrade { from, .. } = &plan {
+            let from_dir = daemon.pins.layout_dir(*from);
+            let copied = daemon.carry_flows(&from_dir, *from, FlowCopy::All)?;
+            if *from == LAYOUT_VERSION {
+                upgrade::copy_stats(&from_dir, &mut daemon.dp)?;
+            }
+            info!(flows = copied, "carried the established flows over");
+            daemon
+                .pins
+                .rename(&daemon.pins.staging_dir(), &daemon.pins.ready_dir())?;
+        }
+        // The swap: from here on the pinned link runs the program of these maps.
+        daemon.attachment = attach::attach_pinned(
+            daemon.dp.xdp(programs::LB)?,
+            programs::LB,
+            &d.interface,
+            d.xdp_mode,
+            daemon.pins.path(),
+        )
+        .with_context(|| format!("attaching {} to {}", programs::LB, d.interface))?;
+        daemon
+            .dp
+            .add_tx_port(ifindex)
+            .context("adding the interface to LB_TX_PORTS")?;
+        if matches!(plan, Plan::Upgrade { .. } | Plan::Resume) {
+            for layout in daemon.pins.layouts()? {
+                // Until the swap the old program kept making flows (after the first copy, or, resuming, since the
+                // new maps were filled): the old maps are final now.
+                let late = daemon.carry_flows(
+                    &daemon.pins.layout_dir(layout),
+                    layout,
+                    FlowCopy::Missing,
+                )?;
+                info!(
+                    flows = late,
+                    layout, "carried the flows made during the swap over"
+                );
+                daemon.pins.remove_layout(layout)?;
+            }
+            daemon
+                .pins
+                .rename(&daemon.pins.ready_dir(), &daemon.pins.maps_dir())?;
+            info!("upgrade done: the old maps are unpinned");
+        }
+        for sysctl in attach::forwarding_disabled(&d.interface) {
+            // bpf_fib_lookup refuses to answer for an interface that does not forward: every VIP packet would be
+            // dropped as drop_no_route. Changing host sysctls is the operator's call, so say it loudly.
+            warn!(
+                sysctl,
+                "forwarding is disabled: VIP packets will be dropped (drop_no_route) until it is set to 1"
+            );
+        }
         info!(vips = daemon.state.vips.len(), attachment = %daemon.attachment, "lbd running");
         Ok(daemon)
     }
 
-    /// Reads back VIP ids, ring slots and ring members from adopted maps so ids (and therefore flow-table entries
-    /// and stats) survive a restart.
-    fn adopt_existing(&mut self) -> Result<()> {
-        let vips = self.dp.vips()?;
-        if vips.is_empty() {
-            return Ok(());
+    /// Copies the established flows of the old maps in `dir` into the new ones (see [`upgrade::copy_flows`]),
+    /// those of backends the new state still has.
+    fn carry_flows(&mut self, dir: &Path, layout: u32, how: FlowCopy) -> Result<usize> {
+        let known: BTreeSet<BackendId> = self
+            .state
+            .vips
+            .values()
+            .flat_map(|v| v.backends.values().map(|b| b.id))
+            .collect();
+        upgrade::copy_flows(dir, layout, &mut self.dp, how, |id| known.contains(&id))
+    }
+
+    /// What the pinned maps say carries over: VIP and backend ids (so flow entries and stats keep their meaning),
+    /// the ring slots of adopted maps, which backends are down, and drains an operator made at run time (kept as
+    /// runtime edits on top of `config`, which is returned with them).
+    fn recover(&mut self, old: &OldState, adopted: bool, mut config: Config) -> Config {
+        let keys = old.backend_keys();
+        self.ids.seed(
+            old.vips.iter().map(|(va, m)| (*va, m.vip_id)),
+            keys.iter().copied(),
+        );
+        if adopted {
+            self.metas = old.vips.iter().copied().collect();
         }
-        let mut vip_ids = Vec::new();
-        let mut backend_ids = Vec::new();
-        for (k, meta) in &vips {
-            if meta.flags & VIP_F_FRAG_ONLY != 0 {
-                continue;
+        for ((va, addr), id) in keys {
+            let b = old.backends[&id];
+            if !b.active {
+                self.down.insert((va, addr));
             }
-            let Some(address) = k.ip() else { continue };
-            let va = VipAddr {
-                address,
-                port: k.port(),
-                protocol: k.proto,
-            };
-            vip_ids.push((va, meta.vip_id));
-            self.metas.insert(va, *meta);
-            let ring = match self.dp.read_ring(meta) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(vip = %va, error = %e, "cannot read the adopted ring; its backend ids are re-assigned");
-                    continue;
-                }
-            };
-            let members: BTreeSet<BackendId> = ring.into_iter().filter(|&id| id != 0).collect();
-            for id in members {
-                if let Some(ip) = self.dp.backend(id)?.ip() {
-                    backend_ids.push(((va, ip), id));
-                }
+            if b.drained
+                && let Some(be) = config
+                    .vips
+                    .iter_mut()
+                    .find(|v| v.key() == va)
+                    .and_then(|v| v.backends.iter_mut().find(|x| x.address == addr))
+                && be.weight > 0
+            {
+                be.weight = 0;
+                self.edits.push(format!(
+                    "drain of {addr} in {va} (kept from the running dataplane)"
+                ));
             }
         }
         info!(
-            vips = vip_ids.len(),
-            backends = backend_ids.len(),
+            layout = old.layout,
+            vips = old.vips.len(),
+            backends = old.backends.len(),
+            down = self.down.len(),
+            drained = self.edits.len(),
             "adopted the pinned maps' state"
         );
-        self.ids.seed(vip_ids, backend_ids);
-        Ok(())
+        config
     }
 
-    fn remove_stale(&mut self) -> Result<()> {
+    /// A VIP without a health check has no down backends: `kind = "none"` (or a check removed) clears its set.
+    fn keep_down_of_checked_vips(&mut self) {
+        let checked: BTreeSet<VipAddr> = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| v.health.kind != CheckKind::None)
+            .map(|v| v.key())
+            .collect();
+        self.down.retain(|(va, _)| checked.contains(va));
+    }
+
+    /// Removes what the maps hold and `new` does not: VIP entries (services and fragment-only ones) and backend
+    /// entries (an adopted map may name backends of a config long gone).
+    fn remove_stale(&mut self, new: &DesiredState) -> Result<()> {
         for (k, meta) in self.dp.vips()? {
-            let Some(address) = k.ip() else { continue };
-            let va = VipAddr {
-                address,
-                port: k.port(),
-                protocol: k.proto,
+            let Some(va) = VipAddr::of_key(&k) else {
+                continue;
             };
             let wanted = if meta.flags & VIP_F_FRAG_ONLY != 0 {
-                self.state.frag_only.contains_key(&va)
+                new.frag_only.contains_key(&va)
             } else {
-                self.state.vips.contains_key(&va)
+                new.vips.contains_key(&va)
             };
             if !wanted {
                 info!(vip = %va, "removing a VIP the config no longer has");
                 self.dp.remove_vip(&k)?;
                 self.metas.remove(&va);
+            }
+        }
+        let wanted: BTreeSet<BackendId> = new
+            .vips
+            .values()
+            .flat_map(|v| v.backends.values().map(|b| b.id))
+            .collect();
+        for id in 1..self.config.daemon.sizes.max_backends {
+            if !wanted.contains(&id) && self.dp.backend(id)?.family != 0 {
+                self.dp.clear_backend(id)?;
             }
         }
         Ok(())
@@ -217,7 +322,7 @@ impl Daemon {
             programs::LB,
             &d.interface,
             d.xdp_mode,
-            &d.pin_dir,
+            self.pins.path(),
         )
         .with_context(|| format!("attaching {} to {} again", programs::LB, d.interface))?;
         self.dp
@@ -249,7 +354,8 @@ impl Daemon {
         !self.down.contains(&(*vip, backend))
     }
 
-    /// Re-reads the config file and applies the difference. On any error the running state is kept.
+    /// Re-reads the config file and applies the difference. On any error the running state is kept. The file is
+    /// the source of truth: runtime edits made since it was last read are dropped, and named in the log.
     pub fn reload(&mut self) -> Result<Diff> {
         let res = Config::load(&self.config_path)
             .map_err(anyhow::Error::from)
@@ -258,6 +364,10 @@ impl Daemon {
             Ok(d) => {
                 self.reloads_ok += 1;
                 self.last_reload_error = None;
+                let dropped = std::mem::take(&mut self.edits);
+                if !dropped.is_empty() {
+                    warn!(edits = %dropped.join("; "), "the reload dropped these runtime edits (the file is the source of truth)");
+                }
                 info!(changes = %d.summary(), "reloaded {}", self.config_path.display());
             }
             Err(e) => {
@@ -305,30 +415,64 @@ impl Daemon {
         // Allocate on a copy so a failure leaves the ids as they were.
         let mut ids = self.ids.clone();
         let new = DesiredState::build(&config, &mut ids).map_err(anyhow::Error::msg)?;
-        let old = std::mem::take(&mut self.state);
-        let d = diff(&old, &new);
-        self.ids = ids;
-        self.config = config;
+        let d = diff(&self.state, &new);
+        let before = Snapshot {
+            config: std::mem::replace(&mut self.config, config),
+            ids: std::mem::replace(&mut self.ids, ids),
+            state: self.state.clone(),
+            down: self.down.clone(),
+        };
         self.down.retain(|k| {
             new.vips
                 .get(&k.0)
                 .is_some_and(|v| v.backends.contains_key(&k.1))
         });
+        self.keep_down_of_checked_vips();
         if let Err(e) = self.apply(new, &d) {
-            bail!("applying the reload failed part-way (maps may mix old and new state): {e:#}");
+            let restored = self.restore(before);
+            return Err(match restored {
+                Ok(()) => e.context("the change failed part-way; the maps and lbd's view are as they were before it"),
+                Err(r) => e.context(format!(
+                    "the change failed part-way, and writing the state before it back failed too ({r:#}): the maps \
+                     may mix both; a reload retries"
+                )),
+            });
         }
         Ok(d)
     }
 
+    /// Writes `before` back: the view restored, then every map entry it implies rewritten and every other removed
+    /// (writes are idempotent, so this undoes any prefix of a failed apply).
+    fn restore(&mut self, before: Snapshot) -> Result<()> {
+        let partial = std::mem::take(&mut self.state);
+        self.config = before.config;
+        self.ids = before.ids;
+        self.down = before.down;
+        let state = before.state;
+        self.remove_stale(&state)?;
+        // Everything the partial state wrote is either removed above or rewritten here.
+        let _ = partial;
+        let all = diff(&DesiredState::default(), &state);
+        self.apply(state, &all)
+    }
+
+    /// Records a runtime edit (an lbctl change on top of the file), so a reload can name it when it drops it.
+    pub fn record_edit(&mut self, what: String) {
+        self.edits.push(what);
+    }
+
     /// The `LB_BACKENDS` entry of backend `addr` of `vip` as the state and health say now: owned by the VIP's id
-    /// (so flow entries of another service never use it), active unless down.
+    /// (so flow entries of another service never use it), active unless down, drained when its weight is 0.
     fn backend_entry(&self, vip: &VipAddr, addr: IpAddr) -> Backend {
-        let flags = if self.is_up(vip, addr) {
-            BACKEND_F_ACTIVE
-        } else {
-            0
-        };
-        Backend::new(addr, self.state.vips[vip].id, flags)
+        let v = &self.state.vips[vip];
+        let mut flags = 0;
+        if self.is_up(vip, addr) {
+            flags |= BACKEND_F_ACTIVE;
+        }
+        if v.backends.get(&addr).is_some_and(|b| b.weight == 0) {
+            flags |= BACKEND_F_DRAINED;
+        }
+        Backend::new(addr, v.id, flags)
     }
 
     fn apply(&mut self, new: DesiredState, d: &Diff) -> Result<()> {
@@ -359,7 +503,8 @@ impl Daemon {
             if !c.needs_ring() {
                 continue;
             }
-            for (addr, id) in &c.backends_added {
+            // New backends, and reweighted ones (a drain is recorded in the entry).
+            for (addr, id) in c.backends_added.iter().chain(&c.backends_reweighted) {
                 self.dp
                     .set_backend(*id, &self.backend_entry(&c.key, *addr))?;
             }
@@ -459,18 +604,30 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes the program, its link and every pin.
-    pub fn detach(self) -> Result<()> {
-        let d = self.config.daemon.clone();
-        drop(self);
-        detach_all(&d.interface, &d.pin_dir)
+    /// Removes the program's link and lbd's map pins (the pin directory too when nothing else is left in it): the
+    /// program goes when this process exits and closes the last references.
+    pub fn detach(&self) -> Result<()> {
+        detach_pins(&self.pins, &self.config.daemon.interface)
     }
 }
 
-/// `lbd --detach`: works without a running daemon (and without loading anything).
+/// What the daemon's state was before a change, to write back if the change fails part-way.
+struct Snapshot {
+    config: Config,
+    ids: Ids,
+    state: DesiredState,
+    down: BTreeSet<BackendKey>,
+}
+
+/// `lbd --detach`: works without a running daemon (and without loading anything); refused while one runs (it
+/// holds the pin directory: `lbctl shutdown --detach` is the way then).
 pub fn detach_all(interface: &str, pin_dir: &Path) -> Result<()> {
-    if !attach::detach_pinned(programs::LB, interface, pin_dir)? {
-        warn!(interface, pin_dir = %pin_dir.display(), "no pinned link found; nothing was attached by lbd");
+    detach_pins(&PinDir::open(pin_dir)?, interface)
+}
+
+fn detach_pins(pins: &PinDir, interface: &str) -> Result<()> {
+    if !attach::detach_pinned(programs::LB, interface, pins.path())? {
+        warn!(interface, pin_dir = %pins.path().display(), "no pinned link found; nothing was attached by lbd");
     }
-    attach::remove_pins(pin_dir)
+    pins.remove_all_maps()
 }

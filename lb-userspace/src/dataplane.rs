@@ -67,6 +67,19 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
+    /// The `max_entries` these sizes give `map`; `None` for a map whose size is the object's own.
+    pub fn entries_of(&self, map: &str) -> Result<Option<u32>> {
+        Ok(match map {
+            maps::VIPS | maps::VIP_ADDRS | maps::VIP_STATS | maps::DECAP_VIPS => {
+                Some(self.max_vips)
+            }
+            maps::RING => Some(self.ring_entries()?),
+            maps::BACKENDS | maps::BACKEND_STATS | maps::NEXTHOP_CACHE => Some(self.max_backends),
+            maps::FLOWS => Some(self.flow_table_size),
+            _ => None,
+        })
+    }
+
     /// Entries of `LB_RING`.
     pub fn ring_entries(&self) -> Result<u32> {
         RING_SLOTS_PER_VIP
@@ -118,18 +131,12 @@ impl Dataplane {
             s.max_vips > 0 && s.max_backends > 1 && s.flow_table_size > 0 && s.max_ring_size > 0,
             "map sizes must be non-zero (max_backends ≥ 2): {s:?}"
         );
-        let ring = s.ring_entries()?;
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(maps::VIPS, s.max_vips)
-            .map_max_entries(maps::VIP_ADDRS, s.max_vips)
-            .map_max_entries(maps::VIP_STATS, s.max_vips)
-            .map_max_entries(maps::DECAP_VIPS, s.max_vips)
-            .map_max_entries(maps::RING, ring)
-            .map_max_entries(maps::BACKENDS, s.max_backends)
-            .map_max_entries(maps::BACKEND_STATS, s.max_backends)
-            .map_max_entries(maps::NEXTHOP_CACHE, s.max_backends)
-            .map_max_entries(maps::FLOWS, s.flow_table_size);
+        for name in maps::ALL {
+            if let Some(n) = s.entries_of(name)? {
+                loader.map_max_entries(name, n);
+            }
+        }
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating map pin directory {}", dir.display()))?;
@@ -508,9 +515,19 @@ impl Dataplane {
         let ncpu = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting CPUs")?;
+        let values = PerCpuValues::try_from(vec![v; ncpu]).context("per-CPU values")?;
+        self.set_percpu_values(name, index, values)
+    }
+
+    /// Writes entry `index` of the per-CPU array `name`, one value per CPU (an upgrade carries counters over).
+    pub fn set_percpu_values<V: aya::Pod>(
+        &mut self,
+        name: &str,
+        index: u32,
+        values: PerCpuValues<V>,
+    ) -> Result<()> {
         let mut arr = PerCpuArray::<_, V>::try_from(self.map_mut(name)?)
             .with_context(|| format!("map {name}"))?;
-        let values = PerCpuValues::try_from(vec![v; ncpu]).context("per-CPU values")?;
         arr.set(index, values, 0)
             .with_context(|| format!("writing {name}[{index}]"))
     }
@@ -582,11 +599,29 @@ impl Dataplane {
         }
     }
 
-    /// Inserts a flow entry (tests preload state with it).
+    /// Inserts a flow entry (an upgrade carries flows over with it; tests preload state).
     pub fn insert_flow(&mut self, k: &FlowKey, v: &FlowState) -> Result<()> {
         self.hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
             .insert(k, v, 0)
             .with_context(|| format!("inserting into {}", maps::FLOWS))
+    }
+
+    /// Inserts a flow entry unless the table has one for the flow (the running program's choice stands); says
+    /// whether it inserted.
+    pub fn insert_flow_if_absent(&mut self, k: &FlowKey, v: &FlowState) -> Result<bool> {
+        const BPF_NOEXIST: u64 = 1;
+        match self
+            .hash_mut::<FlowKey, FlowState>(maps::FLOWS)?
+            .insert(k, v, BPF_NOEXIST)
+        {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).with_context(|| format!("inserting into {}", maps::FLOWS)),
+        }
     }
 
     /// Empties the flow table.

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use lb_common::{AddrKey, programs};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::attach;
 use crate::config::XdpMode;
 use crate::dataplane::{Dataplane, LoadOptions, MapSizes};
+use crate::layout::{self, Plan};
+use crate::pins::PinDir;
 
 pub const DEFAULT_DECAP_PIN_DIR: &str = "/sys/fs/bpf/lb-decap";
 
@@ -58,9 +60,26 @@ pub fn attach(spec: &DecapSpec) -> Result<()> {
     if locals.is_empty() {
         bail!("{iface} has no addresses; pass --local");
     }
+    let pins = PinDir::open(pin_dir)?;
+    // lb_decap's maps hold only what these commands give (VIPs, local and balancer addresses): maps of another
+    // layout or size are replaced, not carried over. Interfaces attached with them keep their programs and old
+    // maps until `lbd decap` runs for them again.
+    if !matches!(layout::plan(&pins, &sizes()), Ok(Plan::Fresh | Plan::Adopt)) {
+        let others: Vec<String> = pins
+            .links()?
+            .into_iter()
+            .filter(|(p, i)| p == programs::DECAP && i != iface)
+            .map(|(_, i)| i)
+            .collect();
+        warn!(
+            ?others,
+            "replacing lb_decap's pinned maps (another layout or size); run lbd decap again for the other interfaces"
+        );
+        pins.remove_all_maps()?;
+    }
     let mut dp = Dataplane::load(&LoadOptions {
         sizes: sizes(),
-        pin_dir: Some(pin_dir.to_path_buf()),
+        pin_dir: Some(pins.maps_dir()),
         programs: &[programs::DECAP],
     })
     .context("loading the dataplane")?;
@@ -81,15 +100,32 @@ pub fn attach(spec: &DecapSpec) -> Result<()> {
         programs::DECAP,
         iface,
         mode,
-        pin_dir,
+        pins.path(),
     )?;
     info!(iface, ?vips, ?locals, ?from, attachment = %how, "lb_decap attached");
     Ok(())
 }
 
+/// Removes lb_decap from `iface` only; the maps go with the last interface's link.
 pub fn detach(iface: &str, pin_dir: &Path) -> Result<()> {
-    attach::detach_pinned(programs::DECAP, iface, pin_dir)?;
-    attach::remove_pins(pin_dir)
+    let pins = PinDir::open(pin_dir)?;
+    if !attach::detach_pinned(programs::DECAP, iface, pins.path())? {
+        warn!(iface, pin_dir = %pin_dir.display(), "no pinned lb_decap link for this interface");
+    }
+    let others = pins
+        .links()?
+        .into_iter()
+        .filter(|(p, _)| p == programs::DECAP)
+        .count();
+    if others == 0 {
+        pins.remove_all_maps()?;
+    } else {
+        info!(
+            others,
+            "lb_decap stays attached elsewhere: its maps are kept"
+        );
+    }
+    Ok(())
 }
 
 /// Addresses configured on `iface` (IPv6 link-local excluded: never a tunnel endpoint).

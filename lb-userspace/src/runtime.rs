@@ -1,7 +1,7 @@
 //! `lbd`'s event loop around [`Daemon`]: signals (SIGHUP reload, SIGTERM/SIGINT exit leaving the program
 //! forwarding), health events turned into ring rebuilds and announcements, the interface watch, the announcement
-//! tick, and starting the control socket, the metrics endpoint and the aya-log bridge. The answers to lbctl are `control::handler`'s; what is shared
-//! between the tasks is `shared::Shared`.
+//! tick, and starting the control socket, the metrics endpoint and the aya-log bridge. The answers to lbctl are
+//! `control::handler`'s; what is shared between the tasks is `shared::Shared`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,24 +139,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         .daemon
         .control_socket
         .clone();
-    let _ = std::fs::remove_file(&sock);
+    crate::control::server::remove_socket(&sock);
     if detach {
         // The control and metrics tasks may still hold the daemon; removing the pins is enough: the link and maps
         // die with their last file descriptor, which this process closes on exit.
-        let (interface, pin_dir) = {
-            let d = shared.daemon.lock().await;
-            (
-                d.config().daemon.interface.clone(),
-                d.config().daemon.pin_dir.clone(),
-            )
-        };
         // Withdrawn first: the routers stop sending before the program stops forwarding.
         shared
             .announcer
             .lock()
             .expect("announcer lock")
             .withdraw_all()?;
-        crate::daemon::detach_all(&interface, &pin_dir)?;
+        shared.daemon.lock().await.detach()?;
         info!("detached; exiting");
     } else {
         info!(

@@ -84,27 +84,27 @@ impl Shared {
         }
     }
 
-    /// Health checks wanted by the current config: every backend of every VIP with a check other than `none`.
+    /// Health checks wanted by the current config: every backend of every VIP with a check other than `none`,
+    /// each starting in the state the daemon has for it (recovered from the maps at start: a backend that was down
+    /// stays out of the ring until it passes `rise` checks).
     pub fn sync_checks(&self, daemon: &Daemon) {
         let wanted: Vec<_> = daemon
             .config()
             .vips
             .iter()
-            .filter_map(|v| {
-                v.health
-                    .clone()
-                    .filter(|h| h.kind != CheckKind::None)
-                    .map(|h| (v, h))
-            })
-            .flat_map(|(v, h)| {
+            .filter(|v| v.health.kind != CheckKind::None)
+            .flat_map(|v| {
                 v.backends.iter().map(move |b| {
+                    let key = HealthKey {
+                        vip: v.key(),
+                        backend: b.address,
+                    };
+                    let target = v.health.target(b.address, v.port);
                     (
-                        HealthKey {
-                            vip: v.key(),
-                            backend: b.address,
-                        },
-                        h.target(b.address, v.port),
-                        h.clone(),
+                        key,
+                        target,
+                        v.health.clone(),
+                        daemon.is_up(&key.vip, b.address),
                     )
                 })
             })

@@ -347,8 +347,10 @@ mod tests {
             .iter()
             .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
             .collect();
+        // Health checks are the checker's business; these tests are about ids and rings.
         format!(
-            "[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"tcp\"\nring_size = 13\nbackends = [{}]\n",
+            "[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"tcp\"\nring_size = 13\nbackends = [{}]\n\
+             health = {{ kind = \"none\" }}\n",
             bs.join(", ")
         )
     }

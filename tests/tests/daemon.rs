@@ -107,7 +107,10 @@ impl Bench {
             self.started_count() > started_before
         });
         assert!(
-            self.pins.path().join(maps::VIPS).exists() && !vips(self.pins.path()).is_empty(),
+            lb_userspace::pins::maps_dir(self.pins.path())
+                .join(maps::VIPS)
+                .exists()
+                && !vips(self.pins.path()).is_empty(),
             "lbd started but the VIP map is not programmed; log:\n{}",
             self.log_text()
         );
@@ -173,7 +176,7 @@ fn wire(lb: &NetNs, peer: &NetNs) {
 }
 
 fn vips(pins: &Path) -> Vec<(VipKey, VipMeta)> {
-    let Ok(data) = MapData::from_pin(pins.join(maps::VIPS)) else {
+    let Ok(data) = MapData::from_pin(lb_userspace::pins::maps_dir(pins).join(maps::VIPS)) else {
         return Vec::new();
     };
     let map: HashMap<_, VipKey, VipMeta> =

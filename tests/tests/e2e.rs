@@ -11,7 +11,7 @@ use lb_tests::harness::netns::{NetNs, skip_unless_root};
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::nft_counters::NftCounters;
 use lb_tests::lab::traffic::{self, HttpConn, Tally};
-use lb_tests::lab::{self, Lab, LabOptions};
+use lb_tests::lab::{self, Lab, LabOptions, with_http_backends};
 use lb_userspace::control::api::{Request, Response};
 
 fn vip4() -> SocketAddr {
@@ -20,34 +20,6 @@ fn vip4() -> SocketAddr {
 
 fn vip6() -> SocketAddr {
     SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT)
-}
-
-/// The lab config with the IPv4 HTTP VIP's backends replaced by `(backend index, weight)`.
-fn with_http_backends(backends: &[(usize, u32)]) -> impl FnOnce(&mut toml::Table) + '_ {
-    move |cfg| {
-        let vips = cfg
-            .get_mut("vip")
-            .and_then(|v| v.as_array_mut())
-            .expect("[[vip]] array");
-        let http = vips
-            .iter_mut()
-            .filter_map(|v| v.as_table_mut())
-            .find(|v| {
-                v.get("address").and_then(|a| a.as_str()) == Some(&lab::VIP_V4.to_string())
-                    && v.get("port").and_then(|p| p.as_integer()) == Some(lab::HTTP_PORT as i64)
-            })
-            .expect("the lab config has the IPv4 HTTP VIP");
-        let list: Vec<toml::Value> = backends
-            .iter()
-            .map(|(i, w)| {
-                let mut t = toml::Table::new();
-                t.insert("address".into(), lab::backend_v4(*i).to_string().into());
-                t.insert("weight".into(), i64::from(*w).into());
-                toml::Value::Table(t)
-            })
-            .collect();
-        http.insert("backends".into(), toml::Value::Array(list));
-    }
 }
 
 fn start(backends: usize, edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {

@@ -136,7 +136,8 @@ pub struct VipConfig {
     pub ring_size: u32,
     pub fragments: FragmentPolicy,
     pub backends: Vec<BackendConfig>,
-    pub health: Option<CheckSpec>,
+    /// The health check (default: TCP connect to the VIP port; `kind = "none"` checks nothing).
+    pub health: CheckSpec,
     /// With `[announce]` on, the VIP keeps its address announced while at least this many of its backends are up
     /// and weighted (0: announced whatever its health).
     pub min_healthy: u32,
@@ -241,6 +242,7 @@ mode = "l2dsr"
 ring_size = 13
 fragments = "hash3"
 backends = [{ address = "fd00:18:1::11", weight = 1000 }]
+health = { kind = "none" }
 "#;
 
     fn errors(text: &str) -> Vec<String> {
@@ -293,6 +295,28 @@ backends = [{ address = "fd00:18:1::11", weight = 1000 }]
         if let Err(e) = Config::parse(&set) {
             panic!("lbd.toml with its interface set: {e}");
         }
+    }
+
+    #[test]
+    fn a_vip_without_health_gets_a_tcp_check_on_its_port() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.vips[0].health.kind, crate::health::CheckKind::Tcp);
+        assert_eq!(
+            c.vips[0]
+                .health
+                .target("198.18.1.11".parse().unwrap(), 80)
+                .port(),
+            80
+        );
+        // A port-0 VIP has no port to check by default: it must say which, or that it checks nothing.
+        let e = errors(&GOOD.replace("health = { kind = \"none\" }\n", ""));
+        assert_eq!(
+            e,
+            [
+                "vip[1].health.port: 0 must be set (1..=65535) for a port-0 VIP, whose check has no port of its own \
+              (or kind = \"none\")"
+            ]
+        );
     }
 
     #[test]

@@ -290,7 +290,8 @@ impl RawVip {
             ring_size: self.ring_size.unwrap_or(DEFAULT_RING_SIZE),
             fragments,
             backends: backends.into_iter().collect::<Option<Vec<_>>>()?,
-            health: self.health.clone(),
+            // The documented default: a TCP connect on the VIP port (a port-0 VIP must name a port, the rules say).
+            health: self.health.clone().unwrap_or_default(),
             min_healthy: self.min_healthy.unwrap_or(DEFAULT_MIN_HEALTHY),
         })
     }

@@ -173,9 +173,7 @@ fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<Strin
             }
         }
     }
-    if let Some(h) = &v.health {
-        errs.extend(h.validate(&format!("{p}.health"), v.port));
-    }
+    errs.extend(v.health.validate(&format!("{p}.health"), v.port));
 }
 
 fn check_totals(

@@ -137,6 +137,7 @@ impl Shared {
             Ok(diff) => {
                 self.sync_checks(&d);
                 self.sync_announcements(&d);
+                d.record_edit(msg.clone());
                 Response::ok(format!("{msg} ({})", diff.summary()))
             }
             Err(e) => failed(e),

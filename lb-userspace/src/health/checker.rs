@@ -39,15 +39,16 @@ impl Checker {
         }
     }
 
-    /// Starts checking `key` at `target` with `spec`, or restarts it if target or spec changed (keeping its current
-    /// up/down state, so a reload that edits the check does not flap the backend). Unchanged: nothing happens.
-    pub fn set(&mut self, key: HealthKey, target: SocketAddr, spec: CheckSpec) {
+    /// Starts checking `key` at `target` with `spec` from state `up`, or restarts it if target or spec changed
+    /// (keeping its current up/down state, so a reload that edits the check does not flap the backend). Unchanged:
+    /// nothing happens.
+    pub fn set(&mut self, key: HealthKey, target: SocketAddr, spec: CheckSpec, up: bool) {
         if let Some(t) = self.tasks.get(&key) {
             if t.target == target && t.spec == spec {
                 return;
             }
         }
-        let up = self.stop(&key).map(|row| row.up).unwrap_or(true);
+        let up = self.stop(&key).map_or(up, |row| row.up);
         let row = BackendHealth::new(key, spec.kind, target, up);
         self.table.lock().expect("health table").insert(key, row);
         let handle = (spec.kind != CheckKind::None).then(|| {
@@ -75,12 +76,16 @@ impl Checker {
         self.stop(key);
     }
 
-    /// Makes the checked set exactly `wanted`: starts new, restarts changed, stops the rest.
-    pub fn sync(&mut self, wanted: impl IntoIterator<Item = (HealthKey, SocketAddr, CheckSpec)>) {
+    /// Makes the checked set exactly `wanted` (key, target, spec, state a new check starts in): starts new,
+    /// restarts changed, stops the rest.
+    pub fn sync(
+        &mut self,
+        wanted: impl IntoIterator<Item = (HealthKey, SocketAddr, CheckSpec, bool)>,
+    ) {
         let mut keep = std::collections::HashSet::new();
-        for (key, target, spec) in wanted {
+        for (key, target, spec, up) in wanted {
             keep.insert(key);
-            self.set(key, target, spec);
+            self.set(key, target, spec, up);
         }
         let stale: Vec<_> = self
             .tasks

@@ -131,7 +131,7 @@ impl CheckSpec {
             err(
                 "port",
                 format!("{:?}", self.port.unwrap_or(0)),
-                "must be set (1..=65535) for a port-0 VIP",
+                "must be set (1..=65535) for a port-0 VIP, whose check has no port of its own (or kind = \"none\")",
             );
         }
         if self.interval_ms < MIN_INTERVAL_MS {
@@ -385,7 +385,7 @@ mod tests {
             ..CheckSpec::default()
         };
         let k = key(target.port());
-        checker.set(k, target, spec);
+        checker.set(k, target, spec, true);
         assert!(
             checker.is_up(&k),
             "starts up so a new daemon forwards at once"
@@ -454,7 +454,7 @@ mod tests {
             fall: 1,
             ..CheckSpec::default()
         };
-        checker.set(key(broken.port()), broken, spec);
+        checker.set(key(broken.port()), broken, spec, true);
         let down = next_event(&mut rx, Duration::from_secs(3)).await;
         assert!(!down.up && down.reason.contains("status 500"), "{down:?}");
     }

@@ -323,12 +323,12 @@ mod tests {
             vip: crate::control::api::parse_vip("198.18.0.10:443/tcp").unwrap(),
             backend: target.ip(),
         };
-        checker.set(key, target, spec("gw.test"));
+        checker.set(key, target, spec("gw.test"), true);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let row = &checker.table()[0];
         assert!(row.up && row.last_ok == Some(true), "{row:?}");
 
-        checker.set(key, target, spec("wrong.test"));
+        checker.set(key, target, spec("wrong.test"), true);
         let down = tokio::time::timeout(Duration::from_secs(3), rx.recv())
             .await
             .expect("a health event")

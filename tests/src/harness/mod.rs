@@ -5,6 +5,7 @@ pub mod case;
 pub mod differential;
 pub mod guards;
 pub mod lab_programs;
+pub mod legacy_layout;
 pub mod model;
 pub mod netns;
 pub mod oracle;

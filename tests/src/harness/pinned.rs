@@ -2,12 +2,15 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
-use lb_common::{BackendId, Counter, VipMeta, lookup::ring_index, maps};
+use std::net::IpAddr;
 
-/// The pinned map `name` under `pins`.
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::hash::flow_hash;
+use lb_common::{Backend, BackendId, Counter, FlowKey, VipKey, VipMeta, lookup::ring_index, maps};
+
+/// The pinned map `name` of the pin directory `pins` (in its current layout's maps directory).
 pub fn open_map(pins: &Path, name: &str) -> MapData {
-    let path = pins.join(name);
+    let path = lb_userspace::pins::maps_dir(pins).join(name);
     MapData::from_pin(&path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()))
 }
 
@@ -31,4 +34,32 @@ pub fn ring(pins: &Path, meta: &VipMeta, stride: u32) -> Vec<BackendId> {
             arr.get(&index, 0).expect("ring entry")
         })
         .collect()
+}
+
+/// The live entry of the pinned `LB_VIPS` for `key`.
+pub fn vip_meta(pins: &Path, key: &VipKey) -> Option<VipMeta> {
+    let map: HashMap<_, VipKey, VipMeta> =
+        HashMap::try_from(Map::HashMap(open_map(pins, maps::VIPS))).expect("LB_VIPS hash map");
+    map.get(key, 0).ok()
+}
+
+/// The backend address a VIP's active ring gives `flow`: where a new connection with that 5-tuple goes, whatever the
+/// flow table says. Computed here from the pinned maps and lb-common's hash, not asked of lbd.
+pub fn ring_pick(pins: &Path, vip: &VipKey, flow: &FlowKey, stride: u32) -> Option<IpAddr> {
+    let meta = vip_meta(pins, vip)?;
+    let index = ring_index(flow_hash(flow), meta.ring_slot, meta.ring_size, stride)?;
+    let ring: Array<_, BackendId> =
+        Array::try_from(Map::Array(open_map(pins, maps::RING))).expect("LB_RING array");
+    let id = ring.get(&index, 0).ok()?;
+    let backends: Array<_, Backend> =
+        Array::try_from(Map::Array(open_map(pins, maps::BACKENDS))).expect("LB_BACKENDS array");
+    backends.get(&id, 0).ok()?.ip()
+}
+
+/// How many entries the pinned map `name` was created with.
+pub fn capacity(pins: &Path, name: &str) -> u32 {
+    let path = lb_userspace::pins::maps_dir(pins).join(name);
+    aya::maps::MapInfo::from_pin(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .max_entries()
 }

@@ -65,6 +65,34 @@ pub fn backend_v6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x11 + i as u16)
 }
 
+/// The lab config with the IPv4 HTTP VIP's backends replaced by `(backend index, weight)`.
+pub fn with_http_backends(backends: &[(usize, u32)]) -> impl FnOnce(&mut toml::Table) + '_ {
+    move |cfg| {
+        let vips = cfg
+            .get_mut("vip")
+            .and_then(|v| v.as_array_mut())
+            .expect("[[vip]] array");
+        let http = vips
+            .iter_mut()
+            .filter_map(|v| v.as_table_mut())
+            .find(|v| {
+                v.get("address").and_then(|a| a.as_str()) == Some(&VIP_V4.to_string())
+                    && v.get("port").and_then(|p| p.as_integer()) == Some(HTTP_PORT as i64)
+            })
+            .expect("the lab config has the IPv4 HTTP VIP");
+        let list: Vec<toml::Value> = backends
+            .iter()
+            .map(|(i, w)| {
+                let mut t = toml::Table::new();
+                t.insert("address".into(), backend_v4(*i).to_string().into());
+                t.insert("weight".into(), i64::from(*w).into());
+                toml::Value::Table(t)
+            })
+            .collect();
+        http.insert("backends".into(), toml::Value::Array(list));
+    }
+}
+
 /// Extra clients beyond the first: 198.18.0.(3+j).
 fn client_v4(j: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 2 + j as u8)
