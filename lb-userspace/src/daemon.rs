@@ -441,8 +441,10 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Writes `before` back: the view restored, then every map entry it implies rewritten and every other removed
-    /// (writes are idempotent, so this undoes any prefix of a failed apply).
+    /// Writes `before` back after a failed apply: the view restored, every entry `before` does not have removed, and
+    /// the change undone VIP by VIP (the diff from what was being applied back to `before`). Writes and removals
+    /// are idempotent, so this undoes any prefix of the change; a VIP the change never reached is left as it is,
+    /// one it may have reached is written again with its old ring.
     fn restore(&mut self, before: Snapshot) -> Result<()> {
         let partial = std::mem::take(&mut self.state);
         self.config = before.config;
@@ -450,10 +452,8 @@ impl Daemon {
         self.down = before.down;
         let state = before.state;
         self.remove_stale(&state)?;
-        // Everything the partial state wrote is either removed above or rewritten here.
-        let _ = partial;
-        let all = diff(&DesiredState::default(), &state);
-        self.apply(state, &all)
+        let undo = diff(&partial, &state);
+        self.apply(state, &undo)
     }
 
     /// Records a runtime edit (an lbctl change on top of the file), so a reload can name it when it drops it.

@@ -33,6 +33,19 @@ fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
         .fold(0, |word, bit| word | 1 << (bit % 64))
 }
 
+/// A removal that finds nothing to remove did what was asked: an entry a crashed daemon never finished writing, or
+/// one the LRU evicted meanwhile. (The kernel answers ENOENT; aya's `KeyNotFound` is for lookups only.)
+fn removed(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// The `LB_VIP_ADDRS` key of a VIP key's address.
 fn address_of(k: &VipKey) -> AddrKey {
     AddrKey {
@@ -288,8 +301,7 @@ impl Dataplane {
     /// Removes a VIP entry. Packets for it are dropped as not served while its address has other entries, and go to
     /// the kernel again (`PassNotVip`) once the address has none.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?
-            .remove(key)
+        removed(self.hash_mut::<VipKey, VipMeta>(maps::VIPS)?.remove(key))
             .with_context(|| format!("removing from {}", maps::VIPS))?;
         self.vip_keys.remove(key);
         let addr = address_of(key);
@@ -309,10 +321,8 @@ impl Dataplane {
     }
 
     fn remove_vip_address(&mut self, a: &AddrKey) -> Result<()> {
-        match self.hash_mut::<AddrKey, u32>(maps::VIP_ADDRS)?.remove(a) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing from {}", maps::VIP_ADDRS)),
-        }
+        removed(self.hash_mut::<AddrKey, u32>(maps::VIP_ADDRS)?.remove(a))
+            .with_context(|| format!("removing from {}", maps::VIP_ADDRS))
     }
 
     /// Every address in `LB_VIP_ADDRS` (tests check it is exactly the VIP keys' addresses).
@@ -478,11 +488,8 @@ impl Dataplane {
     pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
         let mut m = DevMapHash::try_from(self.map_mut(maps::TX_PORTS)?)
             .with_context(|| format!("map {}", maps::TX_PORTS))?;
-        match m.remove(ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e)
-                .with_context(|| format!("removing ifindex {ifindex} from {}", maps::TX_PORTS)),
-        }
+        removed(m.remove(ifindex))
+            .with_context(|| format!("removing ifindex {ifindex} from {}", maps::TX_PORTS))
     }
 
     /// Each CPU's `LB_NEXTHOP_CACHE[id]`.
@@ -632,9 +639,9 @@ impl Dataplane {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("iterating {}", maps::FLOWS))?;
         for k in keys {
-            match m.remove(&k) {
-                // The LRU may evict between listing and removal.
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            // The LRU may evict between listing and removal.
+            match removed(m.remove(&k)) {
+                Ok(()) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing from {}", maps::FLOWS)),
             }
         }

@@ -40,15 +40,20 @@ impl PinDir {
             "pin directory {}: must be an absolute path on bpffs",
             path.display()
         );
-        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let statfs =
-            nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+        // The file system is asked of the deepest directory that exists, so nothing is created where it is not bpffs.
+        let existing = path
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let statfs = nix::sys::statfs::statfs(existing)
+            .with_context(|| format!("statfs {}", existing.display()))?;
         ensure!(
             statfs.filesystem_type().0 as i64 == BPF_FS_MAGIC,
             "pin directory {}: not on bpffs (mount -t bpf bpf /sys/fs/bpf; `lbd` must see the host's bpffs: \
              run it with `nsenter --net`, not `ip netns exec`)",
             path.display()
         );
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

@@ -4,208 +4,25 @@
 //!
 //! Needs `target/<profile>/lbd`: build it first with `cargo build -p lb-userspace` (`cargo xtask test` does).
 
-use std::net::{IpAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdMap, HashSet};
+use std::net::{IpAddr, TcpListener};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{BackendId, Counter, VipKey, VipMeta, maps};
-use lb_tests::harness::guards::{BpffsDir, ChildGuard};
-use lb_tests::harness::netns::{NetNs, skip_unless_root, veth_pair};
-use lb_tests::harness::pinned::{self, counter};
-use lb_tests::lab::target_binary;
-
-const LB_ADDR: &str = "198.18.0.1";
-const PEER_ADDR: &str = "198.18.0.2";
-const VIP: &str = "198.18.0.100";
-const VIP2: &str = "198.18.0.101";
-const RING: u32 = 251;
-
-/// A balancer namespace with `eth0` wired to a peer namespace, a bpffs pin directory and a temp directory for the
-/// config, socket and log; all removed on drop.
-struct Bench {
-    lb: NetNs,
-    peer: NetNs,
-    pins: BpffsDir,
-    dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Bench {
-    fn new(tag: &str) -> Bench {
-        let lb = NetNs::new(tag);
-        let peer = NetNs::new(&format!("{tag}peer"));
-        wire(&lb, &peer);
-        // Tags are unique per test, so tag + pid is unique per run.
-        let dir = std::env::temp_dir().join(format!("lbt-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Bench {
-            lb,
-            peer,
-            pins: BpffsDir::new(tag),
-            dir: TempDir(dir),
-        }
-    }
-
-    fn config(&self, vips: &[&str]) -> PathBuf {
-        let mut text = format!(
-            "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"auto\"\npin_dir = \"{}\"\ncontrol_socket = \"{}\"\n\
-             encap_src_v4 = \"{LB_ADDR}\"\nmax_vips = 8\nmax_backends = 32\nflow_table_size = 1024\n\
-             max_ring_size = {RING}\n",
-            self.pins.path().display(),
-            self.dir.0.join("lbd.sock").display()
-        );
-        for v in vips {
-            text.push_str(&format!(
-                "[[vip]]\naddress = \"{v}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {RING}\n\
-                 backends = [{{ address = \"198.18.0.11\" }}, {{ address = \"198.18.0.12\" }}]\n"
-            ));
-        }
-        let path = self.dir.0.join("lbd.toml");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        path
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.0.join("lbd.log")
-    }
-
-    /// lbd in the balancer namespace but the host's mount namespace (bpffs must be the host's).
-    fn lbd_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.lb.name()))
-            .arg("--")
-            .arg(target_binary("lbd"))
-            .args(args);
-        cmd.env("RUST_LOG", "info");
-        cmd
-    }
-
-    fn start(&self, config: &Path) -> ChildGuard {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .expect("open log");
-        let mut cmd = self.lbd_command(&["--config", config.to_str().expect("utf-8")]);
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log);
-        // The log is appended to across restarts, and a restarted lbd finds the VIP map already programmed: only
-        // one more "lbd running" line says this process has finished starting.
-        let started_before = self.started_count();
-        let mut child = ChildGuard::spawn(cmd, "lbd");
-        self.wait_for(&mut child, "lbd to finish starting", || {
-            self.started_count() > started_before
-        });
-        assert!(
-            lb_userspace::pins::maps_dir(self.pins.path())
-                .join(maps::VIPS)
-                .exists()
-                && !vips(self.pins.path()).is_empty(),
-            "lbd started but the VIP map is not programmed; log:\n{}",
-            self.log_text()
-        );
-        child
-    }
-
-    fn started_count(&self) -> usize {
-        self.log_text().matches("lbd running").count()
-    }
-
-    fn wait_for(&self, child: &mut ChildGuard, what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(
-                child.alive(),
-                "lbd exited while waiting for {what}; log:\n{}",
-                self.log_text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    fn xdp_attached(&self) -> bool {
-        self.lb.ip(&["link", "show", "dev", "eth0"]).contains("xdp")
-    }
-
-    /// Sends 20 non-VIP datagrams and asserts that `lb_xdp` counted them on top of `before` (its `PassNotVip`
-    /// counter in the pinned maps); returns the new count. `what` says which step failed.
-    fn passes_non_vip(&self, before: u64, what: &str) -> u64 {
-        self.send_non_vip(20);
-        let now = counter(self.pins.path(), Counter::PassNotVip);
-        assert!(now >= before + 20, "{what}: pass_not_vip {before} -> {now}");
-        now
-    }
-
-    /// Sends `n` UDP datagrams from the peer to the balancer's own address: `lb_xdp` passes them (not a VIP).
-    fn send_non_vip(&self, n: usize) {
-        self.peer.run(|| {
-            let s = UdpSocket::bind((PEER_ADDR, 0)).expect("bind udp in peer");
-            for _ in 0..n {
-                s.send_to(b"x", (LB_ADDR, 9)).expect("send udp");
-            }
-        });
-    }
-}
-
-/// The balancer's `eth0` and the peer's, addressed and up.
-fn wire(lb: &NetNs, peer: &NetNs) {
-    veth_pair(lb, "eth0", peer, "eth0");
-    lb.add_addr("eth0", &format!("{LB_ADDR}/24"));
-    peer.add_addr("eth0", &format!("{PEER_ADDR}/24"));
-    lb.link_up("eth0");
-    peer.link_up("eth0");
-}
-
-fn vips(pins: &Path) -> Vec<(VipKey, VipMeta)> {
-    let Ok(data) = MapData::from_pin(lb_userspace::pins::maps_dir(pins).join(maps::VIPS)) else {
-        return Vec::new();
-    };
-    let map: HashMap<_, VipKey, VipMeta> =
-        HashMap::try_from(Map::HashMap(data)).expect("LB_VIPS is a hash map");
-    map.iter().filter_map(Result::ok).collect()
-}
-
-fn vip_meta(pins: &Path, addr: &str) -> Option<VipMeta> {
-    let key = VipKey::new(addr.parse::<IpAddr>().unwrap(), 80, 6);
-    vips(pins)
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, m)| m)
-}
-
-fn ring(pins: &Path, meta: &VipMeta) -> Vec<BackendId> {
-    pinned::ring(pins, meta, RING)
-}
-
-fn kill(child: &ChildGuard, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill lbd");
-}
+use aya::maps::{HashMap, Map};
+use lb_common::{AddrKey, BackendId, VIP_F_FRAG_ONLY, VipKey, VipMeta};
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::pinned;
+use lb_tests::lab::bare::{Bare, RING, VIP, VIP2, kill, wait_exit, wire};
+use lb_userspace::control::api::{Request, Response};
+use lb_userspace::control::client::Client;
 
 #[test]
 fn bad_config_exits_nonzero_naming_the_field_and_attaches_nothing() {
     if skip_unless_root("bad_config_exits_nonzero_naming_the_field_and_attaches_nothing") {
         return;
     }
-    let b = Bench::new("lbdbad");
+    let b = Bare::new("lbdbad");
     let path = b.config(&[VIP]);
     let text = std::fs::read_to_string(&path)
         .unwrap()
@@ -241,7 +58,7 @@ fn sighup_applies_only_the_diff() {
     if skip_unless_root("sighup_applies_only_the_diff") {
         return;
     }
-    let b = Bench::new("lbdhup");
+    let b = Bare::new("lbdhup");
     let config = b.config(&[VIP]);
     let mut lbd = b.start(&config);
     assert!(
@@ -249,8 +66,8 @@ fn sighup_applies_only_the_diff() {
         "lb_xdp not attached; log:\n{}",
         b.log_text()
     );
-    let before = vip_meta(b.pins.path(), VIP).expect("VIP programmed");
-    let ring_before = ring(b.pins.path(), &before);
+    let before = b.vip_meta(VIP).expect("VIP programmed");
+    let ring_before = b.ring(&before);
     assert!(
         ring_before.iter().all(|&id| id != 0),
         "ring has unset entries: {ring_before:?}"
@@ -266,24 +83,22 @@ fn sighup_applies_only_the_diff() {
 
     b.config(&[VIP, VIP2]);
     kill(&lbd, nix::sys::signal::Signal::SIGHUP);
-    b.wait_for(&mut lbd, "the added VIP", || {
-        vip_meta(b.pins.path(), VIP2).is_some()
-    });
+    b.wait_for(&mut lbd, "the added VIP", || b.vip_meta(VIP2).is_some());
 
-    let after = vip_meta(b.pins.path(), VIP).expect("unchanged VIP still there");
+    let after = b.vip_meta(VIP).expect("unchanged VIP still there");
     assert_eq!(
         after, before,
         "the unchanged VIP's entry (and its active ring slot) was rewritten"
     );
     assert_eq!(
-        ring(b.pins.path(), &after),
+        b.ring(&after),
         ring_before,
         "the unchanged VIP's ring changed"
     );
-    let added = vip_meta(b.pins.path(), VIP2).unwrap();
+    let added = b.vip_meta(VIP2).unwrap();
     assert_ne!(added.vip_id, before.vip_id);
     assert!(
-        ring(b.pins.path(), &added).iter().all(|&id| id != 0),
+        b.ring(&added).iter().all(|&id| id != 0),
         "added VIP's ring incomplete"
     );
 
@@ -294,7 +109,7 @@ fn sighup_applies_only_the_diff() {
         b.log_text().contains("reload rejected")
     });
     assert_eq!(
-        vips(b.pins.path()).len(),
+        b.vips().len(),
         2 + 2,
         "VIPs changed after a rejected reload (2 VIPs + 2 fragment entries)"
     );
@@ -331,11 +146,11 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
     if skip_unless_root("sigkill_and_restart_adopt_the_pinned_state") {
         return;
     }
-    let b = Bench::new("lbdkill");
+    let b = Bare::new("lbdkill");
     let config = b.config(&[VIP]);
     let mut lbd = b.start(&config);
-    let meta = vip_meta(b.pins.path(), VIP).expect("VIP programmed");
-    let ring_before = ring(b.pins.path(), &meta);
+    let meta = b.vip_meta(VIP).expect("VIP programmed");
+    let ring_before = b.ring(&meta);
 
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
@@ -359,13 +174,13 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
         "maps not adopted; log:\n{}",
         b.log_text()
     );
-    let meta2 = vip_meta(b.pins.path(), VIP).expect("VIP still programmed");
+    let meta2 = b.vip_meta(VIP).expect("VIP still programmed");
     assert_eq!(
         meta2.vip_id, meta.vip_id,
         "VIP id changed across the restart"
     );
     assert_eq!(
-        ring(b.pins.path(), &meta2),
+        b.ring(&meta2),
         ring_before,
         "backend ids changed across the restart"
     );
@@ -378,7 +193,7 @@ fn a_recreated_interface_gets_lb_xdp_again() {
     if skip_unless_root("a_recreated_interface_gets_lb_xdp_again") {
         return;
     }
-    let b = Bench::new("lbdif");
+    let b = Bare::new("lbdif");
     let mut lbd = b.start(&b.config(&[VIP]));
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
@@ -397,12 +212,372 @@ fn a_recreated_interface_gets_lb_xdp_again() {
         c1,
         "the program on the new eth0 does not count into the same maps",
     );
-    let status = lb_userspace::control::client::Client::connect(&b.dir.0.join("lbd.sock"))
+    let status = lb_userspace::control::client::Client::connect(&b.socket())
         .and_then(|mut c| c.call(&lb_userspace::control::api::Request::Status))
         .expect("lbctl status");
     let lb_userspace::control::api::Response::Status(s) = status else {
         panic!("status answered {status:?}")
     };
     assert!(s.attached && s.reattachments == 1, "{s:?}");
+    drop(lbd);
+}
+
+/// One checked VIP (TCP on port 80, rise 2 / fall 2) with `backends` (the last octets of 198.18.0.x).
+fn checked_config(b: &Bare, backends: &[u8]) -> PathBuf {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|o| format!("{{ address = \"198.18.0.{o}\" }}"))
+        .collect();
+    b.write_config(&format!(
+        "{}[[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {RING}\nbackends = [{}]\n\
+         health = {{ kind = \"tcp\", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }}\n",
+        b.daemon_section(8, 32, RING),
+        list.join(", ")
+    ))
+}
+
+/// The pinned backend id of `addr` in the bench's VIP.
+fn backend_id(b: &Bare, addr: &str) -> Option<BackendId> {
+    let ip: IpAddr = addr.parse().expect("address");
+    b.backends()
+        .into_iter()
+        .find(|(_, be)| be.ip() == Some(ip))
+        .map(|(id, _)| id)
+}
+
+fn ring_members(b: &Bare) -> BTreeSet<BackendId> {
+    let meta = b.vip_meta(VIP).expect("VIP programmed");
+    b.ring(&meta).into_iter().collect()
+}
+
+fn health_rows(b: &Bare) -> BTreeMap<IpAddr, bool> {
+    match Client::connect(&b.socket()).and_then(|mut c| c.call(&Request::Health)) {
+        Ok(Response::Health(rows)) => rows.into_iter().map(|r| (r.key.backend, r.up)).collect(),
+        other => panic!("health: {other:?}"),
+    }
+}
+
+#[test]
+fn a_restart_keeps_down_backends_down_and_clears_stale_ones() {
+    if skip_unless_root("a_restart_keeps_down_backends_down_and_clears_stale_ones") {
+        return;
+    }
+    let b = Bare::new("lbdstate");
+    // 198.18.0.12 answers TCP on the peer; .11 and .13 exist nowhere.
+    b.peer.add_addr("eth0", "198.18.0.12/24");
+    let listener = b
+        .peer
+        .run(|| TcpListener::bind("198.18.0.12:80").expect("listen on the peer"));
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let mut lbd = b.start(&checked_config(&b, &[11, 12, 13]));
+    let up_id = backend_id(&b, "198.18.0.12").expect("backend .12 programmed");
+    b.wait_for(
+        &mut lbd,
+        "the unreachable backends to leave the ring",
+        || ring_members(&b) == BTreeSet::from([up_id]),
+    );
+    let stale_id = backend_id(&b, "198.18.0.13").expect("backend .13 programmed");
+    kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+    wait_exit(&mut lbd, "SIGKILL");
+
+    // Restarted without .13. Right away, before any probe could change a state, the ring, the health table and
+    // the backend map say what the maps said: .11 down, .12 up, .13 gone.
+    let _lbd = b.start(&checked_config(&b, &[11, 12]));
+    assert_eq!(
+        ring_members(&b),
+        BTreeSet::from([up_id]),
+        "the restarted lbd put a down backend back into the ring (or took the up one out)"
+    );
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        health_rows(&b),
+        BTreeMap::from([(ip("198.18.0.11"), false), (ip("198.18.0.12"), true)]),
+        "the checkers did not start in the state the maps show"
+    );
+    assert!(
+        b.backends()
+            .iter()
+            .all(|(id, be)| *id != stale_id && be.ip() != Some(ip("198.18.0.13"))),
+        "the backend the config no longer has is still in LB_BACKENDS: {:?}",
+        b.backends()
+    );
+    // And it stays so while the probes run (a checker started in the wrong state flips within rise/fall probes).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ring_members(&b), BTreeSet::from([up_id]));
+    assert_eq!(
+        health_rows(&b),
+        BTreeMap::from([(ip("198.18.0.11"), false), (ip("198.18.0.12"), true)]),
+        "a backend flipped after the restart; log:\n{}",
+        b.log_text()
+    );
+}
+
+#[test]
+fn a_reload_that_fails_to_apply_changes_nothing() {
+    if skip_unless_root("a_reload_that_fails_to_apply_changes_nothing") {
+        return;
+    }
+    let b = Bare::new("lbdfail");
+    let _lbd = b.start(&b.config(&[VIP]));
+    let call = |r: &Request| {
+        Client::connect(&b.socket())
+            .and_then(|mut c| c.call(r))
+            .unwrap_or_else(|e| panic!("{r:?}: {e}"))
+    };
+    let snapshot = || {
+        let mut vips = b.vips();
+        vips.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+        let ring = b.ring(&b.vip_meta(VIP).expect("VIP"));
+        (vips, b.backends(), ring, call(&Request::VipList))
+    };
+    let before = snapshot();
+
+    // Another writer fills the VIP map, so the VIP a reload adds cannot go in: the apply fails half-way (its
+    // backends are written first).
+    let mut map: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(pinned::open_map(
+        b.pins.path(),
+        lb_common::maps::VIPS,
+    )))
+    .expect("LB_VIPS");
+    let mut foreign = Vec::new();
+    for i in 1..=64u8 {
+        let k = VipKey::new(IpAddr::from([198, 18, 9, i]), 9, 17);
+        if map.insert(k, VipMeta::default(), 0).is_err() {
+            break;
+        }
+        foreign.push(k);
+    }
+    assert!(!foreign.is_empty(), "the VIP map had no room at all");
+
+    b.config(&[VIP, VIP2]);
+    match call(&Request::Reload) {
+        Response::Error { message } => println!("reload refused as expected: {message}"),
+        other => panic!("a reload into a full VIP map answered {other:?}"),
+    }
+    // lbd owns its VIP map: writing back the state before the change removed the foreign entries too (an entry
+    // lbd did not write is a stale one to it). Whatever is left goes now.
+    for k in &foreign {
+        let _ = map.remove(k);
+    }
+    assert_eq!(
+        snapshot(),
+        before,
+        "the failed reload left the maps or lbd's view changed"
+    );
+
+    // Nothing of the failed attempt was recorded as applied: the same file now applies in full.
+    match call(&Request::Reload) {
+        Response::Ok { message } => println!("reload: {message}"),
+        other => panic!("the reload after the room was made answered {other:?}"),
+    }
+    assert!(
+        b.vip_meta(VIP2).is_some(),
+        "VIP2 not added by the second reload"
+    );
+}
+
+/// A config big enough that applying it takes a while: `vips` (indices into 198.19.7.x) of ring size
+/// [`BIG_RING`], each with six backends starting at 198.18.2.(1 + `shift`).
+struct Big {
+    vips: std::ops::Range<u8>,
+    shift: u8,
+}
+
+const BIG_RING: u32 = 65537;
+
+impl Big {
+    fn addr(i: u8) -> IpAddr {
+        IpAddr::from([198, 19, 7, i])
+    }
+
+    fn backends(&self, i: u8) -> Vec<IpAddr> {
+        (0..6u8)
+            .map(|j| IpAddr::from([198, 18, 2, 1 + self.shift + (i + j) % 8]))
+            .collect()
+    }
+
+    fn write(&self, b: &Bare) -> PathBuf {
+        let mut text = b.daemon_section(32, 256, BIG_RING);
+        for i in self.vips.clone() {
+            let list: Vec<String> = self
+                .backends(i)
+                .iter()
+                .map(|a| format!("{{ address = \"{a}\" }}"))
+                .collect();
+            text += &format!(
+                "[[vip]]\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {BIG_RING}\nbackends = [{}]\n\
+                 health = {{ kind = \"none\" }}\n",
+                Big::addr(i),
+                list.join(", ")
+            );
+        }
+        b.write_config(&text)
+    }
+
+    /// Every entry of the pinned maps is one this config implies, and every one it implies is there: the services
+    /// and their fragment entries, the VIP addresses, each ring made of exactly its VIP's backends, the backend
+    /// entries owned by their VIP, nothing stale. Also lbd's own view.
+    fn assert_programmed(&self, b: &Bare, when: &str) {
+        let entries = b.vips();
+        let services: StdMap<VipKey, VipMeta> = entries
+            .iter()
+            .filter(|(_, m)| m.flags & VIP_F_FRAG_ONLY == 0)
+            .copied()
+            .collect();
+        let fragments: StdMap<VipKey, VipMeta> = entries
+            .iter()
+            .filter(|(_, m)| m.flags & VIP_F_FRAG_ONLY != 0)
+            .copied()
+            .collect();
+        let want: HashSet<VipKey> = self
+            .vips
+            .clone()
+            .map(|i| VipKey::new(Big::addr(i), 80, 6))
+            .collect();
+        assert_eq!(
+            services.keys().copied().collect::<HashSet<_>>(),
+            want,
+            "{when}: the services"
+        );
+        let want_frag: HashSet<VipKey> = self
+            .vips
+            .clone()
+            .map(|i| VipKey::new(Big::addr(i), 0, 6))
+            .collect();
+        assert_eq!(
+            fragments.keys().copied().collect::<HashSet<_>>(),
+            want_frag,
+            "{when}: the fragment entries"
+        );
+        let addrs: HashMap<_, AddrKey, u32> = HashMap::try_from(Map::HashMap(pinned::open_map(
+            b.pins.path(),
+            lb_common::maps::VIP_ADDRS,
+        )))
+        .expect("LB_VIP_ADDRS");
+        let have_addrs: HashSet<AddrKey> = addrs.keys().map(|k| k.expect("key")).collect();
+        let want_addrs: HashSet<AddrKey> = self
+            .vips
+            .clone()
+            .map(|i| AddrKey::new(Big::addr(i)))
+            .collect();
+        assert_eq!(have_addrs, want_addrs, "{when}: LB_VIP_ADDRS");
+
+        let backends: BTreeMap<BackendId, lb_common::Backend> = b.backends().into_iter().collect();
+        let mut ids = BTreeSet::new();
+        for (k, meta) in &services {
+            assert!(
+                ids.insert(meta.vip_id),
+                "{when}: VIP id {} used twice",
+                meta.vip_id
+            );
+            let frag = fragments[&VipKey::new(k.ip().expect("address"), 0, 6)];
+            assert_eq!(
+                (frag.vip_id, frag.ring_slot, frag.ring_size),
+                (meta.vip_id, meta.ring_slot, meta.ring_size),
+                "{when}: the fragment entry of {k:?} does not mirror its service"
+            );
+            let ring: BTreeSet<BackendId> = pinned::ring(b.pins.path(), meta, BIG_RING)
+                .into_iter()
+                .collect();
+            let i = self
+                .vips
+                .clone()
+                .find(|&i| Big::addr(i) == k.ip().expect("address"))
+                .expect("configured");
+            let owned: BTreeSet<BackendId> = backends
+                .iter()
+                .filter(|(_, be)| be.vip_id == meta.vip_id)
+                .map(|(id, _)| *id)
+                .collect();
+            assert_eq!(
+                ring, owned,
+                "{when}: the ring of {k:?} and the backends it owns"
+            );
+            let addrs: BTreeSet<IpAddr> = owned.iter().filter_map(|id| backends[id].ip()).collect();
+            assert_eq!(
+                addrs,
+                self.backends(i).into_iter().collect(),
+                "{when}: the backends of {k:?}"
+            );
+        }
+        let pairs = self.vips.len() * 6;
+        assert_eq!(
+            backends.len(),
+            pairs,
+            "{when}: LB_BACKENDS holds {} entries for {pairs} (VIP, backend) pairs",
+            backends.len()
+        );
+        match Client::connect(&b.socket()).and_then(|mut c| c.call(&Request::VipList)) {
+            Ok(Response::Vips(list)) => {
+                let have: BTreeSet<IpAddr> = list.iter().map(|v| v.vip.address).collect();
+                assert_eq!(
+                    have,
+                    self.vips.clone().map(Big::addr).collect(),
+                    "{when}: lbd's view"
+                );
+            }
+            other => panic!("{when}: vip list: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_of_large_applies_then_a_restart_converges() {
+    if skip_unless_root("sigkill_at_random_points_of_large_applies_then_a_restart_converges") {
+        return;
+    }
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("LB_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (LB_KILL_SEED={seed} repeats this run)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let b = Bare::new("lbdkill20");
+    // Two configs that differ in every way an apply can: VIPs only in one, VIPs in both with other backends.
+    let configs = [
+        Big {
+            vips: 1..13,
+            shift: 0,
+        },
+        Big {
+            vips: 7..19,
+            shift: 3,
+        },
+    ];
+
+    let started = Instant::now();
+    let mut lbd = b.start(&configs[0].write(&b));
+    let apply_time = started.elapsed();
+    configs[0].assert_programmed(&b, "the first start");
+    println!("a full start takes {apply_time:?}; kills fall within it");
+
+    for round in 0..20 {
+        let target = &configs[(round + 1) % 2];
+        let delay = apply_time.mul_f64(rng.random::<f64>());
+        let during_start = rng.random_bool(0.5);
+        let path = target.write(&b);
+        if during_start {
+            kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+            wait_exit(&mut lbd, "SIGKILL");
+            lbd = b.spawn(&path);
+        } else {
+            kill(&lbd, nix::sys::signal::Signal::SIGHUP);
+        }
+        std::thread::sleep(delay);
+        kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+        wait_exit(&mut lbd, "SIGKILL");
+        let what = format!(
+            "round {round} (killed {delay:?} into a {})",
+            if during_start { "start" } else { "reload" }
+        );
+        lbd = b.start(&path);
+        target.assert_programmed(&b, &what);
+        assert!(b.xdp_attached(), "{what}: lb_xdp not attached");
+    }
     drop(lbd);
 }

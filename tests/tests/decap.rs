@@ -1,6 +1,7 @@
 //! `lbd decap` on a backend: the real binary attaches lb_decap (pinned, so it stays after the command exits), an
 //! IP-in-IP packet from the balancer carrying a datagram to a VIP reaches a socket bound to the VIP, one from any
-//! other source is dropped and counted, and `--detach` removes the program.
+//! other source is dropped and counted, and `--detach` removes the program from one interface, the maps going
+//! with the last.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
@@ -18,6 +19,8 @@ const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 1);
 /// Not a balancer: `lbd decap` is not told about it.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 3);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 210, 2);
+/// The backend's address on its second interface.
+const BACKEND2: Ipv4Addr = Ipv4Addr::new(198, 18, 211, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 210, 10);
 
 fn lbd_decap(ns: &NetNs, args: &[&str]) -> std::process::Output {
@@ -101,18 +104,58 @@ fn lbd_decap_attaches_decapsulates_and_detaches() {
     );
     assert_eq!(counter(pins.path(), Counter::DecapOk), 1);
 
+    // A second interface on the same pin directory: detaching one leaves the other's link and the shared maps.
+    veth_pair(&sender, "s1", &backend, "b1");
+    backend.add_addr("b1", &format!("{BACKEND2}/24"));
     let out = lbd_decap(
         &backend,
-        &["--iface", "b0", "--detach", "--pin-dir", &pin_dir],
+        &[
+            "--iface",
+            "b1",
+            "--vip",
+            &VIP.to_string(),
+            "--from",
+            &SENDER.to_string(),
+            "--pin-dir",
+            &pin_dir,
+        ],
     );
     assert!(
         out.status.success(),
-        "lbd decap --detach failed: {}",
+        "lbd decap on b1 failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let link = backend.ip(&["link", "show", "b0"]);
+    let maps_dir = lb_userspace::pins::maps_dir(pins.path());
+    for (iface, attached_after) in [("b0", true), ("b1", false)] {
+        let out = lbd_decap(
+            &backend,
+            &["--iface", iface, "--detach", "--pin-dir", &pin_dir],
+        );
+        assert!(
+            out.status.success(),
+            "lbd decap --detach {iface} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let link = backend.ip(&["link", "show", iface]);
+        assert!(
+            !link.contains("lb_decap"),
+            "lb_decap still attached to {iface} after --detach:\n{link}"
+        );
+        let other = if iface == "b0" { "b1" } else { "b0" };
+        let other_link = backend.ip(&["link", "show", other]);
+        if attached_after {
+            assert!(
+                other_link.contains("lb_decap"),
+                "--detach of {iface} took lb_decap off {other} too:\n{other_link}"
+            );
+            assert!(
+                maps_dir.join(lb_common::maps::DECAP_VIPS).exists(),
+                "--detach of {iface} unpinned the maps {other} still uses"
+            );
+        }
+    }
     assert!(
-        !link.contains("lb_decap"),
-        "lb_decap still attached after --detach:\n{link}"
+        !maps_dir.exists(),
+        "the maps are still pinned after the last interface was detached"
     );
 }

@@ -720,7 +720,7 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     );
     lbctl_json(&lbd, &["reload"]);
 
-    // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9100 in the balancer's namespace).
+    // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9662 in the balancer's namespace).
     let metrics = lbd.metrics();
     for needle in [
         "lb_verdicts_total",
@@ -788,7 +788,7 @@ fn https_health_checks_verify_the_backends_certificates() {
 port = {port}
 protocol = "tcp"
 backends = [{{ address = "{b0}" }}, {{ address = "{b1}" }}, {{ address = "{b2}" }}]
-health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_ca_file = "{ca}", interval_ms = 200, timeout_ms = 1000, rise = 2, fall = 2 }}
+health = {{ kind = "https", path = "/healthz", tls_server_name = "{name}", tls_ca_file = "{ca}", interval_ms = 300, timeout_ms = 300, rise = 2, fall = 2 }}
 "#,
             port = lab::HTTPS_PORT,
             b0 = lab::backend_v4(0),

@@ -21,7 +21,8 @@ pub use crate::service::{Protocol, VipAddr};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lbd/lbd.sock";
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9100";
+/// Not 9100: node_exporter listens there on many edge hosts.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9662";
 /// Highest backend weight; 0 drains.
 pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -259,6 +260,11 @@ health = { kind = "none" }
         assert_eq!(c.daemon.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(c.daemon.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.daemon.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
+        assert_ne!(
+            c.daemon.metrics_addr.port(),
+            9100,
+            "node_exporter's port on many edge hosts"
+        );
         assert_eq!(c.daemon.sizes.max_backends, DEFAULT_MAX_BACKENDS);
         assert_eq!(c.daemon.sizes.max_ring_size, 251);
         assert_eq!(c.vips.len(), 2);
@@ -384,10 +390,13 @@ health = { kind = "none" }
             "{e:#?}"
         );
 
-        let e = errors(&GOOD.replace("max_vips = 8", "max_vips = 1"));
-        assert!(
-            e.iter().any(|x| x.contains("exceed daemon.max_vips = 1")),
-            "{e:#?}"
+        let e = errors(&GOOD.replace("max_vips = 8", "max_vips = 2"));
+        assert_eq!(
+            e,
+            [
+                "vip: 2 VIPs need 3 entries in the VIP map (2 for the VIPs, 1 for the fragments of port-specific VIPs, \
+                 one per address and protocol), more than daemon.max_vips = 2"
+            ]
         );
 
         let twice = GOOD.replace(
@@ -409,6 +418,103 @@ health = { kind = "none" }
             e.iter()
                 .any(|x| x.starts_with("vip[2].fragments: hash3 conflicts with vip[0]")),
             "{e:#?}"
+        );
+    }
+
+    /// `n` single-port TCP VIPs on distinct addresses under `max_vips`.
+    fn single_port_vips(n: usize, max_vips: u32) -> String {
+        let mut text = format!(
+            "[daemon]\ninterface = \"eth1\"\nencap_src_v4 = \"198.18.0.1\"\nmax_vips = {max_vips}\n\
+             max_ring_size = 13\n"
+        );
+        for i in 0..n {
+            text += &format!(
+                "[[vip]]\naddress = \"198.19.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nring_size = 13\n\
+                 backends = [{{ address = \"198.18.1.11\" }}]\n",
+                i / 200,
+                i % 200 + 1
+            );
+        }
+        text
+    }
+
+    #[test]
+    fn capacity_counts_the_fragment_entries() {
+        // Each single-port VIP on its own address needs its fragment entry too: 32 fit in 64 entries, 33 do not.
+        Config::parse(&single_port_vips(32, 64)).unwrap_or_else(|e| panic!("{e}"));
+        let e = errors(&single_port_vips(33, 64));
+        assert!(
+            e.len() == 1 && e[0].starts_with("vip: 33 VIPs need 66 entries in the VIP map"),
+            "{e:#?}"
+        );
+        // Ports of one address and protocol share their fragment entry.
+        let shared = single_port_vips(1, 3)
+            + "[[vip]]\naddress = \"198.19.0.1\"\nport = 443\nprotocol = \"tcp\"\nring_size = 13\n\
+               backends = [{ address = \"198.18.1.11\" }]\n";
+        Config::parse(&shared).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn addresses_that_cannot_work_are_refused() {
+        for (addr, why) in [
+            ("0.0.0.0", "is the unspecified address"),
+            ("::", "is the unspecified address"),
+            ("224.0.0.5", "is a multicast address"),
+            ("ff02::1", "is a multicast address"),
+            ("255.255.255.255", "is the broadcast address"),
+            ("127.0.0.1", "is a loopback address"),
+            (
+                "::ffff:198.18.0.100",
+                "is an IPv4-mapped IPv6 address; write the IPv4 address",
+            ),
+        ] {
+            let vip = GOOD.replace(
+                "address = \"198.18.0.100\"",
+                &format!("address = \"{addr}\""),
+            );
+            let e = Config::parse(&vip).map(|_| ()).unwrap_err().0;
+            assert!(
+                e.contains(&format!("vip[0].address: \"{addr}\" {why}")),
+                "VIP {addr}: {e:#?}"
+            );
+            let backend = GOOD.replace("\"fd00:18:1::11\"", &format!("\"{addr}\""));
+            let e = Config::parse(&backend).map(|_| ()).unwrap_err().0;
+            assert!(
+                e.iter().any(
+                    |x| x.starts_with(&format!("vip[1].backends[0].address: \"{addr}\" {why}"))
+                ),
+                "backend {addr}: {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_longer_than_the_interval_is_refused() {
+        let e = errors(&GOOD.replace(
+            "health = { kind = \"none\" }",
+            "health = { kind = \"tcp\", port = 80, interval_ms = 500, timeout_ms = 600 }",
+        ));
+        assert_eq!(
+            e,
+            [
+                "vip[1].health.timeout_ms: 600 is longer than interval_ms = 500: probes would overlap and a hung \
+                 backend would be probed before its last probe gave up"
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_must_be_absolute() {
+        let e = errors(&GOOD.replace(
+            "max_vips = 8",
+            "max_vips = 8\npin_dir = \"lb\"\ncontrol_socket = \"run/lbd.sock\"",
+        ));
+        assert_eq!(
+            e,
+            [
+                "daemon.pin_dir: \"lb\" must be an absolute path",
+                "daemon.control_socket: \"run/lbd.sock\" must be an absolute path"
+            ]
         );
     }
 

@@ -51,6 +51,18 @@ fn check_daemon(d: &DaemonConfig, errs: &mut Vec<String>) {
             s.max_ring_size, s.max_vips
         ));
     }
+    // lbd's working directory is its service manager's choice: a relative path would move with it.
+    for (name, path) in [
+        ("pin_dir", &d.pin_dir),
+        ("control_socket", &d.control_socket),
+    ] {
+        if !path.is_absolute() {
+            errs.push(format!(
+                "daemon.{name}: {:?} must be an absolute path",
+                path.display().to_string()
+            ));
+        }
+    }
     if d.mtu != 0 && d.mtu < MIN_MTU {
         errs.push(format!(
             "daemon.mtu: {} is below {MIN_MTU} (IPv6's 1280 plus a 40-byte outer header); 0 turns the check off",
@@ -128,6 +140,9 @@ fn check_announce(a: &AnnounceConfig, errs: &mut Vec<String>) {
 }
 
 fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<String>) {
+    if let Some(why) = unusable(v.address) {
+        errs.push(format!("{p}.address: \"{}\" {why}", v.address));
+    }
     if !is_prime(v.ring_size) {
         errs.push(format!("{p}.ring_size: {} is not prime", v.ring_size));
     }
@@ -150,8 +165,8 @@ fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<Strin
         if !seen.insert(addr) {
             errs.push(format!("{bp}.address: \"{addr}\" is listed twice"));
         }
-        if addr.is_unspecified() || addr.is_multicast() {
-            errs.push(format!("{bp}.address: \"{addr}\" is not a unicast address"));
+        if let Some(why) = unusable(addr) {
+            errs.push(format!("{bp}.address: \"{addr}\" {why}"));
         }
         if v.mode == Mode::L2dsr && v.address.is_ipv4() != addr.is_ipv4() {
             errs.push(format!(
@@ -182,10 +197,26 @@ fn check_totals(
     labels: &[String],
     errs: &mut Vec<String>,
 ) {
-    if vips.len() > daemon.sizes.max_vips as usize {
+    // LB_VIPS holds a service entry per VIP and a fragment entry per (address, protocol) of port-specific VIPs
+    // that no port-0 VIP covers (see the fragment rule below); both count against max_vips.
+    let wildcards: HashSet<(IpAddr, u8)> = vips
+        .iter()
+        .filter(|v| v.port == 0)
+        .map(|v| (v.address, v.protocol.number()))
+        .collect();
+    let fragment_entries: HashSet<(IpAddr, u8)> = vips
+        .iter()
+        .map(|v| (v.address, v.protocol.number()))
+        .filter(|k| !wildcards.contains(k))
+        .collect();
+    let entries = vips.len() + fragment_entries.len();
+    if entries > daemon.sizes.max_vips as usize {
         errs.push(format!(
-            "vip: {} VIPs exceed daemon.max_vips = {}",
+            "vip: {} VIPs need {entries} entries in the VIP map ({} for the VIPs, {} for the fragments of \
+             port-specific VIPs, one per address and protocol), more than daemon.max_vips = {}",
             vips.len(),
+            vips.len(),
+            fragment_entries.len(),
             daemon.sizes.max_vips
         ));
     }
@@ -200,11 +231,6 @@ fn check_totals(
     }
     // Fragments of a port-specific VIP are matched by a (address, port 0) entry; VIPs sharing it must agree.
     let mut frag: BTreeMap<(IpAddr, u8), (&str, FragmentPolicy)> = BTreeMap::new();
-    let wildcards: HashSet<(IpAddr, u8)> = vips
-        .iter()
-        .filter(|v| v.port == 0)
-        .map(|v| (v.address, v.protocol.number()))
-        .collect();
     for (v, label) in vips.iter().zip(labels) {
         let k = (v.address, v.protocol.number());
         if v.port == 0 || wildcards.contains(&k) {
@@ -221,6 +247,27 @@ fn check_totals(
                 frag.insert(k, (label, v.fragments));
             }
         }
+    }
+}
+
+/// Why `addr` can be neither a VIP nor a backend, if it cannot: no packet from the wire is ever addressed to it, or
+/// the kernel never routes one to it (an IPv4-mapped IPv6 address is IPv4 on the wire, so the VIP would never match).
+fn unusable(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        return Some("is the unspecified address");
+    }
+    if addr.is_multicast() {
+        return Some("is a multicast address");
+    }
+    if addr.is_loopback() {
+        return Some("is a loopback address");
+    }
+    match addr {
+        IpAddr::V4(a) if a.is_broadcast() => Some("is the broadcast address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("is an IPv4-mapped IPv6 address; write the IPv4 address")
+        }
+        _ => None,
     }
 }
 

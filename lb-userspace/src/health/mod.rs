@@ -148,6 +148,17 @@ impl CheckSpec {
                 &format!("must be 1..={MAX_TIMEOUT_MS}"),
             );
         }
+        if self.timeout_ms > self.interval_ms {
+            err(
+                "timeout_ms",
+                self.timeout_ms.to_string(),
+                &format!(
+                    "is longer than interval_ms = {}: probes would overlap and a hung backend would be probed \
+                     before its last probe gave up",
+                    self.interval_ms
+                ),
+            );
+        }
         if self.rise == 0 {
             err("rise", "0".into(), "must be at least 1");
         }

@@ -8,9 +8,11 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use aya_obj::generated::bpf_map_type::{
-    self, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
 };
 use lb_common::lookup::ring_index;
+
+use super::pinned;
 use lb_common::{Backend, BackendId, FlowKey, FlowState, VIP_F_FRAG_ONLY, VipKey, VipMeta, maps};
 
 /// Layout 1's `LB_BACKENDS` value: address words, family, flags, two bytes of padding.
@@ -38,9 +40,8 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
             .iter()
             .map(|r| r.expect("LB_VIPS entry"))
             .collect();
-    let mut v1_vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(create(
-        pins,
-        maps::VIPS,
+    let mut v1_vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(pinned::create(
+        &pins.join(maps::VIPS),
         BPF_MAP_TYPE_HASH,
         size_of::<VipKey>(),
         size_of::<VipMeta>(),
@@ -53,9 +54,8 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
 
     let ring: Array<_, BackendId> = Array::try_from(Map::Array(open(maps::RING))).expect("LB_RING");
     let ring_entries = entries(maps::RING);
-    let mut v1_ring: Array<_, BackendId> = Array::try_from(Map::Array(create(
-        pins,
-        maps::RING,
+    let mut v1_ring: Array<_, BackendId> = Array::try_from(Map::Array(pinned::create(
+        &pins.join(maps::RING),
         BPF_MAP_TYPE_ARRAY,
         4,
         4,
@@ -73,9 +73,8 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
 
     let backends: Array<_, Backend> =
         Array::try_from(Map::Array(open(maps::BACKENDS))).expect("LB_BACKENDS");
-    let mut v1_backends: Array<_, V1Backend> = Array::try_from(Map::Array(create(
-        pins,
-        maps::BACKENDS,
+    let mut v1_backends: Array<_, V1Backend> = Array::try_from(Map::Array(pinned::create(
+        &pins.join(maps::BACKENDS),
         BPF_MAP_TYPE_ARRAY,
         4,
         size_of::<V1Backend>(),
@@ -106,15 +105,15 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
             .iter()
             .filter_map(Result::ok)
             .collect();
-    let mut v1_flows: HashMap<_, FlowKey, V1Flow> = HashMap::try_from(Map::LruHashMap(create(
-        pins,
-        maps::FLOWS,
-        BPF_MAP_TYPE_LRU_HASH,
-        size_of::<FlowKey>(),
-        size_of::<V1Flow>(),
-        entries(maps::FLOWS),
-    )))
-    .expect("layout 1 LB_FLOWS");
+    let mut v1_flows: HashMap<_, FlowKey, V1Flow> =
+        HashMap::try_from(Map::LruHashMap(pinned::create(
+            &pins.join(maps::FLOWS),
+            BPF_MAP_TYPE_LRU_HASH,
+            size_of::<FlowKey>(),
+            size_of::<V1Flow>(),
+            entries(maps::FLOWS),
+        )))
+        .expect("layout 1 LB_FLOWS");
     for (k, s) in &flows {
         let mut v = [0u8; 8];
         v[..4].copy_from_slice(&s.backend_id.to_ne_bytes());
@@ -129,23 +128,4 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
     }
     std::fs::remove_dir(&from).unwrap_or_else(|e| panic!("rmdir {}: {e}", from.display()));
     flows.len()
-}
-
-/// A new map pinned as `<pins>/<name>`.
-fn create(
-    pins: &Path,
-    name: &str,
-    map_type: bpf_map_type,
-    key: usize,
-    value: usize,
-    entries: u32,
-) -> MapData {
-    let def = aya_obj::Map::new_from_params(map_type as u32, key as u32, value as u32, entries, 0);
-    // Kernel map names are at most 15 bytes; the pin path carries the full name.
-    let short: String = name.chars().take(15).collect();
-    let map = MapData::create(def, &short, None).unwrap_or_else(|e| panic!("create {name}: {e}"));
-    let path = pins.join(name);
-    map.pin(&path)
-        .unwrap_or_else(|e| panic!("pin {}: {e}", path.display()));
-    MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }

@@ -63,3 +63,23 @@ pub fn capacity(pins: &Path, name: &str) -> u32 {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .max_entries()
 }
+
+/// A new map, pinned at `path`, as another tool (or an older build) would leave one; key and value sizes in bytes.
+pub fn create(
+    path: &Path,
+    map_type: aya_obj::generated::bpf_map_type,
+    key: usize,
+    value: usize,
+    entries: u32,
+) -> MapData {
+    let def = aya_obj::Map::new_from_params(map_type as u32, key as u32, value as u32, entries, 0);
+    // Kernel map names are at most 15 bytes; the pin path carries the full name.
+    let name: String = path
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
+    let map = MapData::create(def, &name, None).unwrap_or_else(|e| panic!("create {name}: {e}"));
+    map.pin(path)
+        .unwrap_or_else(|e| panic!("pin {}: {e}", path.display()));
+    MapData::from_pin(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}

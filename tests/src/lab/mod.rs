@@ -24,6 +24,7 @@ use crate::harness::lab_programs::LabPrograms;
 use crate::harness::netns::{self, NetNs, veth_pair};
 use pki::LabPki;
 
+pub mod bare;
 pub mod bird;
 pub mod churn;
 pub mod daemon;

@@ -150,7 +150,7 @@ fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str) -> String {
     let s = sizes(opts);
     let mut c = format!(
         "[daemon]\ninterface = \"{ifname}\"\nxdp_mode = \"generic\"\npin_dir = \"{pin_dir}\"\n\
-         control_socket = \"{sock}\"\nmetrics_addr = \"127.0.0.1:9100\"\nencap_src_v4 = \"198.18.0.1\"\n\
+         control_socket = \"{sock}\"\nmetrics_addr = \"127.0.0.1:9662\"\nencap_src_v4 = \"198.18.0.1\"\n\
          max_vips = {}\nmax_backends = {}\nmax_ring_size = {}\n",
         s.max_vips, s.max_backends, s.max_ring_size
     );
