@@ -76,6 +76,46 @@ fn simulate(lab: &EcmpLab, k: usize, flow: FiveTuple) -> String {
     }
 }
 
+/// `lbd --config <balancer's config> --detach` in the balancer's namespace, run to its end.
+fn lbd_detach(b: &ecmp::EcmpBalancer) -> std::process::Output {
+    b.host
+        .ns
+        .nsenter_command(&[
+            target_binary("lbd").to_str().expect("utf-8"),
+            "--config",
+            b.config.to_str().expect("utf-8"),
+            "--detach",
+        ])
+        .output()
+        .expect("run lbd --detach")
+}
+
+/// How many routes lbd's log says it added to the announcement table (`announced address=...` lines).
+fn announced_lines(log: &str) -> usize {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(": announced address="))
+        .count()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn wait_backend(lab: &EcmpLab, backend: IpAddr, up: bool) {
     for b in &lab.balancers {
         b.lbd.wait_backend_state(backend, up, SETTLE);
@@ -238,20 +278,35 @@ fn flows_spread_over_every_balancer_and_their_tables_agree() {
         );
     }
 
+    // `lbd --detach` while lbd runs is refused by the pin directory's lock, and withdraws nothing on its way: the
+    // running lbd would put the routes back at its next tick, a flap every router sees.
+    let b = &mut lab.balancers[2];
+    let announced_before = announced_lines(&b.lbd.log_text());
+    assert!(
+        announced_before > 0,
+        "lbd's log (appended across its restart) shows its first announcements; lbd log:\n{}",
+        b.lbd.log_text()
+    );
+    let out = lbd_detach(b);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("in use by another lbd"),
+        "lbd --detach beside a running lbd: {out:?}"
+    );
+    // Past lbd's 250 ms announcement tick: a withdrawn route would have been announced again by now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        announced_lines(&b.lbd.log_text()),
+        announced_before,
+        "a refused lbd --detach withdrew routes that lbd then announced again; lbd log:\n{}",
+        b.lbd.log_text()
+    );
+    assert_eq!(lab.next_hops(IpAddr::V4(lb_tests::lab::VIP_V4)).len(), 3);
+
     // `lbd --detach` (here after a SIGKILL, as an operator would clean up) withdraws the balancer's addresses.
     let b = &mut lab.balancers[2];
     b.lbd.kill9();
-    let out = b
-        .host
-        .ns
-        .nsenter_command(&[
-            target_binary("lbd").to_str().expect("utf-8"),
-            "--config",
-            b.config.to_str().expect("utf-8"),
-            "--detach",
-        ])
-        .output()
-        .expect("run lbd --detach");
+    let out = lbd_detach(b);
     assert!(out.status.success(), "lbd --detach: {out:?}");
     let took = lab.wait_next_hops(&[0, 1], SETTLE);
     println!(

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lb_userspace::cli::lbd::{Cli, Command};
 use lb_userspace::config::Config;
-use lb_userspace::{announce, daemon, decap, runtime};
+use lb_userspace::{daemon, decap, runtime};
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -57,9 +57,11 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if cli.detach {
-        // Withdrawn first: the routers stop sending before the program stops forwarding.
-        announce::withdraw(&config.announce)?;
-        return daemon::detach_all(&config.daemon.interface, &config.daemon.pin_dir);
+        return daemon::detach_all(
+            &config.daemon.interface,
+            &config.daemon.pin_dir,
+            &config.announce,
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
