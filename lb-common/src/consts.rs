@@ -78,6 +78,10 @@ pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
 /// `Backend::flags`: the backend is drained (weight 0: no new flows, open flows stay). The program does not read
 /// it; it records the drain in the map so that a restarted daemon keeps a drain an operator made at run time.
 pub const BACKEND_F_DRAINED: u8 = 1 << 1;
+/// `Backend::flags`: the backend fails its checks. Usually it is then inactive too; a VIP in panic mode keeps its
+/// failing backends active and in its ring, and this bit alone tells a restarted daemon which ones they are. The
+/// program does not read it.
+pub const BACKEND_F_UNHEALTHY: u8 = 1 << 2;
 
 /// `GlobalConfig::flags`: answer over-MTU packets with ICMP too-big (else counted drop).
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;

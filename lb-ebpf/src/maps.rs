@@ -2,6 +2,7 @@
 //! overrides `max_entries` from the daemon's config before the maps are created.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -24,10 +25,12 @@ pub static LB_VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(DEFAU
 #[map]
 pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
+/// Mmap-able: lbd writes a 65,537-entry ring with plain stores (lb-userspace's `ring_map`), not one syscall per
+/// entry.
 #[map]
 pub static LB_RING: Array<BackendId> = Array::with_max_entries(
     RING_SLOTS_PER_VIP * DEFAULT_MAX_VIPS * DEFAULT_MAX_RING_SIZE,
-    0,
+    BPF_F_MMAPABLE,
 );
 
 #[map]

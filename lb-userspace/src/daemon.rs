@@ -17,18 +17,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_DRAINED, Backend, BackendId, CFG_F_ICMP_TOO_BIG, GlobalConfig,
-    LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipMeta, addr_words, programs,
+    BACKEND_F_ACTIVE, BACKEND_F_DRAINED, BACKEND_F_UNHEALTHY, Backend, BackendId,
+    CFG_F_ICMP_TOO_BIG, GlobalConfig, LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipMeta, addr_words,
+    programs,
 };
 use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
 use crate::config::{AnnounceConfig, Config, VipAddr};
-use crate::dataplane::{Dataplane, LoadOptions};
-use crate::health::CheckKind;
+use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
+use crate::health::{CheckKind, HealthKey};
 use crate::layout::{self, Plan};
 use crate::pins::PinDir;
-use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, diff};
+use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, Ring, diff};
 use crate::upgrade::{self, FlowCopy, OldState};
 
 pub struct Daemon {
@@ -52,6 +53,9 @@ pub struct Daemon {
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
     pub ring_builds: u64,
+    /// VIPs whose ring ignores health (below their panic threshold), and how often one entered that mode.
+    panicking: BTreeSet<VipAddr>,
+    pub panics: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
@@ -123,6 +127,8 @@ impl Daemon {
             ifindex,
             reattachments: 0,
             ring_builds: 0,
+            panicking: BTreeSet::new(),
+            panics: 0,
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_error: None,
@@ -234,9 +240,11 @@ impl Daemon {
                 && be.weight > 0
             {
                 be.weight = 0;
-                self.edits.push(format!(
-                    "drain of {addr} in {va} (kept from the running dataplane)"
-                ));
+                let edit = format!("drain of {addr} in {va} (kept from the running dataplane)");
+                info!(
+                    "{edit}: a drain made at run time outlives restarts; a reload from the file drops it"
+                );
+                self.edits.push(edit);
             }
         }
         info!(
@@ -342,6 +350,11 @@ impl Daemon {
         &mut self.dp
     }
 
+    /// The flow table on a descriptor of its own, to walk without holding the daemon.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        self.dp.flow_table()
+    }
+
     /// The ring packets of `vip` use now, from the map.
     pub fn live_ring(&self, vip: &VipAddr) -> Result<Vec<BackendId>> {
         match self.metas.get(vip) {
@@ -401,7 +414,8 @@ impl Daemon {
         }
         if !fixed.is_empty() {
             bail!(
-                "{} cannot change while running (restart with --detach first): {}",
+                "{} cannot change while running (restart lbd: it carries the state into maps of the new sizes, without \
+                 --detach): {}",
                 fixed.len(),
                 fixed.join(", ")
             );
@@ -466,8 +480,13 @@ impl Daemon {
     fn backend_entry(&self, vip: &VipAddr, addr: IpAddr) -> Backend {
         let v = &self.state.vips[vip];
         let mut flags = 0;
-        if self.is_up(vip, addr) {
+        let up = self.is_up(vip, addr);
+        // In panic mode a failing backend is in the ring, so its flows must stick to it like any other's.
+        if up || self.panicking.contains(vip) {
             flags |= BACKEND_F_ACTIVE;
+        }
+        if !up {
+            flags |= BACKEND_F_UNHEALTHY;
         }
         if v.backends.get(&addr).is_some_and(|b| b.weight == 0) {
             flags |= BACKEND_F_DRAINED;
@@ -478,11 +497,24 @@ impl Daemon {
     fn apply(&mut self, new: DesiredState, d: &Diff) -> Result<()> {
         self.dp.set_config(&global_config(&self.config))?;
         self.state = new;
+        let rebuilt: Vec<VipAddr> = d
+            .vips_added
+            .iter()
+            .chain(
+                d.vips_changed
+                    .iter()
+                    .filter(|c| c.needs_ring())
+                    .map(|c| &c.key),
+            )
+            .copied()
+            .collect();
+        let mut rings = self.build_rings(&rebuilt);
         for (k, _, backend_ids) in &d.vips_removed {
             self.dp
                 .remove_vip(&k.key())
                 .with_context(|| format!("removing VIP {k}"))?;
             self.metas.remove(k);
+            self.panicking.remove(k);
             for id in backend_ids {
                 self.dp.clear_backend(*id)?;
             }
@@ -496,7 +528,7 @@ impl Daemon {
             for (addr, b) in &v.backends {
                 self.dp.set_backend(b.id, &self.backend_entry(k, *addr))?;
             }
-            self.install(k)?;
+            self.install_built(k, rings.remove(k).expect("built above"))?;
             info!(vip = %k, id = v.id, backends = v.backends.len(), "VIP added");
         }
         for c in &d.vips_changed {
@@ -508,7 +540,7 @@ impl Daemon {
                 self.dp
                     .set_backend(*id, &self.backend_entry(&c.key, *addr))?;
             }
-            self.install(&c.key)?;
+            self.install_built(&c.key, rings.remove(&c.key).expect("built above"))?;
             // Only after the switch: flows pinned to a removed backend then re-pick from the new ring.
             for (_, id) in &c.backends_removed {
                 if !self.state.vips[&c.key]
@@ -529,9 +561,58 @@ impl Daemon {
     }
 
     /// Builds and atomically installs a VIP's ring, then refreshes the fragment-only entries that mirror it.
-    fn install(&mut self, k: &VipAddr) -> Result<()> {
+    /// The rings of `keys` for the current health, built on every CPU: a Maglev build of a 65,537-entry table takes
+    /// about a millisecond, and a backend that serves a hundred VIPs needs a hundred of them when it fails.
+    fn build_rings(&self, keys: &[VipAddr]) -> BTreeMap<VipAddr, Ring> {
+        let (state, down) = (&self.state, &self.down);
+        let build = move |k: &VipAddr| (*k, state.vips[k].ring(|a| !down.contains(&(*k, a))));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if keys.len() < 2 || threads < 2 {
+            return keys.iter().map(build).collect();
+        }
+        std::thread::scope(|s| {
+            let workers: Vec<_> = keys
+                .chunks(keys.len().div_ceil(threads))
+                .map(|part| s.spawn(move || part.iter().map(build).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a ring build panicked"))
+                .collect()
+        })
+    }
+
+    /// Rewrites the entries of `k`'s failing backends (active or not depends on panic mode).
+    fn write_failing_entries(&mut self, k: &VipAddr) -> Result<()> {
+        let failing: Vec<(IpAddr, BackendId)> = self.state.vips[k]
+            .backends
+            .iter()
+            .filter(|(addr, _)| !self.is_up(k, **addr))
+            .map(|(addr, b)| (*addr, b.id))
+            .collect();
+        for (addr, id) in failing {
+            self.dp.set_backend(id, &self.backend_entry(k, addr))?;
+        }
+        Ok(())
+    }
+
+    /// VIPs whose rings ignore health now (below their panic threshold).
+    pub fn panicking(&self) -> &BTreeSet<VipAddr> {
+        &self.panicking
+    }
+
+    /// Switches `k` to `ring` (built for the current health by [`Daemon::build_rings`]).
+    fn install_built(&mut self, k: &VipAddr, ring: Ring) -> Result<()> {
+        let leaving = !ring.panic && self.panicking.contains(k);
+        if ring.panic && self.panicking.insert(*k) {
+            self.panics += 1;
+            warn!(vip = %k, threshold = self.state.vips[k].config.panic_threshold,
+                "panic mode: less than the threshold's percent of the weight is healthy, so every backend that is \
+                 not drained is in the ring");
+            // Active before the ring sends flows there, as for a backend coming up.
+            self.write_failing_entries(k)?;
+        }
         let v: &DesiredVip = &self.state.vips[k];
-        let ring = v.ring(|addr| !self.down.contains(&(*k, addr)));
         let meta = VipMeta {
             vip_id: v.id,
             flags: v.flags,
@@ -540,10 +621,16 @@ impl Daemon {
         };
         let new_meta = self
             .dp
-            .install_ring(&k.key(), meta, &ring)
+            .install_ring(&k.key(), meta, &ring.table)
             .with_context(|| format!("installing the ring of {k}"))?;
         self.metas.insert(*k, new_meta);
         self.ring_builds += 1;
+        if leaving {
+            self.panicking.remove(k);
+            // Only after the switch: the failing backends' flows re-pick from the healthy ring.
+            self.write_failing_entries(k)?;
+            info!(vip = %k, "panic mode over: the ring holds the healthy backends again");
+        }
         debug!(vip = %k, slot = new_meta.ring_slot, "ring switched");
         let mirrors: Vec<VipAddr> = self
             .state
@@ -572,35 +659,60 @@ impl Daemon {
             .with_context(|| format!("writing the fragment entry {wild}"))
     }
 
-    /// A health transition: a down backend leaves the ring and loses `BACKEND_F_ACTIVE` (its flows re-pick); an up
-    /// one becomes active and returns to the ring.
-    pub fn set_health(&mut self, vip: &VipAddr, backend: IpAddr, up: bool) -> Result<()> {
-        let Some(id) = self
-            .state
-            .vips
-            .get(vip)
-            .and_then(|v| v.backends.get(&backend))
-            .map(|b| b.id)
-        else {
-            debug!(%vip, %backend, "health event for a backend no longer configured");
-            return Ok(());
-        };
-        let was_up = self.is_up(vip, backend);
-        if was_up == up {
-            return Ok(());
+    /// Health transitions, applied together: a down backend leaves the ring and loses `BACKEND_F_ACTIVE` (its flows
+    /// re-pick); an up one becomes active and returns to the ring. Each VIP they touch is rebuilt once.
+    pub fn set_health(&mut self, changes: &[(HealthKey, bool)]) -> Result<()> {
+        let mut coming_up = Vec::new();
+        let mut going_down = Vec::new();
+        for (key, up) in changes {
+            let (vip, backend) = (&key.vip, key.backend);
+            let Some(id) = self
+                .state
+                .vips
+                .get(vip)
+                .and_then(|v| v.backends.get(&backend))
+                .map(|b| b.id)
+            else {
+                debug!(%vip, %backend, "health event for a backend no longer configured");
+                continue;
+            };
+            if self.is_up(vip, backend) == *up {
+                continue;
+            }
+            if *up {
+                self.down.remove(&(*vip, backend));
+                coming_up.push((*vip, backend, id));
+            } else {
+                self.down.insert((*vip, backend));
+                going_down.push((*vip, backend, id));
+            }
         }
-        if up {
-            self.down.remove(&(*vip, backend));
-            // Active first, so a flow the new ring sends there is not bounced back to the ring.
-            self.dp.set_backend(id, &self.backend_entry(vip, backend))?;
-            self.install(vip)?;
-        } else {
-            self.down.insert((*vip, backend));
-            // Ring first: a flow re-picking after the flag clears must not find the backend in the ring.
-            self.install(vip)?;
-            self.dp.set_backend(id, &self.backend_entry(vip, backend))?;
+        // Active first, so a flow a new ring sends there is not bounced back to the ring.
+        for (vip, backend, id) in &coming_up {
+            self.dp
+                .set_backend(*id, &self.backend_entry(vip, *backend))?;
         }
-        info!(%vip, %backend, up, "backend health changed; ring rebuilt");
+        let vips: Vec<VipAddr> = coming_up
+            .iter()
+            .chain(&going_down)
+            .map(|(vip, _, _)| *vip)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (vip, ring) in self.build_rings(&vips) {
+            self.install_built(&vip, ring)?;
+        }
+        // Rings first: a flow re-picking after the flag clears must not find the backend in a ring.
+        for (vip, backend, id) in &going_down {
+            self.dp
+                .set_backend(*id, &self.backend_entry(vip, *backend))?;
+        }
+        for (vip, backend, _) in &coming_up {
+            info!(%vip, %backend, up = true, "backend health changed; ring rebuilt");
+        }
+        for (vip, backend, _) in &going_down {
+            info!(%vip, %backend, up = false, "backend health changed; ring rebuilt");
+        }
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 //! only optionally pins maps so that a restarted daemon adopts the running state.
 
 use std::collections::HashSet;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, ensure};
+use crate::ring_map::RingMap;
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -24,6 +26,27 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Only tests, benchmarks and load tests load it, from this build's directory; lbd embeds and loads only
 /// [`EBPF_OBJECT`].
 pub const LAB_OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/lb-lab-ebpf");
+
+/// The flow table, apart from the [`Dataplane`] (see [`Dataplane::flow_table`]).
+pub struct FlowTable(HashMap<MapData, FlowKey, FlowState>);
+
+impl FlowTable {
+    /// Hands up to `limit` entries to `each`, in the kernel's order, until `each` returns false. The program keeps
+    /// inserting and evicting meanwhile: an entry gone before it is read is skipped.
+    pub fn walk(
+        &self,
+        limit: usize,
+        mut each: impl FnMut(FlowKey, FlowState) -> bool,
+    ) -> Result<()> {
+        for entry in self.0.iter().take(limit) {
+            let (k, s) = entry.with_context(|| format!("iterating {}", maps::FLOWS))?;
+            if !each(k, s) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Word `index` of the `LB_VIP_FILTER` that covers exactly the addresses of `keys`.
 fn filter_word(keys: &HashSet<VipKey>, index: u32) -> u64 {
@@ -126,6 +149,8 @@ pub struct Dataplane {
     /// The keys in `LB_VIPS` (read at load, then kept by every write here): which addresses the filter must cover,
     /// without walking the map on every removal.
     vip_keys: HashSet<VipKey>,
+    /// `LB_RING`'s values, written and read in place.
+    ring: RingMap,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -169,10 +194,15 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let ring = match ebpf.map(maps::RING) {
+            Some(Map::Array(data)) => RingMap::new(data.fd(), s.ring_entries()?)?,
+            _ => bail!("map {} missing from the object or not an array", maps::RING),
+        };
         let mut dp = Dataplane {
             ebpf,
             sizes: s,
             vip_keys: HashSet::new(),
+            ring,
         };
         dp.vip_keys = dp.vips()?.into_iter().map(|(k, _)| k).collect();
         // Adopted maps may hold VIPs whose addresses the filter or the address set do not cover (pins written by a
@@ -461,12 +491,9 @@ impl Dataplane {
             ..meta
         };
         self.check_ring_meta(&new_meta)?;
-        let base = slot * self.sizes.max_ring_size;
-        let mut arr = self.array_mut::<BackendId>(maps::RING)?;
-        for (i, id) in ring.iter().enumerate() {
-            arr.set(base + i as u32, id, 0)
-                .with_context(|| format!("writing {}[{}]", maps::RING, base + i as u32))?;
-        }
+        self.ring
+            .write(slot * self.sizes.max_ring_size, ring)
+            .with_context(|| format!("writing slot {slot} of {}", maps::RING))?;
         self.upsert_vip(key, &new_meta)?;
         Ok(new_meta)
     }
@@ -474,14 +501,8 @@ impl Dataplane {
     /// The active ring of a VIP (`meta.ring_size` entries of slot `meta.ring_slot`).
     pub fn read_ring(&self, meta: &VipMeta) -> Result<Vec<BackendId>> {
         self.check_ring_meta(meta)?;
-        let base = meta.ring_slot * self.sizes.max_ring_size;
-        let arr = self.array::<BackendId>(maps::RING)?;
-        (base..base + meta.ring_size)
-            .map(|i| {
-                arr.get(&i, 0)
-                    .with_context(|| format!("reading {}[{i}]", maps::RING))
-            })
-            .collect()
+        self.ring
+            .read(meta.ring_slot * self.sizes.max_ring_size, meta.ring_size)
     }
 
     /// Takes `ifindex` out of the redirect targets (a missing one is fine).
@@ -595,6 +616,24 @@ impl Dataplane {
             .take(limit)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("iterating {}", maps::FLOWS))
+    }
+
+    /// A handle on the flow table of its own (a second descriptor of the same map), for a walk that must not hold
+    /// the daemon: `lbctl flows` reads through it on a blocking thread while lbd goes on.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        let data = match self.map(maps::FLOWS)? {
+            Map::LruHashMap(d) | Map::HashMap(d) => d,
+            _ => anyhow::bail!("{} is not a hash map", maps::FLOWS),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the descriptor of {}", maps::FLOWS))?;
+        let data = MapData::from_fd(fd).with_context(|| format!("opening {}", maps::FLOWS))?;
+        let map = HashMap::try_from(Map::from_map_data(data)?)
+            .with_context(|| format!("map {}", maps::FLOWS))?;
+        Ok(FlowTable(map))
     }
 
     /// The flow table's entry for one flow.

@@ -96,7 +96,7 @@ mod tests {
     fn digest(state: &DesiredState, vip: &str, down: &[&str]) -> String {
         let v = &state.vips[&key(vip)];
         let ring = v.ring(|a| !down.iter().any(|d| d.parse::<IpAddr>().unwrap() == a));
-        table_digest(&ring, &v.backends)
+        table_digest(&ring.table, &v.backends)
     }
 
     const VIP: &str = "198.19.0.10";

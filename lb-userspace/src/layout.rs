@@ -22,14 +22,17 @@ pub struct Shape {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// Creation flags (`BPF_F_MMAPABLE` for `LB_RING`): a map made without a flag the build relies on is replaced,
+    /// its state carried over, like a map of another size.
+    pub map_flags: u32,
 }
 
 impl fmt::Display for Shape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "type {}, key {} B, value {} B, {} entries",
-            self.map_type, self.key_size, self.value_size, self.max_entries
+            "type {}, key {} B, value {} B, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.map_flags
         )
     }
 }
@@ -50,6 +53,7 @@ pub fn expected(sizes: &MapSizes) -> Result<BTreeMap<&'static str, Shape>> {
                 key_size: m.key_size(),
                 value_size: m.value_size(),
                 max_entries: sizes.entries_of(name)?.unwrap_or(m.max_entries()),
+                map_flags: m.map_flags(),
             },
         );
     }
@@ -76,6 +80,7 @@ pub fn pinned(dir: &Path) -> Result<BTreeMap<&'static str, Shape>> {
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
+                map_flags: info.map_flags(),
             },
         );
     }
@@ -181,12 +186,21 @@ fn differences(
             None => Some(format!("{name} is missing")),
             Some(h) if h == w => None,
             Some(h)
-                if (h.map_type, h.key_size, h.value_size)
-                    == (w.map_type, w.key_size, w.value_size) =>
+                if (h.map_type, h.key_size, h.value_size, h.map_flags)
+                    == (w.map_type, w.key_size, w.value_size, w.map_flags) =>
             {
                 Some(format!(
                     "{name} has {} entries, the config asks for {}",
                     h.max_entries, w.max_entries
+                ))
+            }
+            Some(h)
+                if (h.map_type, h.key_size, h.value_size)
+                    == (w.map_type, w.key_size, w.value_size) =>
+            {
+                Some(format!(
+                    "{name} was created with flags {:#x}, this build creates it with {:#x}",
+                    h.map_flags, w.map_flags
                 ))
             }
             Some(h) => Some(format!("{name} is {h}, this build's is {w}")),

@@ -4,24 +4,31 @@
 //!
 //! Values are cumulative since the maps were created, so they are exported as counters; a snapshot is rendered into
 //! a fresh registry each scrape (cheap at these sizes, and no state to keep in step with reloads).
+//!
+//! The endpoint is reachable by every local user, so it is bounded: at most [`MAX_CONNECTIONS`] at once (one more
+//! is closed at once and counted), a connection must send its request headers within [`IDLE_TIMEOUT`] (on arrival
+//! and between kept-alive requests), and none lives longer than [`MAX_CONNECTION_TIME`]. Without these, idle
+//! connections held lbd's descriptors until its health probes failed for lack of one.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::announce::{AddressState, AnnounceInfo};
 use crate::control::api::Stats;
@@ -29,6 +36,12 @@ use crate::health::BackendHealth;
 use crate::service::VipAddr;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Connections served at once: Prometheus needs one per server scraping, people with curl a few more.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to send a request's headers, when it opens and between kept-alive requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest any connection lives: a client that stops reading its answer is let go after this.
+pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
 
 /// Everything one scrape exports. The daemon builds it on demand.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,6 +59,16 @@ pub struct Snapshot {
     /// Each VIP's active table digest (`digest`): every balancer of a tier should export the same.
     pub table_digests: BTreeMap<VipAddr, String>,
     pub announce: AnnounceInfo,
+    /// VIPs below their panic threshold now (their rings ignore health).
+    pub panicking: Vec<String>,
+    /// Times a VIP entered panic mode.
+    pub panics: u64,
+    /// Health probes running (a backend checked the same way by several VIPs is one probe).
+    pub probes: usize,
+    /// Probes that could not run on this host (out of descriptors, ports, buffers), none counted against a backend.
+    pub probe_local_errors: u64,
+    /// Connections to this endpoint closed unserved because [`MAX_CONNECTIONS`] were open (filled in by [`serve`]).
+    pub metrics_refused: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +167,24 @@ pub fn render(snap: &Snapshot) -> String {
         vip_miss.get_or_create(&l).inc_by(v.flow_misses);
     }
 
+    let panic = Family::<VipLabels, Gauge>::default();
+    registry.register(
+        "vip_panic",
+        "1 while a VIP is below its panic threshold: every backend not drained is in its ring, healthy or not",
+        panic.clone(),
+    );
+    for v in &snap.stats.vips {
+        let vip = v.vip.to_string();
+        let on = snap.panicking.contains(&vip);
+        panic.get_or_create(&VipLabels { vip }).set(i64::from(on));
+    }
+    counter(
+        &mut registry,
+        "vip_panics",
+        "Times a VIP entered panic mode",
+        snap.panics,
+    );
+
     let be_packets = counter_family::<BackendLabels>(
         &mut registry,
         "backend_packets",
@@ -174,7 +215,7 @@ pub fn render(snap: &Snapshot) -> String {
     let checks = counter_family::<CheckLabels>(
         &mut registry,
         "backend_health_checks",
-        "Health probes of a backend by result",
+        "Health probes of a backend by result (unknown: failed on this host, not counted against the backend)",
     );
     let latency = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
     registry.register(
@@ -189,7 +230,11 @@ pub fn render(snap: &Snapshot) -> String {
         };
         up.get_or_create(&l).set(i64::from(h.up));
         transitions.get_or_create(&l).inc_by(h.transitions);
-        for (result, n) in [("ok", h.checks - h.failures), ("failed", h.failures)] {
+        for (result, n) in [
+            ("ok", h.checks - h.failures - h.unknown),
+            ("failed", h.failures),
+            ("unknown", h.unknown),
+        ] {
             checks
                 .get_or_create(&CheckLabels {
                     vip: l.vip.clone(),
@@ -203,6 +248,26 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
 
+    let probes = Gauge::<i64>::default();
+    probes.set(snap.probes as i64);
+    registry.register(
+        "health_probes",
+        "Health probes running (one per backend address and check, however many VIPs share it)",
+        probes,
+    );
+    counter(
+        &mut registry,
+        "health_probe_local_errors",
+        "Health probes that failed on this host (descriptors, ports, buffers): logged, never counted against a backend",
+        snap.probe_local_errors,
+    );
+
+    counter(
+        &mut registry,
+        "metrics_connections_refused",
+        "Connections to /metrics closed unserved because the endpoint's connection cap was reached",
+        snap.metrics_refused,
+    );
     counter(
         &mut registry,
         "ring_rebuilds",
@@ -323,7 +388,23 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Snapshot> + Send,
 {
-    let source = Arc::new(source);
+    let refused = Arc::new(AtomicU64::new(0));
+    let source = {
+        let refused = refused.clone();
+        Arc::new(move || {
+            let snap = source();
+            let refused = refused.load(Ordering::Relaxed);
+            async move {
+                Snapshot {
+                    metrics_refused: refused,
+                    ..snap.await
+                }
+            }
+        })
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Whether the cap is reached: said in the log when it starts and when it ends, not once per connection.
+    let mut full = false;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -332,23 +413,48 @@ where
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!("metrics accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Accepted only to be closed: left in the listen queue it would wait there, unserved, for a slot.
+            refused.fetch_add(1, Ordering::Relaxed);
+            if !full {
+                full = true;
+                tracing::warn!(
+                    "metrics: {MAX_CONNECTIONS} connections open; closing further ones until some finish"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        if full && slots.available_permits() > 0 {
+            full = false;
+            tracing::info!(
+                refused = refused.load(Ordering::Relaxed),
+                "metrics: below the connection cap again"
+            );
+        }
         let source = source.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let source = source.clone();
                 async move { Ok::<_, Infallible>(answer(req, &*source).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("metrics connection: {e}");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(MAX_CONNECTION_TIME, conn).await {
+                Ok(Err(e)) => tracing::debug!("metrics connection: {e}"),
+                Err(_) => {
+                    tracing::debug!("metrics connection open for {MAX_CONNECTION_TIME:?}; closed")
+                }
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }
@@ -412,8 +518,9 @@ mod tests {
                 last_latency_us: Some(100),
                 consecutive_ok: 5,
                 consecutive_fail: 0,
-                checks: 5,
+                checks: 6,
                 failures: 1,
+                unknown: 1,
                 transitions: 1,
             }],
             ring_rebuilds: 7,
@@ -437,6 +544,11 @@ mod tests {
                 }],
                 error: None,
             },
+            panicking: vec!["198.18.0.10:80/tcp".into()],
+            panics: 4,
+            probes: 1,
+            probe_local_errors: 4,
+            metrics_refused: 0,
         }
     }
 
@@ -456,6 +568,9 @@ mod tests {
             r#"lb_backend_health_transitions_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="ok"} 4"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="failed"} 1"#,
+            r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="unknown"} 1"#,
+            "lb_health_probes 1",
+            "lb_health_probe_local_errors_total 4",
             r#"lb_backend_health_check_latency_seconds{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 0.0001"#,
             "lb_ring_rebuilds_total 7",
             r#"lb_reloads_total{result="ok"} 2"#,
@@ -469,6 +584,8 @@ mod tests {
             r#"lb_announce_state{address="198.18.0.10",state="announced"} 1"#,
             r#"lb_announce_state{address="198.18.0.10",state="hold-down"} 0"#,
             r#"lb_announce_changes_total{address="198.18.0.10"} 1"#,
+            r#"lb_vip_panic{vip="198.18.0.10:80/tcp"} 1"#,
+            "lb_vip_panics_total 4",
             "# TYPE lb_backend_up gauge",
             "# TYPE lb_verdicts counter",
             "# EOF",

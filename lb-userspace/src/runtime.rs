@@ -1,7 +1,9 @@
 //! `lbd`'s event loop around [`Daemon`]: signals (SIGHUP reload, SIGTERM/SIGINT exit leaving the program
 //! forwarding), health events turned into ring rebuilds and announcements, the interface watch, the announcement
-//! tick, and starting the control socket, the metrics endpoint and the aya-log bridge. The answers to lbctl are
-//! `control::handler`'s; what is shared between the tasks is `shared::Shared`.
+//! tick, the systemd watchdog, and starting the control socket, the metrics endpoint and the aya-log bridge; the
+//! capability drop once the program is attached (`privileges`) and the readiness notification once everything
+//! serves (`notify`). The answers to lbctl are `control::handler`'s; what is shared between the tasks is
+//! `shared::Shared`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use crate::daemon::Daemon;
 use crate::dataplane::Dataplane;
 use crate::health::{Checker, HealthEvent};
 use crate::metrics::{self, Snapshot};
+use crate::notify;
+use crate::privileges;
 use crate::shared::Shared;
 use crate::stats::stats;
 
@@ -74,9 +78,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     let announcer = Announcer::start(&config.announce)?;
     let mut daemon = Daemon::start(&config_path, config)?;
     start_ebpf_logger(daemon.dataplane());
+    // Loaded and attached: from here on lbd parses what backends and clients send it, so it gives up what it no
+    // longer needs before any of that starts (the health checks, the control and metrics servers).
+    privileges::drop_to_running().context("dropping capabilities")?;
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
-    let shared = Arc::new(Shared::new(daemon, Checker::new(tx), announcer));
+    let checker = Checker::new(tx).context("starting the health-check thread")?;
+    let shared = Arc::new(Shared::new(daemon, checker, announcer));
     shared.sync_checks(&*shared.daemon.lock().await);
 
     let h = shared.clone();
@@ -97,12 +105,32 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stop = shared.stop.subscribe();
+    // The watchdog pings come from this loop, so a loop that stops turning stops them.
+    let mut watchdog = notify::watchdog_interval().map(|every| {
+        info!(
+            every_ms = every.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let status = {
+        let d = shared.daemon.lock().await;
+        format!(
+            "serving {} VIPs on {}",
+            d.state().vips.len(),
+            d.config().daemon.interface
+        )
+    };
+    notify::ready(&status);
     let mut interface_watch = tokio::time::interval(INTERFACE_WATCH_INTERVAL);
     interface_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announce_tick = tokio::time::interval(ANNOUNCE_INTERVAL);
     announce_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            Some(_) = tick(&mut watchdog) => notify::watchdog(),
             _ = interface_watch.tick() => {
                 if let Err(e) = shared.daemon.lock().await.watch_interface() {
                     warn!("following the interface: {e:#}");
@@ -114,12 +142,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 let _ = shared.reload().await;
             }
             Some(ev) = events.recv() => {
-                let mut d = shared.daemon.lock().await;
-                if let Err(e) = d.set_health(&ev.key.vip, ev.key.backend, ev.up) {
-                    warn!(vip = %ev.key.vip, backend = %ev.key.backend, "applying a health change failed: {e:#}");
+                // One backend failing under a hundred VIPs sends a hundred events at once: take them together.
+                let mut changes = vec![(ev.key, ev.up)];
+                while let Ok(ev) = events.try_recv() {
+                    changes.push((ev.key, ev.up));
                 }
-                // At once, not at the next tick: a VIP that lost its last backend must stop attracting traffic.
-                shared.sync_announcements(&d);
+                // Announcements follow inside set_health, at once.
+                shared.set_health(changes).await;
             }
             _ = announce_tick.tick() => {
                 shared.sync_announcements(&*shared.daemon.lock().await);
@@ -129,6 +158,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             _ = stop.wait_for(|&s| s) => break,
         }
     }
+    notify::stopping();
     shared.stop.send_replace(true);
     let detach = shared.detach.load(std::sync::atomic::Ordering::SeqCst);
     let sock = shared
@@ -160,6 +190,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     Ok(())
 }
 
+/// The next tick of `interval`, or never when there is none (no watchdog).
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> Option<tokio::time::Instant> {
+    match interval {
+        Some(i) => Some(i.tick().await),
+        None => std::future::pending().await,
+    }
+}
+
 /// Completes once `stop` holds true (or its sender is gone).
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
@@ -171,9 +209,15 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         warn!("reading stats: {e:#}");
         Default::default()
     });
+    let (health, probes, probe_local_errors) = {
+        let checker = shared.checker.lock().expect("checker lock");
+        (checker.table(), checker.probes(), checker.local_errors())
+    };
     Snapshot {
         stats,
-        health: shared.checker.lock().expect("checker lock").table(),
+        health,
+        probes,
+        probe_local_errors,
         ring_rebuilds: d.ring_builds,
         reloads_ok: d.reloads_ok,
         reloads_failed: d.reloads_failed,
@@ -181,5 +225,9 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reattachments: d.reattachments,
         table_digests: shared.table_digests(&d),
         announce: shared.announcer.lock().expect("announcer lock").info(),
+        panicking: d.panicking().iter().map(ToString::to_string).collect(),
+        panics: d.panics,
+        // Counted by the endpoint itself (metrics::serve).
+        metrics_refused: 0,
     }
 }

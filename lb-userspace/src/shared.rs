@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use tokio::sync::{Mutex, watch};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tracing::warn;
 
 use crate::announce::{self, Announcer};
 use crate::config::VipAddr;
@@ -14,7 +17,10 @@ use crate::daemon::Daemon;
 use crate::health::{CheckKind, Checker, HealthKey};
 
 pub struct Shared {
-    pub daemon: Mutex<Daemon>,
+    /// In an `Arc` of its own so that a heavy change (a reload, a health change across many VIPs: Maglev builds and
+    /// ring writes) moves the lock onto a blocking thread and the runtime goes on serving probes, lbctl and
+    /// /metrics meanwhile.
+    pub daemon: Arc<Mutex<Daemon>>,
     pub checker: std::sync::Mutex<Checker>,
     pub started: Instant,
     /// Becomes true once, on `lbctl shutdown`; the main loop, the control server and the metrics server all wait
@@ -33,7 +39,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(daemon: Daemon, checker: Checker, announcer: Announcer) -> Shared {
         Shared {
-            daemon: Mutex::new(daemon),
+            daemon: Arc::new(Mutex::new(daemon)),
             checker: std::sync::Mutex::new(checker),
             started: Instant::now(),
             stop: watch::Sender::new(false),
@@ -73,8 +79,8 @@ impl Shared {
     /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`): what changed, or why the
     /// running state was kept.
     pub async fn reload(&self) -> Result<String, String> {
-        let mut d = self.daemon.lock().await;
-        match d.reload() {
+        let (d, result) = self.off_runtime(|d| d.reload()).await;
+        match result {
             Ok(diff) => {
                 self.sync_checks(&d);
                 self.sync_announcements(&d);
@@ -82,6 +88,32 @@ impl Shared {
             }
             Err(e) => Err(format!("reload rejected, running state kept: {e:#}")),
         }
+    }
+
+    /// Applies health transitions (all those queued at once: each VIP they touch is rebuilt once), then lets the
+    /// announcements follow the new health view.
+    pub async fn set_health(&self, changes: Vec<(HealthKey, bool)>) {
+        let (d, result) = self.off_runtime(move |d| d.set_health(&changes)).await;
+        if let Err(e) = result {
+            warn!("applying health changes failed: {e:#}");
+        }
+        // At once, not at the next announcement tick: a VIP that lost its last backend must stop attracting
+        // traffic. Also after a failed batch: whatever part of it was applied counts.
+        self.sync_announcements(&d);
+    }
+
+    /// Runs `f` on the daemon on a blocking thread, returning the daemon's lock with its result.
+    async fn off_runtime<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Daemon) -> R + Send + 'static,
+    ) -> (OwnedMutexGuard<Daemon>, R) {
+        let mut d = self.daemon.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let r = f(&mut d);
+            (d, r)
+        })
+        .await
+        .expect("a daemon change panicked")
     }
 
     /// Health checks wanted by the current config: every backend of every VIP with a check other than `none`,
@@ -109,6 +141,9 @@ impl Shared {
                 })
             })
             .collect();
-        self.checker.lock().expect("checker lock").sync(wanted);
+        self.checker
+            .lock()
+            .expect("checker lock")
+            .sync(wanted, &daemon.config().trust);
     }
 }

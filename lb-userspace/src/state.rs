@@ -121,16 +121,33 @@ pub struct DesiredVip {
     pub backends: BTreeMap<IpAddr, DesiredBackend>,
 }
 
+/// A VIP's Maglev table and whether health was ignored to build it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    pub table: Vec<BackendId>,
+    /// Fewer than `panic_threshold` percent of the weight was healthy: every backend not drained is in the table.
+    pub panic: bool,
+}
+
 impl DesiredVip {
-    /// The Maglev table for the backends `is_up` accepts (a down backend, like a drained one, gets no entry).
-    pub fn ring(&self, is_up: impl Fn(IpAddr) -> bool) -> Vec<BackendId> {
+    /// The Maglev table for the backends `is_up` accepts (a down backend, like a drained one, gets no entry), unless
+    /// their share of the weight is below the VIP's panic threshold: then for every backend that is not drained.
+    pub fn ring(&self, is_up: impl Fn(IpAddr) -> bool) -> Ring {
+        let total: u64 = self.backends.values().map(|b| b.weight as u64).sum();
+        let healthy: u64 = self
+            .backends
+            .iter()
+            .filter(|(addr, _)| is_up(**addr))
+            .map(|(_, b)| b.weight as u64)
+            .sum();
+        let panic = total > 0 && healthy * 100 < total * self.config.panic_threshold as u64;
         let names: Vec<(BackendId, u32, String)> = self
             .backends
             .iter()
             .map(|(addr, b)| {
                 (
                     b.id,
-                    if is_up(*addr) { b.weight } else { 0 },
+                    if panic || is_up(*addr) { b.weight } else { 0 },
                     addr.to_string(),
                 )
             })
@@ -139,7 +156,10 @@ impl DesiredVip {
             .iter()
             .map(|(id, w, n)| (*id, *w, n.as_str()))
             .collect();
-        maglev::build(&input, self.ring_size)
+        Ring {
+            table: maglev::build(&input, self.ring_size),
+            panic,
+        }
     }
 }
 
@@ -501,11 +521,52 @@ mod tests {
         let s = DesiredState::build(&config(&a), &mut ids).unwrap();
         let v = &s.vips[&key("198.18.0.100", 80)];
         let id = |a: &str| v.backends[&a.parse().unwrap()].id;
-        let all = v.ring(|_| true);
+        let all = v.ring(|_| true).table;
         assert!(all.contains(&id("198.18.1.11")) && all.contains(&id("198.18.1.13")));
         assert!(!all.contains(&id("198.18.1.12")), "drained backend in ring");
         let down: IpAddr = "198.18.1.13".parse().unwrap();
         let ring = v.ring(|a| a != down);
-        assert!(ring.iter().all(|&b| b == id("198.18.1.11")), "{ring:?}");
+        assert!(
+            !ring.panic,
+            "half the weight is healthy, above the default threshold"
+        );
+        assert!(
+            ring.table.iter().all(|&b| b == id("198.18.1.11")),
+            "{ring:?}"
+        );
+    }
+
+    #[test]
+    fn below_the_panic_threshold_every_backend_not_drained_stays_in_the_ring() {
+        // Four backends of weight 100 and a drained one: 25% healthy is one of the four.
+        let backends = [
+            ("198.18.1.11", 100),
+            ("198.18.1.12", 100),
+            ("198.18.1.13", 100),
+            ("198.18.1.14", 100),
+            ("198.18.1.15", 0),
+        ];
+        let addr = |i: usize| -> IpAddr { backends[i].0.parse().unwrap() };
+        let members = |threshold: u32, up: &[usize]| {
+            let a =
+                vip("198.18.0.100", 80, &backends) + &format!("panic_threshold = {threshold}\n");
+            let s = DesiredState::build(&config(&a), &mut Ids::new(4, 8)).unwrap();
+            let v = &s.vips[&key("198.18.0.100", 80)];
+            let ring = v.ring(|b| up.iter().any(|&i| addr(i) == b));
+            let set: BTreeSet<usize> = (0..backends.len())
+                .filter(|&i| ring.table.contains(&v.backends[&addr(i)].id))
+                .collect();
+            (ring.panic, set)
+        };
+        let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<_>>();
+        // At the threshold: no panic, the healthy one takes everything.
+        assert_eq!(members(25, &[2]), (false, set(&[2])));
+        // Below it (nothing healthy): every backend but the drained one.
+        assert_eq!(members(25, &[]), (true, set(&[0, 1, 2, 3])));
+        assert_eq!(members(50, &[2]), (true, set(&[0, 1, 2, 3])));
+        assert_eq!(members(50, &[1, 2]), (false, set(&[1, 2])));
+        // 0 turns it off: nothing healthy, nothing in the ring.
+        assert_eq!(members(0, &[]), (false, set(&[])));
+        assert_eq!(members(100, &[0, 1, 2]), (true, set(&[0, 1, 2, 3])));
     }
 }

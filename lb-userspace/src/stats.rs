@@ -71,6 +71,7 @@ pub fn vip_list(d: &Daemon) -> Result<Vec<VipInfo>> {
             min_healthy: v.config.min_healthy,
             table_digest: crate::digest::table_digest(&ring, &v.backends),
             backends,
+            panic: d.panicking().contains(k),
         });
     }
     Ok(out)

@@ -13,8 +13,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    AddrWords, BACKEND_F_ACTIVE, BACKEND_F_DRAINED, Backend, BackendId, BackendStats, FlowKey,
-    FlowState, LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipKey, VipMeta, VipStats, maps, words_addr,
+    AddrWords, BACKEND_F_ACTIVE, BACKEND_F_DRAINED, BACKEND_F_UNHEALTHY, Backend, BackendId,
+    BackendStats, FlowKey, FlowState, LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipKey, VipMeta, VipStats,
+    maps, words_addr,
 };
 use tracing::{info, warn};
 
@@ -242,7 +243,7 @@ fn backends(dir: &Path, layout: u32) -> Result<BTreeMap<BackendId, OldBackend>> 
                 OldBackend {
                     addr,
                     owner,
-                    active: flags & BACKEND_F_ACTIVE != 0,
+                    active: flags & BACKEND_F_ACTIVE != 0 && flags & BACKEND_F_UNHEALTHY == 0,
                     drained: flags & BACKEND_F_DRAINED != 0,
                 },
             );

@@ -45,4 +45,9 @@ fn maglev_bench_one_round_measures_every_figure() {
         "lbd was not measured: {:?}",
         r.notes
     );
+    assert!(
+        r.down_to_ring_ms.is_some_and(|ms| ms >= 0.0),
+        "down_to_ring_ms was not measured: {:?}",
+        r.notes
+    );
 }

@@ -1,7 +1,8 @@
 //! `lbctl` (the real binary, a separate process) against the real control server with an in-process fake
 //! `Handler` (the tests named `fake_handler_*`): every command round-trips with `--json` and sends the request it
-//! should; the daemon-not-running and permission errors are clear and exit non-zero; the socket is 0600 in a 0700
-//! directory and refuses other users.
+//! should; a streamed answer arrives whole; the handler learns the uid and pid of the process on the other end; the
+//! daemon-not-running and permission errors are clear and exit non-zero; the socket is 0600 in a 0700 directory and
+//! refuses other users; connections over the cap are refused and idle ones closed.
 //!
 //! Needs `lbctl` built next to this test (`cargo build -p lb-userspace --bins`). The lab test (`e2e.rs`) runs the
 //! same commands against a real `lbd`.
@@ -20,21 +21,57 @@ use lb_userspace::control::api::{
     BackendInfo, BackendStats, FiveTuple, FlowInfo, SimulateResult, Stats, StatusInfo, VipInfo,
     VipStats, parse_vip,
 };
-use lb_userspace::control::{Handler, Request, Response, Server};
+use lb_userspace::control::{Handler, Peer, Reply, Request, Response, Server};
 use lb_userspace::health::{BackendHealth, CheckKind, HealthKey};
 use serde_json::Value;
 
 const VIP: &str = "198.18.0.10:80/tcp";
 const BACKEND: &str = "198.18.1.1";
 
-/// Answers like a daemon with one VIP and one backend, and records what it was asked.
+/// Answers like a daemon with one VIP and one backend, and records what it was asked and by whom.
 #[derive(Default)]
 struct Fake {
     seen: Mutex<Vec<Request>>,
+    peers: Mutex<Vec<Peer>>,
+}
+
+/// A fake flow entry, number `i`.
+fn flow(i: usize) -> FlowInfo {
+    let vip = parse_vip(VIP).unwrap();
+    FlowInfo {
+        flow: FiveTuple {
+            protocol: 6,
+            src: ("198.18.2.1".parse::<IpAddr>().unwrap(), 40000 + i as u16).into(),
+            dst: (vip.address, 80).into(),
+        },
+        backend_id: 1,
+        backend: Some(BACKEND.parse().unwrap()),
+        vip: Some(vip),
+    }
 }
 
 impl Handler for Fake {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, peer: Peer, request: Request) -> Reply {
+        self.peers.lock().unwrap().push(peer);
+        if let Request::Flows { limit } = request {
+            self.seen.lock().unwrap().push(request);
+            // Streamed as lbd does: pieces of two, then the rest.
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let flows: Vec<FlowInfo> = (0..limit).map(flow).collect();
+            let mut pieces: Vec<&[FlowInfo]> = flows.chunks(2).collect();
+            let last = pieces.pop().unwrap_or(&[]).to_vec();
+            for p in pieces {
+                tx.try_send(Response::FlowsPart(p.to_vec())).unwrap();
+            }
+            tx.try_send(Response::Flows(last)).unwrap();
+            return Reply::Stream(rx);
+        }
+        self.answer(request).into()
+    }
+}
+
+impl Fake {
+    fn answer(&self, request: Request) -> Response {
         self.seen.lock().unwrap().push(request.clone());
         let vip = parse_vip(VIP).unwrap();
         let backend: IpAddr = BACKEND.parse().unwrap();
@@ -70,6 +107,7 @@ impl Handler for Fake {
                     up: true,
                     ring_entries: 65537,
                 }],
+                panic: false,
             }]),
             Request::Health => Response::Health(vec![BackendHealth {
                 key: HealthKey { vip, backend },
@@ -83,6 +121,7 @@ impl Handler for Fake {
                 consecutive_fail: 0,
                 checks: 3,
                 failures: 1,
+                unknown: 0,
                 transitions: 0,
             }]),
             Request::Stats => {
@@ -105,20 +144,6 @@ impl Handler for Fake {
                     }],
                 })
             }
-            Request::Flows { limit } => Response::Flows(
-                (0..limit.min(3))
-                    .map(|i| FlowInfo {
-                        flow: FiveTuple {
-                            protocol: 6,
-                            src: ("198.18.2.1".parse::<IpAddr>().unwrap(), 40000 + i as u16).into(),
-                            dst: (vip.address, 80).into(),
-                        },
-                        backend_id: 1,
-                        backend: Some(backend),
-                        vip: Some(vip),
-                    })
-                    .collect(),
-            ),
             Request::Simulate { flow } => Response::Simulate(SimulateResult {
                 flow,
                 vip: Some(vip),
@@ -366,9 +391,42 @@ fn fake_handler_every_command_round_trips_with_json() {
     assert!(pps > 0.0, "two samples must give a rate: {v}");
     assert!(v["stats"]["counters"]["tx"].as_u64().is_some(), "{v}");
 
-    let (v, r) = h.json(&["flows", "--limit", "2"]);
-    assert_eq!(r, Request::Flows { limit: 2 });
-    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    // Five entries in three pieces: all of them, in order, in one JSON array.
+    let (v, r) = h.json(&["flows", "--limit", "5"]);
+    assert_eq!(r, Request::Flows { limit: 5 });
+    let ports: Vec<u64> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|f| {
+            f["flow"]["src"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ports, [40000, 40001, 40002, 40003, 40004], "{v}");
+    let out = h.lbctl(&["flows", "--limit", "3"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        table.lines().count(),
+        1 + 3,
+        "a header and three rows:\n{table}"
+    );
+    // Beyond the cap is a usage error, sent nowhere.
+    let before = h.fake.seen.lock().unwrap().len();
+    let out = h.lbctl(&["flows", "--limit", "100001"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1..=100000"),
+        "{out:?}"
+    );
+    assert_eq!(h.fake.seen.lock().unwrap().len(), before);
 
     let (v, r) = h.json(&[
         "simulate",
@@ -445,6 +503,56 @@ fn config_check_is_local_and_names_the_field() {
         out.status.success(),
         "lab.toml is valid without a daemon: {out:?}"
     );
+
+    // --json shows what would run: the defaults filled in, as a config lbd itself accepts.
+    let minimal = dir.join("minimal.toml");
+    std::fs::write(
+        &minimal,
+        "[daemon]\ninterface = \"eth0\"\nencap_src_v4 = \"198.18.0.1\"\n[[vip]]\naddress = \"198.19.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+         backends = [{ address = \"198.18.0.11\" }]\n",
+    )
+    .unwrap();
+    let out = lbctl_at(
+        &nowhere,
+        &["--json", "config", "check", minimal.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    let eff = &v["effective"];
+    for (path, want) in [
+        ("/daemon/mtu", serde_json::json!(1500)),
+        ("/daemon/metrics_addr", serde_json::json!("127.0.0.1:9662")),
+        ("/daemon/pin_dir", serde_json::json!("/sys/fs/bpf/lb")),
+        ("/daemon/xdp_mode", serde_json::json!("auto")),
+        ("/daemon/flow_table_size", serde_json::json!(1048576)),
+        ("/vip/0/mode", serde_json::json!("ipip")),
+        ("/vip/0/ring_size", serde_json::json!(65537)),
+        ("/vip/0/panic_threshold", serde_json::json!(25)),
+        ("/vip/0/backends/0/weight", serde_json::json!(100)),
+        ("/vip/0/health/kind", serde_json::json!("tcp")),
+        ("/vip/0/health/interval_ms", serde_json::json!(1000)),
+        ("/vip/0/health/timeout_ms", serde_json::json!(500)),
+    ] {
+        assert_eq!(eff.pointer(path), Some(&want), "{path} in {eff:#}");
+    }
+    let again = dir.join("effective.toml");
+    let text = toml::to_string(&eff).expect("the effective config as TOML");
+    std::fs::write(&again, &text).unwrap();
+    let out = lbctl_at(
+        &nowhere,
+        &["--json", "config", "check", again.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "the effective config is refused:\n{text}\n{out:?}"
+    );
+    let v2: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        &v2["effective"], eff,
+        "the effective config of the effective config differs"
+    );
+
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\ncolour = \"blue\"\n").unwrap();
     let out = lbctl_at(&nowhere, &["config", "check", bad.to_str().unwrap()]);
@@ -492,4 +600,75 @@ fn fake_handler_socket_is_root_only() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(h.fake.seen.lock().unwrap().is_empty(), "nobody got through");
+}
+
+/// The handler is told who is asking: the uid and pid of the process at the other end of the socket (SO_PEERCRED),
+/// which lbd writes next to every change it logs.
+#[test]
+fn fake_handler_learns_the_peers_uid_and_pid() {
+    let h = Harness::start();
+    let mut cmd = Command::new(target_binary("lbctl"));
+    cmd.arg("--socket")
+        .arg(&h.socket)
+        .args(["backend", "drain", VIP, BACKEND]);
+    let child = cmd.spawn().expect("run lbctl");
+    let pid = child.id() as i32;
+    let out = child.wait_with_output().expect("lbctl");
+    assert!(out.status.success(), "{out:?}");
+    let peers = h.fake.peers.lock().unwrap().clone();
+    assert_eq!(
+        peers,
+        [Peer {
+            uid: nix::unistd::getuid().as_raw(),
+            pid: Some(pid)
+        }]
+    );
+}
+
+/// At most MAX_CONNECTIONS at once: one more is told why and closed, without waiting for the others; a connection
+/// that sends no request is closed after IDLE_TIMEOUT, which frees its place.
+#[test]
+fn fake_handler_refuses_connections_over_the_cap_and_closes_idle_ones() {
+    use lb_userspace::control::server::{IDLE_TIMEOUT, MAX_CONNECTIONS};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    let h = Harness::start();
+    let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(&h.socket).expect("connect"))
+        .collect();
+    // The server accepts in its own time: wait until it has taken all of them (the next one is then refused).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let out = h.lbctl(&["status"]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never refused: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("at most {MAX_CONNECTIONS} control connections")),
+        "{stderr}"
+    );
+
+    let started = Instant::now();
+    for mut s in idle {
+        s.set_read_timeout(Some(IDLE_TIMEOUT + Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = s
+            .read(&mut buf)
+            .expect("closed by the server, not timed out here");
+        assert_eq!(n, 0, "an idle connection got {:?}", &buf[..n]);
+    }
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT / 2,
+        "closed long before the idle timeout"
+    );
+    let out = h.lbctl(&["status"]);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -196,6 +196,14 @@ fn a_recreated_interface_gets_lb_xdp_again() {
     let b = Bare::new("lbdif");
     let mut lbd = b.start(&b.config(&[VIP]));
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
+    // The attach below happens after lbd gave up its capabilities: it must need none (privileges::RUNNING).
+    for t in lb_tests::harness::capabilities::of_process(lbd.id()) {
+        assert!(
+            t.effective.is_empty() && t.permitted.is_empty(),
+            "lbd thread {} still holds capabilities: {t:?}",
+            t.tid
+        );
+    }
 
     // A driver reload or a rebuilt bond looks like this: the device goes away (the kernel detaches the program
     // with it) and a device of the same name comes back without one.
@@ -387,7 +395,7 @@ struct Big {
     shift: u8,
 }
 
-const BIG_RING: u32 = 65537;
+const BIG_RING: u32 = 16381;
 
 impl Big {
     fn addr(i: u8) -> IpAddr {
@@ -580,4 +588,100 @@ fn sigkill_at_random_points_of_large_applies_then_a_restart_converges() {
         assert!(b.xdp_attached(), "{what}: lb_xdp not attached");
     }
     drop(lbd);
+}
+
+/// GET /metrics from lbd's namespace.
+fn scrape(b: &Bare) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        b.lb.run(|| std::net::TcpStream::connect("127.0.0.1:9662"))
+            .expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read /metrics");
+    body
+}
+
+#[test]
+fn below_the_panic_threshold_every_backend_stays_in_the_ring_and_lbd_says_so() {
+    if skip_unless_root("below_the_panic_threshold_every_backend_stays_in_the_ring_and_lbd_says_so")
+    {
+        return;
+    }
+    let b = Bare::new("lbdpanic");
+    // Only 198.18.0.12 answers (on any address of the peer, so it can come and go with its address); .11, .13 and
+    // .14 exist nowhere. One of four is 25%: at the default threshold, not yet panic.
+    b.peer.add_addr("eth0", "198.18.0.12/24");
+    let listener = b
+        .peer
+        .run(|| TcpListener::bind("0.0.0.0:80").expect("listen on the peer"));
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let mut lbd = b.start(&checked_config(&b, &[11, 12, 13, 14]));
+    let id = |o: u8| backend_id(&b, &format!("198.18.0.{o}")).expect("programmed");
+    let all: BTreeSet<BackendId> = [11, 12, 13, 14].into_iter().map(id).collect();
+    b.wait_for(
+        &mut lbd,
+        "the three dead backends to leave the ring",
+        || ring_members(&b) == BTreeSet::from([id(12)]),
+    );
+    let panic_line = format!("lb_vip_panic{{vip=\"{VIP}:80/tcp\"}}");
+    let vip_panic =
+        |b: &Bare| match Client::connect(&b.socket()).and_then(|mut c| c.call(&Request::VipList)) {
+            Ok(Response::Vips(list)) => list[0].panic,
+            other => panic!("vip list: {other:?}"),
+        };
+    assert!(!vip_panic(&b), "in panic mode with 25% healthy");
+    assert!(
+        scrape(&b).contains(&format!("{panic_line} 0")),
+        "{}",
+        scrape(&b)
+    );
+
+    // The last healthy one goes: every backend is back in the ring rather than none.
+    b.peer.ip(&["addr", "del", "198.18.0.12/24", "dev", "eth0"]);
+    b.wait_for(&mut lbd, "panic mode: all four in the ring", || {
+        ring_members(&b) == all
+    });
+    assert!(vip_panic(&b), "lbctl vip list does not say panic");
+    let metrics = scrape(&b);
+    assert!(
+        metrics.contains(&format!("{panic_line} 1")) && metrics.contains("lb_vip_panics_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        b.log_text().contains("panic mode"),
+        "not logged:\n{}",
+        b.log_text()
+    );
+    // Active, so that their flows stick to them as any flow does (an inactive backend's flows re-pick).
+    let active = |b: &Bare| -> BTreeSet<BackendId> {
+        b.backends()
+            .into_iter()
+            .filter(|(_, be)| be.flags & lb_common::BACKEND_F_ACTIVE != 0)
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert_eq!(
+        active(&b),
+        all,
+        "the backends of the panic ring are not all active"
+    );
+
+    // It comes back: out of panic, the ring is the healthy one alone again.
+    b.peer.add_addr("eth0", "198.18.0.12/24");
+    b.wait_for(&mut lbd, "the ring of the healthy backend alone", || {
+        ring_members(&b) == BTreeSet::from([id(12)])
+    });
+    assert!(!vip_panic(&b), "still in panic mode");
+    assert_eq!(
+        active(&b),
+        BTreeSet::from([id(12)]),
+        "failing backends still active after panic mode"
+    );
+    assert!(b.log_text().contains("panic mode over"), "{}", b.log_text());
 }

@@ -11,9 +11,9 @@ use crate::cmd::{self, exec, probe};
 /// Debian's compiler and its library source: the only pair that builds `core` for bpfel here (TOOLCHAIN.md);
 /// its clippy lints lb-ebpf.
 const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy"];
-/// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`, `ethtool` (the lab's
-/// clients checksum in software), `ss`.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux", "ethtool"];
+/// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`/`setpriv`, `ethtool` (the
+/// lab's clients checksum in software), `ss`, `strace` (what lbd calls, against the unit's SystemCallFilter).
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux", "ethtool", "strace"];
 /// What `cargo xtask loadtest` (and its smoke test in the suite) runs: trafgen, wrk, iperf3, HAProxy, nft, and the
 /// font its PNG chart is drawn with.
 const LOADTEST_PACKAGES: &[&str] = &[

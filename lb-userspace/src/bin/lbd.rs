@@ -1,13 +1,14 @@
 //! `lbd`: the balancer daemon (see `lb_userspace::daemon`) and the backend-side decapsulation attach (`lbd decap`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use lb_userspace::cli::lbd::{Cli, Command};
 use lb_userspace::config::Config;
-use lb_userspace::{daemon, decap, runtime};
-use tracing::error;
+use lb_userspace::{daemon, decap, rlimit, runtime};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -16,6 +17,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: in the journal or a log file, escape codes would split `uid=0` (the audit
+        // fields of control changes) from anything that searches for it.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +66,13 @@ fn run(cli: Cli) -> Result<()> {
             &config.daemon.pin_dir,
             &config.announce,
         );
+    }
+    match rlimit::raise_nofile() {
+        Ok((before, after)) if after > before => {
+            info!("descriptor limit raised from {before} to {after} (the hard limit)")
+        }
+        Ok((_, now)) => info!("descriptor limit {now} (the hard limit)"),
+        Err(e) => warn!("cannot raise the descriptor limit: {e}"),
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::api::{DEFAULT_FLOWS, MAX_FLOWS};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +85,10 @@ pub enum VipCmd {
         /// With announcing on: serving backends the VIP needs to keep its address announced (default 1).
         #[arg(long)]
         min_healthy: Option<u32>,
+        /// Percent of the weight that must be healthy; below it every backend stays in the ring (default 25, 0 =
+        /// never).
+        #[arg(long)]
+        panic_threshold: Option<u32>,
     },
     /// Delete a VIP (its flows stop being balanced at once).
     Del { vip: String },
@@ -120,9 +125,16 @@ pub struct StatsArgs {
 
 #[derive(Args)]
 pub struct FlowsArgs {
-    /// At most this many entries (the table can hold millions).
-    #[arg(long, default_value_t = 100)]
+    /// At most this many entries, 1..=100000 (the table can hold millions; lbd streams them as it reads).
+    #[arg(long, default_value_t = DEFAULT_FLOWS, value_parser = flows_limit)]
     pub limit: usize,
+}
+
+fn flows_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_FLOWS).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} must be a number 1..={MAX_FLOWS}")),
+    }
 }
 
 #[derive(Args)]

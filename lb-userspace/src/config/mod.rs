@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataplane::MapSizes;
-use crate::health::CheckSpec;
+use crate::health::{CheckSpec, TrustStores};
 use crate::names::named_enum;
 pub use crate::service::{Protocol, VipAddr};
 
@@ -42,13 +42,25 @@ pub const DEFAULT_HOLD_DOWN_MS: u64 = 5000;
 pub const DEFAULT_DRAIN_FILE: &str = "/var/lib/lbd/announce-drained";
 /// A VIP's address is announced while the VIP has at least this many backends up and weighted.
 pub const DEFAULT_MIN_HEALTHY: u32 = 1;
+/// Below this share (percent of a VIP's configured weight, drained backends left out) of healthy backends, a VIP's
+/// ring holds every backend that is not drained, healthy or not: a tier sized to lose a member or two that has lost
+/// three quarters of its weight is likelier to be failing its checks than failing (a broken check, a path from the
+/// balancer that clients do not take), and the survivors could not carry all the traffic anyway. Only when every
+/// backend is down does this differ from dropping; 0 turns it off (Envoy's default is 50).
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 25;
 
-/// A configuration whose every field parsed; [`Config::validate`] holds it to the rules.
+/// A configuration whose every field parsed; [`Config::validate`] holds it to the rules. It serializes in the file's
+/// form with every default filled in (`lbctl config check --json`): what would run, itself a valid config.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub daemon: DaemonConfig,
     pub announce: AnnounceConfig,
+    #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
+    /// The CA stores its HTTPS checks trust, read once when it is validated (derived from `vips`, so not part of
+    /// what it says).
+    #[serde(skip)]
+    pub trust: TrustStores,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,9 +70,12 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     pub control_socket: PathBuf,
     pub metrics_addr: SocketAddr,
-    /// Map sizes, fixed when the maps are created (a change needs a fresh load, see the daemon).
+    /// Map sizes, fixed when the maps are created (a change is an upgrade at the next start, see the daemon).
+    #[serde(flatten)]
     pub sizes: MapSizes,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub encap_src_v4: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub encap_src_v6: Option<Ipv6Addr>,
     pub mtu: u32,
     pub new_flow_cap: u32,
@@ -142,6 +157,8 @@ pub struct VipConfig {
     /// With `[announce]` on, the VIP keeps its address announced while at least this many of its backends are up
     /// and weighted (0: announced whatever its health).
     pub min_healthy: u32,
+    /// Percent of the configured weight that must be healthy; below it health is ignored (panic mode).
+    pub panic_threshold: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,6 +317,38 @@ health = { kind = "none" }
         );
         if let Err(e) = Config::parse(&set) {
             panic!("lbd.toml with its interface set: {e}");
+        }
+    }
+
+    #[test]
+    fn the_effective_config_is_itself_the_same_config() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let example = std::fs::read_to_string(dir.join("lbd.toml")).expect("config/lbd.toml");
+        for (name, text) in [
+            (
+                "lab.toml",
+                std::fs::read_to_string(dir.join("lab.toml")).unwrap(),
+            ),
+            (
+                "lbd.toml",
+                example.replacen("# interface = ", "interface = ", 1),
+            ),
+            ("GOOD", GOOD.to_string()),
+            // [announce] on, every field set.
+            (
+                "ecmp-lab.toml",
+                std::fs::read_to_string(dir.join("ecmp-lab.toml")).unwrap(),
+            ),
+        ] {
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let effective = toml::to_string(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let again = Config::parse(&effective).unwrap_or_else(|e| {
+                panic!("{name}'s effective config is refused: {e}\n{effective}")
+            });
+            assert_eq!(
+                again, c,
+                "{name}: the effective config differs\n{effective}"
+            );
         }
     }
 

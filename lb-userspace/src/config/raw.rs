@@ -14,11 +14,11 @@ use serde::Deserialize;
 
 use super::{
     AnnounceConfig, BackendConfig, Config, ConfigError, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_METRICS_ADDR, DEFAULT_MIN_HEALTHY, DEFAULT_MTU, DEFAULT_PIN_DIR, DEFAULT_WEIGHT,
-    DaemonConfig, FragmentPolicy, Mode, VipConfig, XdpMode,
+    DEFAULT_METRICS_ADDR, DEFAULT_MIN_HEALTHY, DEFAULT_MTU, DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_PIN_DIR, DEFAULT_WEIGHT, DaemonConfig, FragmentPolicy, Mode, VipConfig, XdpMode,
 };
 use crate::dataplane::MapSizes;
-use crate::health::CheckSpec;
+use crate::health::{CheckSpec, TrustStores};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +100,7 @@ pub struct RawVip {
     pub health: Option<CheckSpec>,
     #[serde(default)]
     pub min_healthy: Option<u32>,
+    pub panic_threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +135,7 @@ impl RawConfig {
             daemon,
             announce,
             vips,
+            trust: TrustStores::default(),
         };
         config.check(&labels, &mut errs);
         if errs.is_empty() {
@@ -293,6 +295,7 @@ impl RawVip {
             // The documented default: a TCP connect on the VIP port (a port-0 VIP must name a port, the rules say).
             health: self.health.clone().unwrap_or_default(),
             min_healthy: self.min_healthy.unwrap_or(DEFAULT_MIN_HEALTHY),
+            panic_threshold: self.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
         })
     }
 }

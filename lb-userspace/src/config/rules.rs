@@ -8,6 +8,7 @@ use super::{
     AnnounceConfig, Config, DaemonConfig, FragmentPolicy, MAX_WEIGHT, MIN_MTU, Mode, VipAddr,
     VipConfig,
 };
+use crate::health::TrustStores;
 use crate::maglev::is_prime;
 
 impl Config {
@@ -20,7 +21,7 @@ impl Config {
             if let Some(first) = seen.insert(v.key(), label) {
                 errs.push(format!("{label}: {} duplicates {first}", v.key()));
             }
-            check_vip(v, label, &self.daemon, errs);
+            check_vip(v, label, &self.daemon, &self.trust, errs);
         }
         check_totals(&self.daemon, &self.vips, labels, errs);
     }
@@ -139,9 +140,21 @@ fn check_announce(a: &AnnounceConfig, errs: &mut Vec<String>) {
     }
 }
 
-fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<String>) {
+fn check_vip(
+    v: &VipConfig,
+    p: &str,
+    daemon: &DaemonConfig,
+    trust: &TrustStores,
+    errs: &mut Vec<String>,
+) {
     if let Some(why) = unusable(v.address) {
         errs.push(format!("{p}.address: \"{}\" {why}", v.address));
+    }
+    if v.panic_threshold > 100 {
+        errs.push(format!(
+            "{p}.panic_threshold: {} is not a percentage (0..=100; 0 turns panic mode off)",
+            v.panic_threshold
+        ));
     }
     if !is_prime(v.ring_size) {
         errs.push(format!("{p}.ring_size: {} is not prime", v.ring_size));
@@ -188,7 +201,7 @@ fn check_vip(v: &VipConfig, p: &str, daemon: &DaemonConfig, errs: &mut Vec<Strin
             }
         }
     }
-    errs.extend(v.health.validate(&format!("{p}.health"), v.port));
+    errs.extend(v.health.validate(&format!("{p}.health"), v.port, trust));
 }
 
 fn check_totals(

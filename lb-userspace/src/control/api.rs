@@ -44,6 +44,8 @@ pub enum Request {
     },
     Health,
     Stats,
+    /// Up to `limit` (1..=[`MAX_FLOWS`]) flow-table entries, answered as [`Response::FlowsPart`]s and a final
+    /// [`Response::Flows`].
     Flows {
         limit: usize,
     },
@@ -82,12 +84,28 @@ pub enum Response {
     Vips(Vec<VipInfo>),
     Health(Vec<BackendHealth>),
     Stats(Stats),
+    /// The last (or only) piece of a flows answer.
     Flows(Vec<FlowInfo>),
+    /// A piece of a flows answer; more follow, up to a [`Response::Flows`] (or an error).
+    FlowsPart(Vec<FlowInfo>),
     Simulate(SimulateResult),
     Announce(AnnounceInfo),
 }
 
+/// The most flow-table entries one `Flows` request may ask for: a look at the table, not a dump of it (the table
+/// can hold millions; bpftool reads pinned maps whole).
+pub const MAX_FLOWS: usize = 100_000;
+/// `lbctl flows` without `--limit`.
+pub const DEFAULT_FLOWS: usize = 100;
+/// Entries per streamed piece of a flows answer: one line of about 150 kB.
+pub const FLOWS_PER_PART: usize = 1000;
+
 impl Response {
+    /// A piece of a streamed answer: the answer goes on after it.
+    pub fn is_part(&self) -> bool {
+        matches!(self, Response::FlowsPart(_))
+    }
+
     pub fn error(message: impl Into<String>) -> Self {
         Response::Error {
             message: message.into(),
@@ -121,6 +139,7 @@ pub struct VipSpec {
     pub health: Option<CheckSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_healthy: Option<u32>,
+    pub panic_threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +185,9 @@ pub struct VipInfo {
     /// that sends each flow of this VIP to the same backend.
     pub table_digest: String,
     pub backends: Vec<BackendInfo>,
+    /// Below its panic threshold: every backend not drained is in the ring, healthy or not.
+    #[serde(default)]
+    pub panic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

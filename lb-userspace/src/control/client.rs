@@ -53,21 +53,54 @@ impl Client {
         })
     }
 
+    /// Sends `request` and returns the whole answer; the pieces of a streamed one are joined.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let mut flows = Vec::new();
+        let last = self.call_streamed(request, |part| {
+            if let Response::FlowsPart(f) = part {
+                flows.extend(f);
+            }
+        })?;
+        Ok(match last {
+            Response::Flows(rest) => {
+                flows.extend(rest);
+                Response::Flows(flows)
+            }
+            other => other,
+        })
+    }
+
+    /// Sends `request`, hands each piece of a streamed answer to `part` as it arrives, and returns the final
+    /// response.
+    pub fn call_streamed(
+        &mut self,
+        request: &Request,
+        mut part: impl FnMut(Response),
+    ) -> Result<Response, ClientError> {
         let mut line =
             serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.writer
             .write_all(&line)
             .map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        loop {
+            let response = self.read_response()?;
+            if !response.is_part() {
+                return Ok(response);
+            }
+            part(response);
+        }
+    }
+
+    fn read_response(&mut self) -> Result<Response, ClientError> {
         let mut answer = String::new();
         let n = self
             .reader
             .read_line(&mut answer)
             .map_err(|e| ClientError::Io(self.path.clone(), e))?;
-        if n == 0 {
+        if n == 0 || !answer.ends_with('\n') {
             return Err(ClientError::Protocol(
-                "connection closed before a response (did lbd exit?)".into(),
+                "connection closed before the whole response (did lbd exit?)".into(),
             ));
         }
         serde_json::from_str(answer.trim_end())

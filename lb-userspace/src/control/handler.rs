@@ -1,46 +1,124 @@
 //! The daemon's answers to lbctl: one named method per request, as sozu's `ConfigState` dispatches them. Reads
 //! take the daemon's lock and report; edits change a copy of the running config with the typed operations of
-//! `config::edit`, hold it to the same rules as the file, and apply it only if it passes.
+//! `config::edit`, hold it to the same rules as the file, and apply it only if it passes. Every change asked for
+//! is logged with who asked (the peer's uid and pid) and what came of it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::mpsc;
+
 use crate::config::{
     Config, VipAddr,
     raw::{RawBackend, RawVip},
 };
-use crate::control::api::{FiveTuple, FlowInfo, Request, Response, StatusInfo, VipSpec};
-use crate::control::server::Handler;
+use crate::control::api::{
+    FLOWS_PER_PART, FiveTuple, FlowInfo, MAX_FLOWS, Request, Response, StatusInfo, VipSpec,
+};
+use crate::control::server::{Handler, Peer, Reply};
 use crate::shared::Shared;
 use crate::stats;
 
 impl Handler for Shared {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, peer: Peer, request: Request) -> Reply {
+        let change = change_of(&request);
+        if let Request::Flows { limit } = request {
+            return self.flows(limit).await;
+        }
+        let response = self.answer(peer, request).await;
+        if let Some(what) = change {
+            match &response {
+                Response::Error { message } => {
+                    tracing::warn!(uid = peer.uid, pid = %peer.pid_text(), "control: {what}: refused: {message}")
+                }
+                Response::Ok { message } => {
+                    tracing::info!(uid = peer.uid, pid = %peer.pid_text(), "control: {what}: {message}")
+                }
+                other => {
+                    tracing::info!(uid = peer.uid, pid = %peer.pid_text(), "control: {what}: {other:?}")
+                }
+            }
+        }
+        response.into()
+    }
+}
+
+/// What a request changes, in words for the audit log; `None` for the requests that only read.
+fn change_of(request: &Request) -> Option<String> {
+    Some(match request {
+        Request::VipAdd { vip } => format!(
+            "vip add {}",
+            std::net::SocketAddr::new(vip.address, vip.port)
+        ),
+        Request::VipDel { vip } => format!("vip del {vip}"),
+        Request::BackendAdd { vip, backend, .. } => format!("backend add {vip} {backend}"),
+        Request::BackendDel { vip, backend } => format!("backend del {vip} {backend}"),
+        Request::BackendDrain { vip, backend } => format!("backend drain {vip} {backend}"),
+        Request::BackendWeight {
+            vip,
+            backend,
+            weight,
+        } => format!("backend weight {vip} {backend} {weight}"),
+        Request::Reload => "reload".into(),
+        Request::AnnounceDrain { drain } => {
+            if *drain {
+                "announce drain".into()
+            } else {
+                "announce undrain".into()
+            }
+        }
+        Request::Shutdown { detach } => {
+            format!("shutdown{}", if *detach { " --detach" } else { "" })
+        }
+        Request::Status
+        | Request::VipList
+        | Request::Health
+        | Request::Stats
+        | Request::Flows { .. }
+        | Request::Simulate { .. }
+        | Request::Announce
+        | Request::ConfigCheck { .. } => return None,
+    })
+}
+
+impl Shared {
+    async fn answer(&self, peer: Peer, request: Request) -> Response {
         match request {
             Request::Status => self.status().await,
             Request::VipList => self.vip_list().await,
-            Request::VipAdd { vip } => self.vip_add(*vip).await,
-            Request::VipDel { vip } => self.edit(|c| c.remove_vip(&vip)).await,
+            Request::VipAdd { vip } => self.vip_add(peer, *vip).await,
+            Request::VipDel { vip } => self.edit(peer, |c| c.remove_vip(&vip)).await,
             Request::BackendAdd {
                 vip,
                 backend,
                 weight,
-            } => self.edit(|c| c.add_backend(&vip, backend, weight)).await,
+            } => {
+                self.edit(peer, |c| c.add_backend(&vip, backend, weight))
+                    .await
+            }
             Request::BackendDel { vip, backend } => {
-                self.edit(|c| c.remove_backend(&vip, backend)).await
+                self.edit(peer, |c| c.remove_backend(&vip, backend)).await
             }
             Request::BackendDrain { vip, backend } => {
-                self.edit(|c| c.set_weight(&vip, backend, 0)).await
+                self.edit(peer, |c| {
+                    c.set_weight(&vip, backend, 0)
+                        .map(|_| format!("drain of {backend} in {vip} (weight 0)"))
+                })
+                .await
             }
             Request::BackendWeight {
                 vip,
                 backend,
                 weight,
-            } => self.edit(|c| c.set_weight(&vip, backend, weight)).await,
+            } => {
+                self.edit(peer, |c| c.set_weight(&vip, backend, weight))
+                    .await
+            }
             Request::Health => Response::Health(self.checker.lock().expect("checker lock").table()),
             Request::Stats => self.stats().await,
-            Request::Flows { limit } => self.flows(limit).await,
+            // Streamed: answered in `handle`.
+            Request::Flows { .. } => Response::error("flows are streamed"),
             Request::Simulate { flow } => self.simulate(flow).await,
             Request::Reload => match self.reload().await {
                 Ok(m) => Response::ok(m),
@@ -90,7 +168,7 @@ impl Shared {
 
     /// `lbctl vip add`: the VIP's values parse as the file's would (named by the VIP, not a position), then it is
     /// added like any other edit.
-    async fn vip_add(&self, spec: VipSpec) -> Response {
+    async fn vip_add(&self, peer: Peer, spec: VipSpec) -> Response {
         let label = format!(
             "vip[{}/{}]",
             std::net::SocketAddr::new(spec.address, spec.port),
@@ -113,17 +191,23 @@ impl Shared {
                 .collect(),
             health: spec.health,
             min_healthy: spec.min_healthy,
+            panic_threshold: spec.panic_threshold,
         };
         let mut errs = Vec::new();
         match raw.to_typed(&label, &mut errs) {
-            Some(vip) => self.edit(|c| c.add_vip(vip)).await,
+            Some(vip) => self.edit(peer, |c| c.add_vip(vip)).await,
             None => Response::error(errs.join("; ")),
         }
     }
 
     /// Applies an edit to a copy of the running config; the result must pass the rules, then it is diff-applied
-    /// like a reload. A refused edit changes nothing.
-    async fn edit(&self, op: impl FnOnce(&mut Config) -> Result<String, String>) -> Response {
+    /// like a reload. A refused edit changes nothing. An applied one is recorded with who made it, so that the
+    /// reload that drops it can name it.
+    async fn edit(
+        &self,
+        peer: Peer,
+        op: impl FnOnce(&mut Config) -> Result<String, String>,
+    ) -> Response {
         let mut d = self.daemon.lock().await;
         let mut cfg = d.config().clone();
         let msg = match op(&mut cfg) {
@@ -137,7 +221,11 @@ impl Shared {
             Ok(diff) => {
                 self.sync_checks(&d);
                 self.sync_announcements(&d);
-                d.record_edit(msg.clone());
+                d.record_edit(format!(
+                    "{msg} (by uid {} pid {})",
+                    peer.uid,
+                    peer.pid_text()
+                ));
                 Response::ok(format!("{msg} ({})", diff.summary()))
             }
             Err(e) => failed(e),
@@ -151,37 +239,57 @@ impl Shared {
         }
     }
 
-    /// Up to `limit` flow-table entries, each with the VIP and backend address its backend id stands for.
-    async fn flows(&self, limit: usize) -> Response {
-        let mut d = self.daemon.lock().await;
-        let ids: BTreeMap<u32, (VipAddr, IpAddr)> = d
-            .state()
-            .vips
-            .iter()
-            .flat_map(|(k, v)| v.backends.iter().map(move |(a, b)| (b.id, (*k, *a))))
-            .collect();
-        let flows = match d.dataplane().flows(limit) {
-            Ok(f) => f,
-            Err(e) => return failed(e),
+    /// Up to `limit` flow-table entries, each with the VIP and backend address its backend id stands for,
+    /// streamed [`FLOWS_PER_PART`] at a time. The daemon's lock is held only to copy the id table and take a handle
+    /// on the map; the walk runs on a blocking thread and goes at the pace the client reads.
+    async fn flows(&self, limit: usize) -> Reply {
+        if !(1..=MAX_FLOWS).contains(&limit) {
+            return Response::error(format!("flows: limit {limit} must be 1..={MAX_FLOWS}")).into();
+        }
+        let (ids, table) = {
+            let d = self.daemon.lock().await;
+            let ids: BTreeMap<u32, (VipAddr, IpAddr)> = d
+                .state()
+                .vips
+                .iter()
+                .flat_map(|(k, v)| v.backends.iter().map(move |(a, b)| (b.id, (*k, *a))))
+                .collect();
+            match d.flow_table() {
+                Ok(t) => (ids, t),
+                Err(e) => return failed(e).into(),
+            }
         };
-        Response::Flows(
-            flows
-                .into_iter()
-                .filter_map(|(k, s)| {
-                    let (src, dst) = (k.src_ip()?, k.dst_ip()?);
-                    Some(FlowInfo {
-                        flow: FiveTuple {
-                            protocol: k.proto,
-                            src: (src, u16::from_be(k.sport)).into(),
-                            dst: (dst, u16::from_be(k.dport)).into(),
-                        },
-                        backend_id: s.backend_id,
-                        backend: ids.get(&s.backend_id).map(|x| x.1),
-                        vip: ids.get(&s.backend_id).map(|x| x.0),
-                    })
-                })
-                .collect(),
-        )
+        let (tx, rx) = mpsc::channel(1);
+        tokio::task::spawn_blocking(move || {
+            let mut part = Vec::with_capacity(FLOWS_PER_PART);
+            let walked = table.walk(limit, |k, s| {
+                let (Some(src), Some(dst)) = (k.src_ip(), k.dst_ip()) else {
+                    return true;
+                };
+                let owner = ids.get(&s.backend_id);
+                part.push(FlowInfo {
+                    flow: FiveTuple {
+                        protocol: k.proto,
+                        src: (src, u16::from_be(k.sport)).into(),
+                        dst: (dst, u16::from_be(k.dport)).into(),
+                    },
+                    backend_id: s.backend_id,
+                    backend: owner.map(|x| x.1),
+                    vip: owner.map(|x| x.0),
+                });
+                // A client gone (or too slow: the server gave up on it) ends the walk.
+                part.len() < FLOWS_PER_PART
+                    || tx
+                        .blocking_send(Response::FlowsPart(std::mem::take(&mut part)))
+                        .is_ok()
+            });
+            let last = match walked {
+                Ok(()) => Response::Flows(part),
+                Err(e) => failed(e),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Reply::Stream(rx)
     }
 
     async fn simulate(&self, flow: FiveTuple) -> Response {

@@ -8,4 +8,4 @@ pub mod server;
 
 pub use api::{Request, Response};
 pub use client::{Client, ClientError};
-pub use server::{Handler, Server};
+pub use server::{Handler, Peer, Reply, Server};

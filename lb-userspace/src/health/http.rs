@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::ProbeError;
 use super::tls::TlsClient;
 
 /// Bodies are read (so keep-alive servers see a clean exchange) but capped: a health endpoint is small.
@@ -22,12 +22,14 @@ pub async fn probe(
     expect_status: u16,
     timeout: Duration,
     tls: Option<&TlsClient>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let (status, _) = bounded(timeout, fetch(target, path, tls)).await?;
     if status == expect_status {
         Ok(())
     } else {
-        Err(format!("status {status}, expected {expect_status}"))
+        Err(ProbeError::backend(format!(
+            "status {status}, expected {expect_status}"
+        )))
     }
 }
 
@@ -39,16 +41,21 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    bounded(timeout, fetch(target, path, None)).await
+    bounded(timeout, fetch(target, path, None))
+        .await
+        .map_err(|e| e.reason)
 }
 
 async fn bounded<T>(
     timeout: Duration,
-    f: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    f: impl Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
     match tokio::time::timeout(timeout, f).await {
         Ok(r) => r,
-        Err(_) => Err(format!("http timed out after {} ms", timeout.as_millis())),
+        Err(_) => Err(ProbeError::backend(format!(
+            "http timed out after {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
@@ -56,17 +63,17 @@ async fn fetch(
     target: SocketAddr,
     path: &str,
     tls: Option<&TlsClient>,
-) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    match tls {
+) -> Result<(u16, String), ProbeError> {
+    let tcp = super::tcp::connect(target).await?;
+    let answer = match tls {
         None => exchange(TokioIo::new(tcp), target.to_string(), path).await,
         Some(tls) => {
             let host = tls.host().unwrap_or_else(|| target.to_string());
-            exchange(TokioIo::new(tls.connect(tcp).await?), host, path).await
+            let stream = tls.connect(tcp).await.map_err(ProbeError::backend)?;
+            exchange(TokioIo::new(stream), host, path).await
         }
-    }
+    };
+    answer.map_err(ProbeError::backend)
 }
 
 async fn exchange<S>(io: S, host: String, path: &str) -> Result<(u16, String), String>

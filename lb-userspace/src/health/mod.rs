@@ -1,6 +1,8 @@
-//! Active health checks: one tokio task per (VIP, backend) probes the backend (TCP connect, HTTP or HTTPS GET, UDP
-//! send/expect) and applies rise/fall hysteresis; state changes are logged, counted and sent to the daemon as
-//! [`HealthEvent`]s, and a table of the latest results answers `lbctl health`.
+//! Active health checks: one tokio task per probe (a backend address and a way to check it: TCP connect, HTTP or
+//! HTTPS GET, UDP send/expect) feeds the view of every VIP that checks that backend that way, and each view applies
+//! its rise/fall hysteresis; state changes are logged, counted and sent to the daemon as [`HealthEvent`]s, and a
+//! table of the latest results answers `lbctl health`. A probe that failed on this host ([`ProbeError::local`]) is
+//! counted as unknown and changes no state.
 //!
 //! Initial state: **up**. A starting (or restarting) `lbd` forwards to every configured backend at once, as Katran-
 //! style operators expect; a dead backend leaves the ring after `fall` failed probes (at most
@@ -11,7 +13,9 @@
 
 mod checker;
 pub(crate) mod http;
+mod probe_error;
 mod tcp;
+mod thread;
 pub(crate) mod tls;
 mod udp;
 
@@ -20,9 +24,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::named_enum;
 use crate::service::VipAddr;
 
 pub use checker::Checker;
+pub use probe_error::ProbeError;
+pub use tls::TrustStores;
 
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 500;
@@ -34,21 +41,23 @@ pub const DEFAULT_HTTP_STATUS: u16 = 200;
 pub const MIN_INTERVAL_MS: u64 = 50;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckKind {
-    #[default]
-    Tcp,
-    Http,
-    /// HTTP over TLS: the handshake (and, unless `tls_verify = false`, the certificate) must succeed too.
-    Https,
-    Udp,
-    /// No probing: the backend is always up (weight and drain still apply).
-    None,
+named_enum! {
+    /// What a health check does.
+    #[derive(Default)]
+    pub enum CheckKind {
+        #[default]
+        Tcp = "tcp",
+        Http = "http",
+        /// HTTP over TLS: the handshake (and, unless `tls_verify = false`, the certificate) must succeed too.
+        Https = "https",
+        Udp = "udp",
+        /// No probing: the backend is always up (weight and drain still apply).
+        None = "none",
+    }
 }
 
 /// A VIP's `[vip.health]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     #[serde(default)]
@@ -122,7 +131,8 @@ impl Default for CheckSpec {
 
 impl CheckSpec {
     /// Every problem with this spec for a VIP on `vip_port`, each prefixed with `field_path` (e.g. `vip[0].health`).
-    pub fn validate(&self, field_path: &str, vip_port: u16) -> Vec<String> {
+    /// The CA store an HTTPS check trusts is read here, into the config's `trust`.
+    pub fn validate(&self, field_path: &str, vip_port: u16, trust: &TrustStores) -> Vec<String> {
         let mut errors = Vec::new();
         let mut err = |field: &str, value: String, why: &str| {
             errors.push(format!("{field_path}.{field}: {value} {why}"));
@@ -188,8 +198,8 @@ impl CheckSpec {
                 &format!("is not a server name: {e}"),
             );
         }
-        // The trust store is loaded here, so a missing or empty CA file (or an empty system store) rejects the
-        // config instead of marking every backend down.
+        // The trust store is loaded here (once per config), so a missing or empty CA file (or an empty system store)
+        // rejects the config instead of leaving every probe unable to run.
         if let Some(f) = &self.tls_ca_file
             && !f.starts_with('/')
         {
@@ -197,7 +207,7 @@ impl CheckSpec {
             err("tls_ca_file", format!("{f:?}"), "must be an absolute path");
         } else if self.kind == CheckKind::Https
             && self.tls_verify.unwrap_or(true)
-            && let Err(e) = tls::roots(self.tls_ca_file.as_deref())
+            && let Err(e) = trust.get(self.tls_ca_file.as_deref())
         {
             let (field, value) = match &self.tls_ca_file {
                 Some(f) => ("tls_ca_file", format!("{f:?}")),
@@ -260,6 +270,17 @@ impl CheckSpec {
         Duration::from_millis(self.timeout_ms)
     }
 
+    /// What makes two checks one probe: everything but the hysteresis (each VIP's view applies its own `rise` and
+    /// `fall`) and the port (the probe's target carries it).
+    pub fn probe_part(&self) -> CheckSpec {
+        CheckSpec {
+            port: None,
+            rise: 0,
+            fall: 0,
+            ..self.clone()
+        }
+    }
+
     /// The TLS settings of an HTTPS check.
     pub fn tls(&self) -> tls::TlsSettings<'_> {
         tls::TlsSettings {
@@ -303,6 +324,10 @@ pub struct BackendHealth {
     /// Probes that failed, of `checks`.
     #[serde(default)]
     pub failures: u64,
+    /// Probes that could not run on this host (out of descriptors, ports, buffers), of `checks`: not counted
+    /// against the backend.
+    #[serde(default)]
+    pub unknown: u64,
     pub transitions: u64,
 }
 
@@ -321,6 +346,7 @@ impl BackendHealth {
             consecutive_fail: 0,
             checks: 0,
             failures: 0,
+            unknown: 0,
             transitions: 0,
         }
     }
@@ -387,7 +413,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let target = listener.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let mut checker = Checker::new(tx);
+        let mut checker = Checker::new(tx).unwrap();
         let spec = CheckSpec {
             interval_ms: 50,
             timeout_ms: 200,
@@ -433,7 +459,7 @@ mod tests {
         let err = http::probe(broken, "/healthz", 200, T, None)
             .await
             .unwrap_err();
-        assert!(err.contains("status 503"), "{err}");
+        assert!(err.reason.contains("status 503") && !err.local, "{err}");
         http::probe(broken, "/", 503, T, None)
             .await
             .expect("503 healthy when expected");
@@ -446,7 +472,7 @@ mod tests {
         let err = http::probe(silent, "/", 200, Duration::from_millis(150), None)
             .await
             .unwrap_err();
-        assert!(err.contains("timed out"), "{err}");
+        assert!(err.reason.contains("timed out") && !err.local, "{err}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "bounded by the timeout"
@@ -457,7 +483,7 @@ mod tests {
     async fn http_checker_marks_a_failing_status_down() {
         let broken = http_server(Some(500)).await;
         let (tx, mut rx) = mpsc::channel(16);
-        let mut checker = Checker::new(tx);
+        let mut checker = Checker::new(tx).unwrap();
         let spec = CheckSpec {
             kind: CheckKind::Http,
             path: Some("/healthz".into()),
@@ -486,14 +512,14 @@ mod tests {
             .await
             .expect("prefix matches");
         let err = udp::probe(addr, b"ping", b"NOPE", T).await.unwrap_err();
-        assert!(err.contains("does not start with"), "{err}");
+        assert!(err.reason.contains("does not start with"), "{err}");
 
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let closed_addr = closed.local_addr().unwrap();
         drop(closed);
         let err = udp::probe(closed_addr, b"ping", b"", T).await.unwrap_err();
         assert!(
-            err.contains("refused") || err.contains("no reply"),
+            !err.local && (err.reason.contains("refused") || err.reason.contains("no reply")),
             "closed port fails: {err}"
         );
     }
@@ -535,7 +561,7 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(err.contains("timed out"), "{err}");
+        assert!(err.reason.contains("timed out") && !err.local, "{err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{err}");
     }
 
@@ -551,7 +577,10 @@ mod tests {
                 DEFAULT_FALL
             )
         );
-        assert!(spec.validate("vip[0].health", 53).is_empty());
+        assert!(
+            spec.validate("vip[0].health", 53, &TrustStores::default())
+                .is_empty()
+        );
         assert!(
             toml::from_str::<CheckSpec>("knd = \"tcp\"").is_err(),
             "unknown field"
@@ -562,7 +591,7 @@ mod tests {
             path: Some("x".into()),
             ..CheckSpec::default()
         };
-        let errors = bad.validate("vip[1].health", 0);
+        let errors = bad.validate("vip[1].health", 0, &TrustStores::default());
         for field in ["port", "rise", "path", "send"] {
             assert!(
                 errors
@@ -576,9 +605,9 @@ mod tests {
             ..CheckSpec::default()
         };
         assert!(
-            none.validate("h", 0).is_empty(),
+            none.validate("h", 0, &TrustStores::default()).is_empty(),
             "{:?}",
-            none.validate("h", 0)
+            none.validate("h", 0, &TrustStores::default())
         );
     }
 }

@@ -1,8 +1,10 @@
 //! The TLS side of HTTPS checks: which certificates a check trusts and which name it expects, built once per
-//! check from its spec (not per probe: reading a CA bundle every second would be waste).
+//! probe from its spec and the config's CA stores ([`TrustStores`]: each CA bundle is read once per config, not
+//! per check, let alone per probe).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, ring};
@@ -39,8 +41,48 @@ pub struct TlsSettings<'a> {
     pub verify: bool,
 }
 
+/// The CA stores of one config: the system store and each `tls_ca_file`, read when the config is validated and then
+/// shared by every HTTPS check that names it. Clones share the stores: an lbctl edit works on a clone of the
+/// running config and reads nothing again, while a reload reads the file, and so the CA files, anew (which is how a
+/// rotated CA bundle is taken up).
+#[derive(Clone, Default)]
+pub struct TrustStores(Arc<Mutex<HashMap<Option<String>, Arc<RootCertStore>>>>);
+
+impl TrustStores {
+    /// The store of `ca_file` (`None`: the system store), read on first use.
+    pub fn get(&self, ca_file: Option<&str>) -> Result<Arc<RootCertStore>, String> {
+        let mut stores = self.0.lock().expect("trust stores");
+        let key = ca_file.map(str::to_owned);
+        if let Some(store) = stores.get(&key) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(roots(ca_file)?);
+        stores.insert(key, store.clone());
+        Ok(store)
+    }
+}
+
+/// Derived from the config's file names, so never what tells two configs apart.
+impl PartialEq for TrustStores {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for TrustStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stores = self.0.lock().expect("trust stores");
+        f.debug_set().entries(stores.keys()).finish()
+    }
+}
+
 impl TlsClient {
-    pub fn new(settings: &TlsSettings, backend: IpAddr) -> Result<TlsClient, String> {
+    /// A client for one backend; a verifying one trusts the store `trust` holds for `settings.ca_file`.
+    pub fn new(
+        settings: &TlsSettings,
+        backend: IpAddr,
+        trust: &TrustStores,
+    ) -> Result<TlsClient, String> {
         let name = match settings.server_name {
             Some(n) => server_name(n)?,
             None => ServerName::IpAddress(backend.into()),
@@ -51,7 +93,7 @@ impl TlsClient {
             .map_err(|e| format!("tls: {e}"))?;
         let config = if settings.verify {
             builder
-                .with_root_certificates(roots(settings.ca_file)?)
+                .with_root_certificates(trust.get(settings.ca_file)?)
                 .with_no_client_auth()
         } else {
             builder
@@ -90,7 +132,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 
 /// The trusted CAs: every certificate of `ca_file`, or the system store. Empty is an error either way: a check
 /// that can trust nothing would only ever report certificate failures.
-pub fn roots(ca_file: Option<&str>) -> Result<RootCertStore, String> {
+fn roots(ca_file: Option<&str>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -259,8 +301,10 @@ mod tests {
         settings: TlsSettings<'_>,
         status: u16,
     ) -> Result<(), String> {
-        let client = TlsClient::new(&settings, target.ip())?;
-        http::probe(target, "/healthz", status, T, Some(&client)).await
+        let client = TlsClient::new(&settings, target.ip(), &TrustStores::default())?;
+        http::probe(target, "/healthz", status, T, Some(&client))
+            .await
+            .map_err(|e| e.reason)
     }
 
     #[tokio::test]
@@ -310,7 +354,7 @@ mod tests {
         let pki = pki("checker");
         let target = https_server(&pki, 200).await;
         let (tx, mut rx) = mpsc::channel(16);
-        let mut checker = Checker::new(tx);
+        let mut checker = Checker::new(tx).unwrap();
         let spec = |name: &str| CheckSpec {
             kind: CheckKind::Https,
             tls_server_name: Some(name.to_owned()),
@@ -340,19 +384,26 @@ mod tests {
     #[test]
     fn validation_names_the_tls_fields() {
         let spec = |toml_text: &str| toml::from_str::<CheckSpec>(toml_text).unwrap();
-        let errors =
-            spec("kind = \"https\"\ntls_ca_file = \"/nonexistent/ca.pem\"").validate("v", 443);
+        let errors = spec("kind = \"https\"\ntls_ca_file = \"/nonexistent/ca.pem\"").validate(
+            "v",
+            443,
+            &TrustStores::default(),
+        );
         assert!(
             errors.len() == 1 && errors[0].starts_with("v.tls_ca_file: \"/nonexistent/ca.pem\""),
             "{errors:?}"
         );
-        let errors = spec("kind = \"https\"\ntls_ca_file = \"ca.pem\"").validate("v", 443);
+        let errors = spec("kind = \"https\"\ntls_ca_file = \"ca.pem\"").validate(
+            "v",
+            443,
+            &TrustStores::default(),
+        );
         assert!(
             errors.len() == 1 && errors[0] == "v.tls_ca_file: \"ca.pem\" must be an absolute path",
             "{errors:?}"
         );
         let errors = spec("kind = \"http\"\ntls_verify = false\ntls_server_name = \"a.test\"")
-            .validate("v", 80);
+            .validate("v", 80, &TrustStores::default());
         assert!(
             errors
                 .iter()
@@ -366,7 +417,7 @@ mod tests {
             "{errors:?}"
         );
         let errors = spec("kind = \"https\"\ntls_server_name = \"bad name!\"\ntls_verify = false")
-            .validate("v", 443);
+            .validate("v", 443, &TrustStores::default());
         assert!(
             errors.len() == 1
                 && errors[0].starts_with("v.tls_server_name: \"bad name!\" is not a server name"),
@@ -377,10 +428,13 @@ mod tests {
             "kind = \"https\"\npath = \"/healthz\"\ntls_ca_file = {:?}",
             pki.ca_file.to_str().unwrap()
         ));
-        assert_eq!(ok.validate("v", 443), Vec::<String>::new());
-        // An empty file is no trust store.
+        let trust = TrustStores::default();
+        assert_eq!(ok.validate("v", 443, &trust), Vec::<String>::new());
+        // Read once per config: the same config's stores do not read the file again...
         std::fs::write(&pki.ca_file, "").unwrap();
-        let errors = ok.validate("v", 443);
+        assert_eq!(ok.validate("v", 443, &trust), Vec::<String>::new());
+        // ...a new config reads it anew, and an empty file is no trust store.
+        let errors = ok.validate("v", 443, &TrustStores::default());
         assert!(
             errors.len() == 1 && errors[0].contains("no PEM certificate"),
             "{errors:?}"

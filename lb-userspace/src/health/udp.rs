@@ -6,37 +6,47 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
+use super::ProbeError;
+
 pub async fn probe(
     target: SocketAddr,
     send: &[u8],
     expect: &[u8],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let local: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
+    // Binding to an ephemeral port involves no backend: any failure there is this host's.
     let sock = UdpSocket::bind(local)
         .await
-        .map_err(|e| format!("bind: {e}"))?;
+        .map_err(|e| ProbeError::local(format!("bind: {e}")))?;
     sock.connect(target)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    sock.send(send).await.map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| ProbeError::io("connect", &e))?;
+    sock.send(send)
+        .await
+        .map_err(|e| ProbeError::io("send", &e))?;
     let mut buf = vec![0u8; 64 << 10];
     let n = match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
         Ok(Ok(n)) => n,
-        Ok(Err(e)) => return Err(format!("recv: {e}")),
-        Err(_) => return Err(format!("no reply within {} ms", timeout.as_millis())),
+        Ok(Err(e)) => return Err(ProbeError::io("recv", &e)),
+        Err(_) => {
+            return Err(ProbeError::backend(format!(
+                "no reply within {} ms",
+                timeout.as_millis()
+            )));
+        }
     };
     if buf[..n].starts_with(expect) {
         Ok(())
     } else {
-        Err(format!(
+        Err(ProbeError::backend(format!(
             "reply {:?} does not start with {:?}",
             String::from_utf8_lossy(&buf[..n.min(64)]),
             String::from_utf8_lossy(expect)
-        ))
+        )))
     }
 }

@@ -47,6 +47,7 @@ fn maglev(json: bool) {
             "build_ms": build,
             "map_bytes": r.map_bytes,
             "lbd_rss_bytes": r.lbd_rss_bytes,
+            "down_to_ring_ms": r.down_to_ring_ms,
         });
         println!("{obj}");
         return;
@@ -67,6 +68,12 @@ fn maglev(json: bool) {
             b as f64 / 1048576.0
         ),
         None => println!("  lbd RSS:                   not measured (see above)"),
+    }
+    match r.down_to_ring_ms {
+        Some(ms) => println!(
+            "  a shared backend's failed check to every ring switched: {ms:.1} ms (down_to_ring_ms)"
+        ),
+        None => println!("  down_to_ring_ms:           not measured (see above)"),
     }
 }
 

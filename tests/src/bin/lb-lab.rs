@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_tests::lab::churn::{self, ChurnOptions};
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::ecmp::{self, EcmpLab, EcmpOptions};
+use lb_tests::lab::interrupt::Interrupt;
 use lb_tests::lab::traffic;
 use lb_tests::lab::{self, Lab, LabOptions};
 
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Up { seconds } => {
+            let interrupt = Interrupt::install();
             let lab = Lab::new(&LabOptions::default());
             let cfg = lab.write_config("lab.toml", |_| {});
             let _lbd = Lbd::start(&lab, &cfg);
@@ -106,7 +108,10 @@ fn main() -> ExitCode {
             for b in &lab.backends {
                 println!("  ip netns exec {} ...   ({})", b.host.ns.name(), b.name);
             }
-            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            if let Some(sig) = interrupt.wait(std::time::Duration::from_secs(seconds)) {
+                println!("{sig}: tearing the lab down");
+            }
+            // lbd, the servers, the pins and the namespaces go as `_lbd` and `lab` drop.
             ExitCode::SUCCESS
         }
         Cmd::Demo {
@@ -118,23 +123,39 @@ fn main() -> ExitCode {
                 eprintln!("lb-lab demo: needs root (network namespaces, XDP)");
                 return ExitCode::FAILURE;
             }
-            match kind {
-                DemoKind::Single => {
-                    demo(requests);
-                    ExitCode::SUCCESS
-                }
-                DemoKind::Ecmp => ecmp_demo(requests, connections),
+            let interrupt = Interrupt::install();
+            let done = match kind {
+                DemoKind::Single => demo(requests, &interrupt).then_some(ExitCode::SUCCESS),
+                DemoKind::Ecmp => ecmp_demo(requests, connections, &interrupt),
+            };
+            match done {
+                Some(code) => code,
+                // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+                None => ExitCode::from(130),
             }
         }
     }
 }
 
-fn step(title: &str) {
+/// Prints the next step's title; false when a signal came since the last step, so the demo returns and tears its
+/// lab down (a step in progress finishes first).
+fn step(interrupt: &Interrupt, title: &str) -> bool {
+    if let Some(sig) = interrupt.pending() {
+        println!("\n{sig}: stopping the demo and tearing the lab down");
+        return false;
+    }
     println!("\n=== {title}");
+    true
 }
 
-fn demo(requests: usize) {
-    step("Building the lab: client, balancer, 3 backends on a bridge (private network namespaces)");
+/// Returns false when a signal cut it short.
+fn demo(requests: usize, interrupt: &Interrupt) -> bool {
+    if !step(
+        interrupt,
+        "Building the lab: client, balancer, 3 backends on a bridge (private network namespaces)",
+    ) {
+        return false;
+    }
     let mut lab = Lab::new(&LabOptions::default());
     println!(
         "  client {} | balancer {} (lb_xdp, native) | backends {} (VIPs on loopback, lb_decap)",
@@ -147,40 +168,59 @@ fn demo(requests: usize) {
             .join(", ")
     );
 
-    step("Starting lbd with config/lab.toml");
+    if !step(interrupt, "Starting lbd with config/lab.toml") {
+        return false;
+    }
     let cfg = lab.write_config("lab.toml", |_| {});
     let lbd = Lbd::start(&lab, &cfg);
     lbd.wait_all_backends_up(&lab, std::time::Duration::from_secs(20));
     print!("{}", lbd.lbctl(&["vip", "list"]));
 
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
-    step(&format!(
-        "{requests} HTTP requests to {vip}, each on a new connection (a new source port)"
-    ));
+    if !step(
+        interrupt,
+        &format!("{requests} HTTP requests to {vip}, each on a new connection (a new source port)"),
+    ) {
+        return false;
+    }
     let t = traffic::http_burst(&lab.client().ns, vip, requests, 16);
     print!("{}", t.render());
 
     let vip6 = SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT);
-    step(&format!(
-        "{} HTTP requests to the IPv6 VIP {vip6}",
-        requests / 4
-    ));
+    if !step(
+        interrupt,
+        &format!("{} HTTP requests to the IPv6 VIP {vip6}", requests / 4),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip6, requests / 4, 8).render()
     );
 
     let uvip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::UDP_PORT);
-    step(&format!("{} UDP requests to {uvip}", requests / 6));
+    if !step(
+        interrupt,
+        &format!("{} UDP requests to {uvip}", requests / 6),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::udp_burst(&lab.client().ns, uvip, requests / 6).render()
     );
 
-    step("lbctl stats");
+    if !step(interrupt, "lbctl stats") {
+        return false;
+    }
     print!("{}", lbd.lbctl(&["stats"]));
 
-    step("Stopping backend-2's server: health checks take it out of the ring");
+    if !step(
+        interrupt,
+        "Stopping backend-2's server: health checks take it out of the ring",
+    ) {
+        return false;
+    }
     lab.stop_server(1);
     let took = lbd.wait_backend_state(
         lab::backend_v4(1),
@@ -189,32 +229,57 @@ fn demo(requests: usize) {
     );
     println!("  backend-2 marked down after {:.1} s", took.as_secs_f64());
     print!("{}", lbd.lbctl(&["health"]));
-    step(&format!("{requests} requests with backend-2 down"));
+    if !step(
+        interrupt,
+        &format!("{requests} requests with backend-2 down"),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
     );
 
-    step("Starting backend-2 again: back in the ring after `rise` successful checks");
+    if !step(
+        interrupt,
+        "Starting backend-2 again: back in the ring after `rise` successful checks",
+    ) {
+        return false;
+    }
     lab.start_server(1);
     let took = lbd.wait_backend_state(lab::backend_v4(1), true, std::time::Duration::from_secs(20));
     println!("  backend-2 marked up after {:.1} s", took.as_secs_f64());
-    step(&format!("{requests} requests with backend-2 back"));
+    if !step(
+        interrupt,
+        &format!("{requests} requests with backend-2 back"),
+    ) {
+        return false;
+    }
     print!(
         "{}",
         traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
     );
 
-    step("Tearing down (lbctl shutdown --detach, namespaces deleted)");
+    if !step(
+        interrupt,
+        "Tearing down (lbctl shutdown --detach, namespaces deleted)",
+    ) {
+        return false;
+    }
     lbd.shutdown_detach();
     drop(lab);
     println!("  done");
+    true
 }
 
-fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
-    step(
+/// None when a signal cut it short.
+fn ecmp_demo(requests: usize, connections: usize, interrupt: &Interrupt) -> Option<ExitCode> {
+    if !step(
+        interrupt,
         "Building the ECMP lab: clients -> router (BIRD, ECMP) -> 3 balancers (BIRD + lbd + lb_xdp) -> backends",
-    );
+    ) {
+        return None;
+    }
     let mut lab = EcmpLab::new(&EcmpOptions::default());
     println!(
         "  clients on the edge segment; router {} / {}; balancers {}; backends {} (replies go back via the router)",
@@ -236,13 +301,20 @@ fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
             indent(&lab.router.ip(&[family, "route", "show", "proto", "bird"]))
         );
     }
-    step("lbctl announce on lb1");
+    if !step(interrupt, "lbctl announce on lb1") {
+        return None;
+    }
     print!("{}", lab.balancers[0].lbd.lbctl(&["announce"]));
 
-    step(&format!(
-        "{requests} HTTP requests to {}, each on a new connection: the router spreads them over the balancers",
-        ecmp::vip4()
-    ));
+    if !step(
+        interrupt,
+        &format!(
+            "{requests} HTTP requests to {}, each on a new connection: the router spreads them over the balancers",
+            ecmp::vip4()
+        ),
+    ) {
+        return None;
+    }
     let before: Vec<u64> = lab.all().iter().map(|&k| lab.vip_packets(k)).collect();
     let mut tally = traffic::Tally::default();
     for c in &lab.clients {
@@ -262,9 +334,12 @@ fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
         );
     }
 
-    step(
+    if !step(
+        interrupt,
         "Every balancer's Maglev tables: the digests agree, so a flow gets the same backend on each",
-    );
+    ) {
+        return None;
+    }
     for (k, b) in lab.balancers.iter().enumerate() {
         let d: Vec<String> = lab
             .digests(k)
@@ -274,9 +349,14 @@ fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
         println!("  {}: {}", b.name, d.join("  "));
     }
 
-    step(&format!(
-        "{connections} long-lived connections, one request each 100 ms, while balancers leave and return"
-    ));
+    if !step(
+        interrupt,
+        &format!(
+            "{connections} long-lived connections, one request each 100 ms, while balancers leave and return"
+        ),
+    ) {
+        return None;
+    }
     let report = churn::churn(
         &mut lab,
         &ChurnOptions {
@@ -284,17 +364,24 @@ fn ecmp_demo(requests: usize, connections: usize) -> ExitCode {
             ..Default::default()
         },
     );
-    step("Convergence");
+    if !step(interrupt, "Convergence") {
+        return None;
+    }
     print!("{}", report.render());
-    step("Tearing down (namespaces, lbd and BIRD processes)");
+    if !step(
+        interrupt,
+        "Tearing down (namespaces, lbd and BIRD processes)",
+    ) {
+        return None;
+    }
     drop(lab);
     println!("  done");
     println!("{}", report.summary());
-    if report.broken.is_empty() {
+    Some(if report.broken.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 fn indent(text: &str) -> String {

@@ -1,6 +1,7 @@
 //! The packet harness: packet builders, the reference model, the fixture world, cases, runner and oracle, the
 //! differential comparison, and the guards and namespaces every real-kernel test stands on.
 
+pub mod capabilities;
 pub mod case;
 pub mod differential;
 pub mod guards;

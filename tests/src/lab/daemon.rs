@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use lb_userspace::config::Config;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
+use lb_userspace::health::CheckKind;
 
 use crate::harness::guards::ChildGuard;
 use crate::harness::netns::NetNs;
@@ -22,16 +23,55 @@ pub struct Lbd {
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    launch: Launch,
+}
+
+/// How lbd is started, for tests that start it the way a service manager would.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// A command that runs lbd as its last arguments and replaces itself with it (`setpriv ...`, `sh -c '...
+    /// exec "$0" "$@"'`), so the process started is lbd's.
+    pub wrapper: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft, hard) lbd starts with, when not inherited.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Lbd {
     /// Starts lbd in the lab's balancer and waits until its control socket answers.
     pub fn start(lab: &Lab, config: &Path) -> Lbd {
-        Lbd::start_in(&lab.balancer.ns, config, &lab.dir.path().join("lbd.log"))
+        Lbd::start_with(lab, config, Launch::default())
+    }
+
+    /// [`Lbd::start`] with its descriptor limit at `nofile` (soft, hard) when it starts.
+    pub fn start_with_nofile(lab: &Lab, config: &Path, nofile: Option<(u64, u64)>) -> Lbd {
+        Lbd::start_with(
+            lab,
+            config,
+            Launch {
+                nofile,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// Like [`Lbd::start`], through `launch`.
+    pub fn start_with(lab: &Lab, config: &Path, launch: Launch) -> Lbd {
+        Lbd::start_in_with(
+            &lab.balancer.ns,
+            config,
+            &lab.dir.path().join("lbd.log"),
+            launch,
+        )
     }
 
     /// Starts lbd in `ns` with `config` (whose control socket it answers on), logging to `log`.
     pub fn start_in(ns: &NetNs, config: &Path, log: &Path) -> Lbd {
+        Lbd::start_in_with(ns, config, log, Launch::default())
+    }
+
+    /// Like [`Lbd::start_in`], through `launch`.
+    pub fn start_in_with(ns: &NetNs, config: &Path, log: &Path, launch: Launch) -> Lbd {
         let socket = Config::load(config)
             .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
             .daemon
@@ -42,6 +82,7 @@ impl Lbd {
             config: config.to_path_buf(),
             socket,
             log: log.to_path_buf(),
+            launch,
         };
         lbd.spawn();
         lbd
@@ -54,15 +95,28 @@ impl Lbd {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let mut cmd = self.ns.nsenter_command(&[
+        let mut argv: Vec<&str> = self.launch.wrapper.iter().map(String::as_str).collect();
+        argv.extend([
             lbd.to_str().expect("utf-8 path"),
             "--config",
             self.config.to_str().expect("utf-8 path"),
         ]);
+        let mut cmd = self.ns.nsenter_command(&argv);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)));
+        if let Some((soft, hard)) = self.launch.nofile {
+            use nix::sys::resource::{Resource, setrlimit};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and the closure touches nothing else of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
+                });
+            }
+        }
         self.child = Some(ChildGuard::spawn(cmd, "lbd"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -151,7 +205,36 @@ impl Lbd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Lbd::lbctl`], also returning lbctl's pid (nsenter execs it, so the pid lbd sees is this one).
+    pub fn lbctl_with_pid(&self, args: &[&str]) -> (String, u32) {
+        let mut cmd = self.lbctl_command(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("run lbctl: {e}"));
+        let pid = child.id();
+        let out = child.wait_with_output().expect("lbctl");
+        assert!(
+            out.status.success(),
+            "lbctl {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (String::from_utf8_lossy(&out.stdout).into_owned(), pid)
+    }
+
+    /// Sends lbd a signal (SIGHUP: reload).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("lbd runs");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .unwrap_or_else(|e| panic!("kill -{sig} lbd: {e}"));
+    }
+
     pub fn lbctl_output(&self, args: &[&str]) -> std::process::Output {
+        self.lbctl_command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run lbctl: {e}"))
+    }
+
+    fn lbctl_command(&self, args: &[&str]) -> Command {
         let lbctl = target_binary("lbctl");
         let mut argv = vec![
             lbctl.to_str().expect("utf-8 path"),
@@ -159,32 +242,39 @@ impl Lbd {
             self.socket.to_str().expect("utf-8"),
         ];
         argv.extend_from_slice(args);
-        let mut cmd: Command = self.ns.nsenter_command(&argv);
-        cmd.output().unwrap_or_else(|e| panic!("run lbctl: {e}"))
+        self.ns.nsenter_command(&argv)
     }
 
     /// The body of `GET /metrics` from the config's `metrics_addr`, asked inside the balancer's namespace where lbd
     /// listens; panics unless the answer is 200.
     pub fn metrics(&self) -> String {
-        let addr = Config::load(&self.config)
+        self.try_metrics().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The config's `metrics_addr` (where lbd listens, in the balancer's namespace).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        Config::load(&self.config)
             .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()))
             .daemon
-            .metrics_addr;
-        let response = self.ns.run(|| {
+            .metrics_addr
+    }
+
+    /// [`Lbd::metrics`], or why it failed (connection refused or closed, no answer within 3 s, not 200).
+    pub fn try_metrics(&self) -> Result<String, String> {
+        let addr = self.metrics_addr();
+        let response = self.ns.run(|| -> std::io::Result<String> {
             use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .unwrap_or_else(|e| panic!("connect to /metrics at {addr}: {e}"));
-            s.set_read_timeout(Some(Duration::from_secs(3)))
-                .expect("timeout");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-                .expect("request");
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
             let mut response = String::new();
-            s.read_to_string(&mut response).expect("read /metrics");
-            response
+            s.read_to_string(&mut response)?;
+            Ok(response)
         });
+        let response = response.map_err(|e| format!("GET /metrics at {addr}: {e}"))?;
         match response.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
-            _ => panic!("GET /metrics at {addr}:\n{response}"),
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+            _ => Err(format!("GET /metrics at {addr}:\n{response}")),
         }
     }
 
@@ -200,7 +290,19 @@ impl Lbd {
         }
     }
 
-    /// Waits until every health row of `backend` says `up`; returns how long it took.
+    /// Whether every checked health row of `backend` has had a passing probe.
+    fn all_probed(&self, backend: IpAddr) -> bool {
+        match self.call(&Request::Health) {
+            Response::Health(rows) => rows
+                .iter()
+                .filter(|h| h.target.ip() == backend && h.kind != CheckKind::None)
+                .all(|h| h.last_ok == Some(true)),
+            other => panic!("Health: unexpected answer {other:?}"),
+        }
+    }
+
+    /// Waits until every health row of `backend` says `up` (and, for up, each checked row has passed a probe);
+    /// returns how long it took.
     pub fn wait_backend_state(
         &self,
         backend: impl Into<IpAddr>,
@@ -211,7 +313,11 @@ impl Lbd {
         let start = Instant::now();
         loop {
             let rows = self.backend_up(backend);
-            if !rows.is_empty() && rows.iter().all(|&u| u == up) {
+            // "Up" also waits for a passing probe of each checked row: first probes are spread over the interval,
+            // and until one has run lbd's host may not have resolved the backend's neighbour entry yet (an XDP
+            // redirect to an unresolved neighbour drops the packet; TCP retransmits, a single UDP request is lost).
+            let probed = !up || self.all_probed(backend);
+            if !rows.is_empty() && rows.iter().all(|&u| u == up) && probed {
                 return start.elapsed();
             }
             assert!(

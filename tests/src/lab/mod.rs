@@ -29,6 +29,7 @@ pub mod bird;
 pub mod churn;
 pub mod daemon;
 pub mod ecmp;
+pub mod interrupt;
 pub mod nft_counters;
 pub mod paths;
 pub mod pki;

@@ -1,5 +1,6 @@
 //! `lbctl config check FILE`: validates locally with the daemon's own config code (no daemon needed), or with
-//! `--remote` asks the running daemon (useful when lbctl and lbd versions may differ).
+//! `--remote` asks the running daemon (useful when lbctl and lbd versions may differ). With `--json`, a local check
+//! prints the effective configuration too, every default filled in (as `nginx -T` shows what will run).
 
 use anyhow::Context;
 use lb_userspace::cli::lbctl::ConfigCmd;
@@ -16,8 +17,9 @@ pub fn run(ctx: &Ctx, cmd: ConfigCmd) -> anyhow::Result<()> {
         return ctx.change(&Request::ConfigCheck { toml: text });
     }
     match Config::parse(&text) {
+        Ok(c) if ctx.json => output::json(&serde_json::json!({ "ok": true, "effective": c })),
         Ok(c) => output::done(
-            ctx.json,
+            false,
             &format!("{}: ok ({} VIPs)", file.display(), c.vips.len()),
         ),
         Err(e) => {

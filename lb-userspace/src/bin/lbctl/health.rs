@@ -22,7 +22,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 h.target.to_string(),
                 if h.up { "up" } else { "down" }.into(),
                 match h.last_ok {
-                    None => "-".into(),
+                    // Not run yet, or failed on lbd's host (then the reason says so).
+                    None if h.last_reason.is_empty() => "-".into(),
+                    None => h.last_reason.clone(),
                     Some(true) => "ok".into(),
                     Some(false) => h.last_reason.clone(),
                 },
@@ -32,6 +34,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 h.consecutive_ok.to_string(),
                 h.consecutive_fail.to_string(),
                 format!("{}/{}", h.failures, h.checks),
+                h.unknown.to_string(),
                 h.transitions.to_string(),
             ]
         })
@@ -39,7 +42,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     output::table(
         &[
             "vip", "backend", "check", "target", "state", "last", "ms", "ok_run", "fail_run",
-            "failed", "flips",
+            "failed", "unknown", "flips",
         ],
         &table,
     );

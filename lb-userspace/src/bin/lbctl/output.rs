@@ -9,16 +9,54 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+    let mut t = StreamTable::new(headers);
+    t.rows(rows);
+    t.finish();
+}
+
+/// A [`table`] printed as its rows arrive: the header goes out with the first rows, sized to them, and a column
+/// widens (from then on) when a wider cell comes.
+pub struct StreamTable {
+    headers: Vec<String>,
+    widths: Vec<usize>,
+    started: bool,
+}
+
+impl StreamTable {
+    pub fn new(headers: &[&str]) -> StreamTable {
+        StreamTable {
+            headers: headers.iter().map(|h| h.to_uppercase()).collect(),
+            widths: headers.iter().map(|h| h.len()).collect(),
+            started: false,
         }
     }
-    let line = |cells: Vec<String>| {
+
+    pub fn rows(&mut self, rows: &[Vec<String>]) {
+        for row in rows {
+            for (w, cell) in self.widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        if !self.started {
+            self.started = true;
+            self.line(&self.headers);
+        }
+        for row in rows {
+            self.line(row);
+        }
+    }
+
+    /// The header alone when no row came.
+    pub fn finish(&mut self) {
+        if !self.started {
+            self.rows(&[]);
+        }
+    }
+
+    fn line(&self, cells: &[String]) {
         let parts: Vec<String> = cells
             .iter()
-            .zip(&widths)
+            .zip(&self.widths)
             .map(|(c, w)| {
                 if !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit() || ch == '.') {
                     format!("{c:>w$}")
@@ -28,10 +66,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             })
             .collect();
         println!("{}", parts.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row.clone());
     }
 }
 

@@ -18,6 +18,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
             backends,
             health,
             min_healthy,
+            panic_threshold,
         } => {
             let key = parse_vip(&vip).map_err(anyhow::Error::msg)?;
             let protocol = lb_userspace::config::Protocol::from_number(key.protocol)
@@ -36,6 +37,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
                 min_healthy,
+                panic_threshold,
             };
             ctx.change(&Request::VipAdd {
                 vip: Box::new(spec),

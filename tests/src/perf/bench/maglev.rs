@@ -1,5 +1,6 @@
-//! `bench maglev`: Maglev build time, the kernel memory of the maps for 100 VIPs x 100 backends, and the RSS of a
-//! real lbd serving that config (the full run; see [`Options`]).
+//! `bench maglev`: Maglev build time, the kernel memory of the maps for 100 VIPs x 100 backends, the RSS of a real
+//! lbd serving that config, and how long that lbd takes from a failed check of a backend every VIP shares to every
+//! VIP's ring switched (`down_to_ring_ms`; the full run, see [`Options`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,6 +51,9 @@ pub struct Report {
     pub map_bytes: u64,
     /// None when lbd could not be measured; the reason is in `notes`.
     pub lbd_rss_bytes: Option<u64>,
+    /// From the log line of the failed check to the last VIP's ring switched, by lbd's own clock; None when not
+    /// measured (see `notes`).
+    pub down_to_ring_ms: Option<f64>,
     pub notes: Vec<String>,
 }
 
@@ -60,17 +64,18 @@ pub fn run(opts: &Options) -> Report {
     }
     let map_bytes = map_bytes(opts);
     let mut notes = Vec::new();
-    let lbd_rss_bytes = match lbd_rss(opts) {
-        Ok(r) => Some(r),
+    let (lbd_rss_bytes, down_to_ring_ms) = match lbd_figures(opts) {
+        Ok(r) => r,
         Err(e) => {
-            notes.push(format!("lbd_rss_bytes not measured: {e}"));
-            None
+            notes.push(format!("lbd not measured: {e}"));
+            (None, None)
         }
     };
     Report {
         build_ms,
         map_bytes,
         lbd_rss_bytes,
+        down_to_ring_ms,
         notes,
     }
 }
@@ -144,9 +149,15 @@ fn map_bytes(opts: &Options) -> u64 {
     total
 }
 
-/// The lbd config: `opts.vips` VIPs with `opts.backends_per_vip` distinct backends each, no health checks (so RSS
-/// is the state, not probe traffic).
-fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str) -> String {
+/// The backend every VIP has (the others are each VIP's own), in the prefix lbd's namespace takes as local.
+const SHARED_BACKEND: &str = "198.18.255.1";
+const BACKEND_PREFIX: &str = "198.18.128.0/17";
+const CHECK_PORT: u16 = 7070;
+
+/// The lbd config: `opts.vips` VIPs with `opts.backends_per_vip` backends each, one of them shared by all; no health
+/// checks unless `checked` (so RSS is the state, not probe traffic), else a TCP check on [`CHECK_PORT`] that takes
+/// a backend down at its first failure.
+fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str, checked: bool) -> String {
     let s = sizes(opts);
     let mut c = format!(
         "[daemon]\ninterface = \"{ifname}\"\nxdp_mode = \"generic\"\npin_dir = \"{pin_dir}\"\n\
@@ -154,18 +165,27 @@ fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str) -> String {
          max_vips = {}\nmax_backends = {}\nmax_ring_size = {}\n",
         s.max_vips, s.max_backends, s.max_ring_size
     );
+    let health = if checked {
+        format!(
+            "{{ kind = \"tcp\", port = {CHECK_PORT}, interval_ms = 1000, timeout_ms = 500, rise = 1, fall = 1 }}"
+        )
+    } else {
+        "{ kind = \"none\" }".to_string()
+    };
     for v in 0..opts.vips {
-        write!(c, "\n[[vip]]\naddress = \"198.19.0.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\nhealth = {{ kind = \"none\" }}\nbackends = [\n", v + 1)
+        write!(c, "\n[[vip]]\naddress = \"198.19.0.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\nhealth = {health}\nbackends = [\n    {{ address = \"{SHARED_BACKEND}\" }},\n", v + 1)
             .unwrap();
-        for b in 0..opts.backends_per_vip {
-            writeln!(c, "    {{ address = \"198.18.{}.{}\" }},", v + 1, b + 1).unwrap();
+        for b in 1..opts.backends_per_vip {
+            writeln!(c, "    {{ address = \"198.18.{}.{}\" }},", 128 + v, b).unwrap();
         }
         c.push_str("]\n");
     }
     c
 }
 
-fn lbd_rss(opts: &Options) -> Result<u64, String> {
+/// A real lbd with the config of `opts`: its RSS once it serves every VIP without checks, then, reloaded with checks,
+/// `down_to_ring_ms` when the shared backend starts refusing connections.
+fn lbd_figures(opts: &Options) -> Result<(Option<u64>, Option<f64>), String> {
     let lbd = std::panic::catch_unwind(|| target_binary("lbd"))
         .map_err(|_| "lbd binary not built".to_string())?;
     let pid = std::process::id();
@@ -176,34 +196,161 @@ fn lbd_rss(opts: &Options) -> Result<u64, String> {
     ns.link_up(&ifname);
     peer.link_up("p0");
     ns.add_addr(&ifname, "198.18.0.1/24");
+    ns.link_up("lo");
+    // Every backend address is this namespace's own, so one listener answers all their checks.
+    ns.ip(&["route", "add", "local", BACKEND_PREFIX, "dev", "lo"]);
     let dir = std::env::temp_dir().join(format!("lb-bench-{pid}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let pin_dir = format!("/sys/fs/bpf/lb-bench-{pid}");
     let sock = dir.join("lbd.sock");
     let cfg = dir.join("lbd.toml");
-    std::fs::write(
-        &cfg,
-        config(opts, &ifname, &pin_dir, &sock.to_string_lossy()),
-    )
-    .map_err(|e| e.to_string())?;
+    let write = |checked: bool| {
+        std::fs::write(
+            &cfg,
+            config(opts, &ifname, &pin_dir, &sock.to_string_lossy(), checked),
+        )
+        .map_err(|e| e.to_string())
+    };
+    write(false)?;
     // nsenter keeps this mount namespace, where bpffs is mounted (`ip netns exec` remounts /sys).
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
         .arg(&lbd)
         .arg("--config")
         .arg(&cfg);
-    // lbd logs every VIP it adds: to a file, which a failure quotes; the figures are what this prints.
+    // lbd logs every VIP it adds: to a file, which a failure quotes and the ring figure is read from.
     let log = dir.join("lbd.log");
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
     cmd.stdout(Stdio::null())
         .stderr(log_file)
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info");
     let mut child = ChildGuard::spawn(cmd, "lbd");
-    let result = wait_and_measure(&mut child, &sock, opts.vips as usize, &log);
+    let result = wait_and_measure(&mut child, &sock, opts.vips as usize, &log).and_then(|rss| {
+        write(true)?;
+        let ring = down_to_ring(&ns, &mut child, &sock, opts, &log)?;
+        Ok((Some(rss), Some(ring)))
+    });
     drop(child);
     let _ = std::fs::remove_dir_all(&pin_dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Reloads lbd with checks on, waits until every backend passes, makes the shared one refuse connections and reads
+/// from lbd's log the time from its failed check to the last of the VIPs' rings switched.
+fn down_to_ring(
+    ns: &NetNs,
+    child: &mut ChildGuard,
+    sock: &Path,
+    opts: &Options,
+    log: &Path,
+) -> Result<f64, String> {
+    let listener = ns
+        .run(|| std::net::TcpListener::bind(("0.0.0.0", CHECK_PORT)))
+        .map_err(|e| format!("listening for the checks: {e}"))?;
+    // Accepted and dropped: a check is a connect. Blocking accept ends when the process does.
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let call = |r: &Request| -> Result<Response, String> {
+        Client::connect(sock)
+            .and_then(|mut c| c.call(r))
+            .map_err(|e| format!("{r:?}: {e}"))
+    };
+    match call(&Request::Reload)? {
+        Response::Ok { .. } => {}
+        other => return Err(format!("reload with checks answered {other:?}")),
+    }
+    let pairs = (opts.vips * opts.backends_per_vip) as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Response::Health(rows) = call(&Request::Health)?
+            && rows.len() == pairs
+            && rows.iter().all(|r| r.up && r.last_ok == Some(true))
+        {
+            break;
+        }
+        if !child.alive() || Instant::now() > deadline {
+            return Err(format!(
+                "the {pairs} backends did not all pass their checks within 60 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ns.exec(&["nft", "add", "table", "inet", "lbbench"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "lbbench",
+        "out",
+        "{ type filter hook output priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "lbbench",
+        "out",
+        "ip",
+        "daddr",
+        SHARED_BACKEND,
+        "tcp",
+        "dport",
+        &CHECK_PORT.to_string(),
+        "reject",
+        "with",
+        "tcp",
+        "reset",
+    ]);
+    let vips = opts.vips as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).map_err(|e| e.to_string())?;
+        let lines: Vec<&str> = text.lines().collect();
+        let failed = lines
+            .iter()
+            .filter(|l| l.contains("backend down") && l.contains(SHARED_BACKEND))
+            .filter_map(|l| timestamp(l))
+            .reduce(f64::min);
+        let switched: Vec<f64> = lines
+            .iter()
+            .filter(|l| {
+                l.contains("ring rebuilt") && l.contains(SHARED_BACKEND) && l.contains("up=false")
+            })
+            .filter_map(|l| timestamp(l))
+            .collect();
+        if let Some(first) = failed
+            && switched.len() == vips
+        {
+            let last = switched.iter().copied().fold(f64::MIN, f64::max);
+            return Ok((last - first) * 1e3);
+        }
+        if !child.alive() || Instant::now() > deadline {
+            return Err(format!(
+                "lbd logged {} of {vips} rings switched for {SHARED_BACKEND} within 30 s (failed check logged: {})",
+                switched.len(),
+                failed.is_some()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Seconds of the day of a tracing log line (`2026-12-02T00:52:02.123456Z ...`).
+fn timestamp(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let clock = t.split('T').nth(1)?;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Waits until lbd serves every VIP of its config, then reads its RSS. The figure stands only if lbd still runs
