@@ -76,11 +76,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
         )
     })?;
     let announcer = Announcer::start(&config.announce)?;
+    let config_announces = config.announce.enabled;
     let mut daemon = Daemon::start(&config_path, config)?;
     start_ebpf_logger(daemon.dataplane());
     // Loaded and attached: from here on lbd parses what backends and clients send it, so it gives up what it no
     // longer needs before any of that starts (the health checks, the control and metrics servers).
-    privileges::drop_to_running().context("dropping capabilities")?;
+    // With [announce] on, it keeps CAP_NET_ADMIN for its route writes (see privileges).
+    privileges::drop_to_running(privileges::running(config_announces))
+        .context("dropping capabilities")?;
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
     let checker = Checker::new(tx).context("starting the health-check thread")?;

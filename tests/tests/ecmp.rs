@@ -5,6 +5,9 @@
 //!
 //! `readme_bird_configs_parse` checks the README's BIRD configs with `bird -p`.
 //!
+//! Every lbd is started as config/lbd.service starts it (only the unit's capabilities, no_new_privs), so after
+//! attaching it keeps CAP_NET_ADMIN alone: all the announcing here is done with that, and the health test checks it.
+//!
 //! What the issue asks, by letter: (a) and (c) in `flows_spread_over_every_balancer_and_their_tables_agree`, (b) and
 //! (e) in `connections_survive_balancers_leaving_and_returning`, (d) and (e) in
 //! `a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns`.
@@ -13,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use lb_tests::harness::capabilities;
 use lb_tests::harness::netns::skip_unless_root;
 use lb_tests::lab::churn::{self, ChurnOptions};
 use lb_tests::lab::ecmp::{self, EcmpLab, EcmpOptions, backend_v4, backend_v6, vip4, vip6};
@@ -23,6 +27,7 @@ use lb_tests::lab::target_binary;
 use lb_tests::lab::traffic::{self, Tally};
 use lb_userspace::announce::AddressState;
 use lb_userspace::control::api::{FiveTuple, Request, Response};
+use lb_userspace::privileges::RUNNING_ANNOUNCING;
 
 /// Long enough for anything the lab does in under a second when the machine is quiet (a route change, a restart,
 /// health converging) to finish on a shared 2-core machine under other tests' load.
@@ -360,6 +365,9 @@ fn a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns() {
     }
     let lab = lab(ecmp::CONFIGURED_BACKENDS);
     let lb2 = &lab.balancers[1];
+    // Started as the unit starts it, lbd kept CAP_NET_ADMIN alone once attached: every route change below (the
+    // withdrawal a batch of health changes causes, the announcement after the hold-down) is made with only that.
+    let keeps = assert_keeps_only_net_admin(lb2, "lb2 at start");
     // The lab's checks (config/ecmp-lab.toml): every 500 ms, 300 ms timeout, down after 2 failures, up after 2
     // successes; announced again after a 1.5 s hold-down, which lbd's 250 ms tick ends.
     let (interval, timeout, fall, rise) = (0.5, 0.3, 2.0, 2.0);
@@ -443,6 +451,29 @@ fn a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns() {
         lbd >= hold_down,
         "announced after {lbd:.3} s, before the {hold_down} s hold-down ended"
     );
+    assert_eq!(
+        assert_keeps_only_net_admin(lb2, "lb2 after the withdrawal and the return"),
+        keeps
+    );
+}
+
+/// Panics unless every thread of balancer `b`'s lbd holds exactly [`RUNNING_ANNOUNCING`] (CAP_NET_ADMIN), as lbd
+/// started with the unit's capabilities and `[announce]` on keeps; returns that set.
+fn assert_keeps_only_net_admin(b: &ecmp::EcmpBalancer, when: &str) -> BTreeSet<String> {
+    let want: BTreeSet<String> = RUNNING_ANNOUNCING.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        want,
+        BTreeSet::from(["CAP_NET_ADMIN".to_string()]),
+        "what lbd keeps to announce"
+    );
+    let pid = b.lbd.pid().expect("lbd runs");
+    capabilities::assert_threads_hold(pid, &want, when);
+    assert!(
+        b.lbd.log_text().contains("kept=CAP_NET_ADMIN"),
+        "{when}: lbd did not log keeping CAP_NET_ADMIN:\n{}",
+        b.lbd.log_text()
+    );
+    want
 }
 
 /// The README's BIRD configs for a balancer and for an upstream router are what BIRD accepts.

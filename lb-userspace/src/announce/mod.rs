@@ -209,6 +209,15 @@ impl Announcer {
         self.standings = self.policy.step(now, self.drained, vips);
         let want = self.policy.announced();
         self.error = self.write(&want).err().map(|e| {
+            let e = if crate::privileges::can_announce() {
+                e
+            } else {
+                // lbd keeps CAP_NET_ADMIN only when it starts with [announce] on (see privileges).
+                format!(
+                    "{e} (lbd holds no CAP_NET_ADMIN: it keeps it only when it starts with [announce] enabled; \
+                     restart lbd to announce)"
+                )
+            };
             warn!("announcements: {e}");
             e
         });

@@ -10,6 +10,7 @@ use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 use lb_userspace::health::CheckKind;
 
+use crate::harness::capabilities;
 use crate::harness::guards::ChildGuard;
 use crate::harness::netns::NetNs;
 use crate::lab::{Lab, target_binary};
@@ -35,6 +36,17 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// RLIMIT_NOFILE (soft, hard) lbd starts with, when not inherited.
     pub nofile: Option<(u64, u64)>,
+}
+
+impl Launch {
+    /// As config/lbd.service starts lbd: root with exactly the unit's capabilities, no_new_privs (see
+    /// [`capabilities::setpriv_wrapper`]).
+    pub fn as_the_unit() -> Launch {
+        Launch {
+            wrapper: capabilities::setpriv_wrapper(&capabilities::unit_capabilities()),
+            ..Launch::default()
+        }
+    }
 }
 
 impl Lbd {

@@ -22,7 +22,7 @@ use crate::harness::guards::{self, BpffsDir, TempDir};
 use crate::harness::lab_programs::LabPrograms;
 use crate::harness::netns::{self, NetNs, veth_pair};
 use crate::lab::bird::{self, Bird};
-use crate::lab::daemon::Lbd;
+use crate::lab::daemon::{Launch, Lbd};
 use crate::lab::paths::FlowPaths;
 use crate::lab::pki::LabPki;
 use crate::lab::{
@@ -96,6 +96,10 @@ pub struct EcmpOptions {
     /// At least [`CONFIGURED_BACKENDS`]; the others run servers but are in no VIP until added.
     pub backends: usize,
     pub clients: usize,
+    /// How each lbd is started: by default as config/lbd.service starts it, with only the unit's capabilities, so
+    /// lbd keeps CAP_NET_ADMIN alone once attached (its announcement routes need it) and the lab's announcements
+    /// are the ones a sandboxed lbd makes.
+    pub launch: Launch,
 }
 
 impl Default for EcmpOptions {
@@ -104,6 +108,7 @@ impl Default for EcmpOptions {
             balancers: 3,
             backends: CONFIGURED_BACKENDS,
             clients: 2,
+            launch: Launch::as_the_unit(),
         }
     }
 }
@@ -227,7 +232,7 @@ impl EcmpLab {
 
         let mut pass = LabPrograms::load().expect("load the lab object for lb_pass");
         let balancers: Vec<EcmpBalancer> = (0..opts.balancers)
-            .map(|k| start_balancer(&switch, &mut pass, &dir, k))
+            .map(|k| start_balancer(&switch, &mut pass, &dir, k, &opts.launch))
             .collect();
         let neighbors: Vec<(String, IpAddr, u32)> = balancers
             .iter()
@@ -431,7 +436,13 @@ impl EcmpLab {
 
 /// Balancer `k`: its host on the fabric, lb_pass on its switch port (native XDP_TX on veth needs a program on the
 /// peer), lbd with its own copy of config/ecmp-lab.toml, and its BIRD.
-fn start_balancer(switch: &NetNs, pass: &mut LabPrograms, dir: &TempDir, k: usize) -> EcmpBalancer {
+fn start_balancer(
+    switch: &NetNs,
+    pass: &mut LabPrograms,
+    dir: &TempDir,
+    k: usize,
+    launch: &Launch,
+) -> EcmpBalancer {
     let name = format!("lb{}", k + 1);
     let host = plug(switch, "fabric", &name, balancer_v4(k), balancer_v6(k));
     // bpf_fib_lookup answers only for interfaces that forward.
@@ -477,7 +488,7 @@ fn start_balancer(switch: &NetNs, pass: &mut LabPrograms, dir: &TempDir, k: usiz
     let config = own.join("lbd.toml");
     std::fs::write(&config, toml::to_string(&cfg).expect("serialize config"))
         .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
-    let lbd = Lbd::start_in(&host.ns, &config, &own.join("lbd.log"));
+    let lbd = Lbd::start_in_with(&host.ns, &config, &own.join("lbd.log"), launch.clone());
     let table: u32 = cfg["announce"]["table"]
         .as_integer()
         .and_then(|t| t.try_into().ok())
