@@ -80,9 +80,14 @@ impl Client {
         let mut line =
             serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        if let Err(e) = self.writer.write_all(&line) {
+            // A server that refuses the connection (too many open) says why and closes it, possibly before the
+            // request is written: its reason is the answer, not the broken pipe.
+            return match self.read_response() {
+                Ok(refusal @ Response::Error { .. }) => Ok(refusal),
+                _ => Err(ClientError::Io(self.path.clone(), e)),
+            };
+        }
         loop {
             let response = self.read_response()?;
             if !response.is_part() {
