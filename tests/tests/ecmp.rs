@@ -351,8 +351,12 @@ fn connections_survive_balancers_leaving_and_returning() {
         "lb2's link cut (a dead host): the router withdrew it after {:.3} s (BGP hold time 3 s)",
         took.as_secs_f64()
     );
+    // The hold timer runs from the last keepalive the router got (one a second), so 2 s at the least on a quiet
+    // machine. Seen once at 1.8 s in a run beside the daemon suite's SIGKILL test (presumably a CPU-starved BIRD
+    // whose last keepalives went out late). A notice by anything but the timer (a carrier, a closed session)
+    // takes tens of milliseconds: 1 s still tells them apart.
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_secs(1),
         "withdrawn after {took:?}: before the hold timer could have run out, so something else noticed"
     );
 }
