@@ -24,7 +24,7 @@ use lb_common::{
 use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
-use crate::config::{Config, VipAddr};
+use crate::config::{AnnounceConfig, Config, VipAddr};
 use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
 use crate::health::{CheckKind, HealthKey};
 use crate::layout::{self, Plan};
@@ -732,9 +732,14 @@ struct Snapshot {
 }
 
 /// `lbd --detach`: works without a running daemon (and without loading anything); refused while one runs (it
-/// holds the pin directory: `lbctl shutdown --detach` is the way then).
-pub fn detach_all(interface: &str, pin_dir: &Path) -> Result<()> {
-    detach_pins(&PinDir::open(pin_dir)?, interface)
+/// holds the pin directory: `lbctl shutdown --detach` is the way then). The lock is taken before anything is
+/// withdrawn: a refused detach must not withdraw the announcements of the lbd that runs (its next sync would put
+/// them back, a flap every router sees). Withdrawn before detaching: the routers stop sending before the program
+/// stops forwarding.
+pub fn detach_all(interface: &str, pin_dir: &Path, announce: &AnnounceConfig) -> Result<()> {
+    let pins = PinDir::open(pin_dir)?;
+    crate::announce::withdraw(announce)?;
+    detach_pins(&pins, interface)
 }
 
 fn detach_pins(pins: &PinDir, interface: &str) -> Result<()> {

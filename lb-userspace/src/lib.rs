@@ -3,12 +3,14 @@
 
 pub mod dataplane;
 
+pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decap;
+pub mod digest;
 pub mod health;
 pub mod layout;
 pub mod maglev;

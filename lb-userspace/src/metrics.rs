@@ -10,6 +10,7 @@
 //! and between kept-alive requests), and none lives longer than [`MAX_CONNECTION_TIME`]. Without these, idle
 //! connections held lbd's descriptors until its health probes failed for lack of one.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +30,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::announce::{AddressState, AnnounceInfo};
 use crate::control::api::Stats;
 use crate::health::BackendHealth;
+use crate::service::VipAddr;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Connections served at once: Prometheus needs one per server scraping, people with curl a few more.
@@ -53,6 +56,9 @@ pub struct Snapshot {
     pub attached: bool,
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
+    /// Each VIP's active table digest (`digest`): every balancer of a tier should export the same.
+    pub table_digests: BTreeMap<VipAddr, String>,
+    pub announce: AnnounceInfo,
     /// VIPs below their panic threshold now (their rings ignore health).
     pub panicking: Vec<String>,
     /// Times a VIP entered panic mode.
@@ -86,6 +92,23 @@ struct CheckLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DigestLabels {
+    vip: String,
+    digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressStateLabels {
+    address: String,
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -276,10 +299,82 @@ pub fn render(snap: &Snapshot) -> String {
         snap.reattachments,
     );
 
+    let digests = Family::<DigestLabels, Gauge>::default();
+    registry.register(
+        "vip_table_info",
+        "Digest of a VIP's active Maglev table by backend address (1 per VIP); equal on balancers that agree",
+        digests.clone(),
+    );
+    for (vip, digest) in &snap.table_digests {
+        digests
+            .get_or_create(&DigestLabels {
+                vip: vip.to_string(),
+                digest: digest.clone(),
+            })
+            .set(1);
+    }
+    render_announce(&mut registry, &snap.announce);
+
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// What is announced over BGP and why not (nothing while announcing is off).
+fn render_announce(registry: &mut Registry, a: &AnnounceInfo) {
+    if !a.enabled {
+        return;
+    }
+    let flag = |registry: &mut Registry, name: &str, help: &str, on: bool| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::from(on));
+        registry.register(name, help, g);
+    };
+    flag(
+        registry,
+        "announce_drained",
+        "1 while `lbctl announce drain` withdraws every address of this balancer",
+        a.drained,
+    );
+    flag(
+        registry,
+        "announce_failing",
+        "1 while the announcement routes cannot be read or written",
+        a.error.is_some(),
+    );
+    let announced = Family::<AddressLabels, Gauge>::default();
+    registry.register(
+        "announced",
+        "1 while this balancer announces the VIP address over BGP",
+        announced.clone(),
+    );
+    let state = Family::<AddressStateLabels, Gauge>::default();
+    registry.register(
+        "announce_state",
+        "Where a VIP address stands (1 for its state): announced, hold-down, unhealthy, drained",
+        state.clone(),
+    );
+    let changes = counter_family::<AddressLabels>(
+        registry,
+        "announce_changes",
+        "Announcements and withdrawals of a VIP address by this lbd",
+    );
+    for addr in &a.addresses {
+        let l = AddressLabels {
+            address: addr.address.to_string(),
+        };
+        announced.get_or_create(&l).set(i64::from(addr.announced()));
+        changes.get_or_create(&l).inc_by(addr.changes);
+        for s in AddressState::ALL {
+            state
+                .get_or_create(&AddressStateLabels {
+                    address: l.address.clone(),
+                    state: s.to_string(),
+                })
+                .set(i64::from(*s == addr.state));
+        }
+    }
 }
 
 /// Binds `addr` now (so a bad address fails the daemon's start) and returns the serving future.
@@ -433,6 +528,22 @@ mod tests {
             reloads_failed: 1,
             attached: true,
             reattachments: 3,
+            table_digests: [(vip, "0123456789abcdef".to_string())].into(),
+            announce: AnnounceInfo {
+                enabled: true,
+                drained: false,
+                table: 100,
+                protocol: 250,
+                hold_down_ms: 5000,
+                addresses: vec![crate::announce::AddressInfo {
+                    address: vip.address,
+                    state: AddressState::Announced,
+                    announce_in_ms: None,
+                    changes: 1,
+                    vips: Vec::new(),
+                }],
+                error: None,
+            },
             panicking: vec!["198.18.0.10:80/tcp".into()],
             panics: 4,
             probes: 1,
@@ -466,6 +577,13 @@ mod tests {
             r#"lb_reloads_total{result="failed"} 1"#,
             "lb_xdp_attached 1",
             "lb_xdp_reattachments_total 3",
+            r#"lb_vip_table_info{vip="198.18.0.10:80/tcp",digest="0123456789abcdef"} 1"#,
+            "lb_announce_drained 0",
+            "lb_announce_failing 0",
+            r#"lb_announced{address="198.18.0.10"} 1"#,
+            r#"lb_announce_state{address="198.18.0.10",state="announced"} 1"#,
+            r#"lb_announce_state{address="198.18.0.10",state="hold-down"} 0"#,
+            r#"lb_announce_changes_total{address="198.18.0.10"} 1"#,
             r#"lb_vip_panic{vip="198.18.0.10:80/tcp"} 1"#,
             "lb_vip_panics_total 4",
             "# TYPE lb_backend_up gauge",

@@ -12,19 +12,52 @@
 //! sets, and a flaw in the code that parses backends' HTTP and TLS answers or lbctl's requests cannot load
 //! programs, touch other programs' maps or reconfigure the host. A restart or an upgrade is a new process, which
 //! starts with the unit's capabilities again.
+//!
+//! One job is different: with `[announce]` enabled lbd announces its VIP addresses by writing routes into a kernel
+//! table BIRD exports (`announce::routes`), and adding or deleting a route (RTM_NEWROUTE / RTM_DELROUTE over
+//! rtnetlink) needs CAP_NET_ADMIN in the network namespace, at every health change, drain and reload for the whole
+//! life of the daemon, not only at start. No descriptor opened before the drop can stand in for it: for each netlink
+//! message the kernel checks the sending thread's capability, besides that of whoever opened the socket. So with
+//! `[announce]` on lbd keeps exactly CAP_NET_ADMIN ([`RUNNING_ANNOUNCING`]), effective and permitted (and in the
+//! bounding set), nothing inheritable or ambient; with it off it keeps nothing. CAP_NET_ADMIN still lets a flaw
+//! reconfigure the host's network, but not load BPF programs or read kernel memory (CAP_BPF, CAP_PERFMON are gone),
+//! and the unit's sandbox (system-call filter, address families, read-only system) still holds. The set is chosen
+//! once, from the config lbd starts with: capabilities belong to each thread and are dropped while lbd is one thread,
+//! so they cannot be taken back later from every thread at once. A reload that turns `[announce]` off withdraws the
+//! routes but keeps the capability until the next restart; one that turns it on in a daemon that started without it
+//! cannot write routes (`lbctl announce` and `lb_announce_failing` say so, with the fix: restart lbd).
 
 use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability, CapsHashSet};
 use tracing::{info, warn};
 
-/// What the running daemon keeps: nothing (see above). A capability a future operation needs goes here, with why.
+/// What the running daemon keeps without `[announce]`: nothing (see above). A capability a future operation needs goes
+/// here, with why.
 pub const RUNNING: &[Capability] = &[];
 
-/// Drops every capability but [`RUNNING`] from all five sets of the process. Capabilities belong to threads, not
+/// What it keeps with `[announce]` enabled: CAP_NET_ADMIN, to add and delete its announcement routes (see above).
+pub const RUNNING_ANNOUNCING: &[Capability] = &[Capability::CAP_NET_ADMIN];
+
+/// The capabilities lbd keeps once attached, given whether it announces.
+pub fn running(announcing: bool) -> &'static [Capability] {
+    if announcing {
+        RUNNING_ANNOUNCING
+    } else {
+        RUNNING
+    }
+}
+
+/// Whether this thread may write announcement routes (CAP_NET_ADMIN effective).
+pub fn can_announce() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
+}
+
+/// Drops every capability but `keep` (one of [`RUNNING`], [`RUNNING_ANNOUNCING`]: see [`running`]) from all five sets
+/// of the process. Capabilities belong to threads, not
 /// processes, so this must run while lbd is one thread: it refuses otherwise rather than leave a thread privileged.
 /// Shrinking the bounding set needs CAP_SETPCAP; without it (lbd started with a reduced set and no CAP_SETPCAP) the
 /// bounding set is left as it was, with a warning, and the other sets are still dropped.
-pub fn drop_to_running() -> Result<()> {
+pub fn drop_to_running(keep: &[Capability]) -> Result<()> {
     let threads = std::fs::read_dir("/proc/self/task")
         .context("reading /proc/self/task")?
         .count();
@@ -34,7 +67,7 @@ pub fn drop_to_running() -> Result<()> {
              keep theirs"
         );
     }
-    let keep: CapsHashSet = RUNNING.iter().copied().collect();
+    let keep: CapsHashSet = keep.iter().copied().collect();
     let permitted = caps::read(None, CapSet::Permitted).context("reading the permitted set")?;
     let kept: CapsHashSet = keep.intersection(&permitted).copied().collect();
     let bounding = caps::read(None, CapSet::Bounding).context("reading the bounding set")?;

@@ -1,8 +1,9 @@
 //! `lbd`'s event loop around [`Daemon`]: signals (SIGHUP reload, SIGTERM/SIGINT exit leaving the program
-//! forwarding), health events turned into ring rebuilds, the interface watch, the systemd watchdog, and starting
-//! the control socket, the metrics endpoint and the aya-log bridge; the capability drop once the program is
-//! attached (`privileges`) and the readiness notification once everything serves (`notify`). The answers to lbctl
-//! are `control::handler`'s; what is shared between the tasks is `shared::Shared`.
+//! forwarding), health events turned into ring rebuilds and announcements, the interface watch, the announcement
+//! tick, the systemd watchdog, and starting the control socket, the metrics endpoint and the aya-log bridge; the
+//! capability drop once the program is attached (`privileges`) and the readiness notification once everything
+//! serves (`notify`). The answers to lbctl are `control::handler`'s; what is shared between the tasks is
+//! `shared::Shared`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use lb_common::programs;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::announce::Announcer;
 use crate::config::Config;
 use crate::control::server::Server;
 use crate::daemon::Daemon;
@@ -58,6 +60,9 @@ fn start_ebpf_logger(dp: &mut Dataplane) {
 
 /// How often lbd checks that its interface is still the device it attached `lb_xdp` to.
 const INTERFACE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the announcements are synced without a health event: ends hold-downs on time (to this resolution) and
+/// puts back a route someone removed by hand.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -70,15 +75,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
             config.daemon.control_socket.display()
         )
     })?;
+    let announcer = Announcer::start(&config.announce)?;
+    let config_announces = config.announce.enabled;
     let mut daemon = Daemon::start(&config_path, config)?;
     start_ebpf_logger(daemon.dataplane());
     // Loaded and attached: from here on lbd parses what backends and clients send it, so it gives up what it no
     // longer needs before any of that starts (the health checks, the control and metrics servers).
-    privileges::drop_to_running().context("dropping capabilities")?;
+    // With [announce] on, it keeps CAP_NET_ADMIN for its route writes (see privileges).
+    privileges::drop_to_running(privileges::running(config_announces))
+        .context("dropping capabilities")?;
 
     let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
     let checker = Checker::new(tx).context("starting the health-check thread")?;
-    let shared = Arc::new(Shared::new(daemon, checker));
+    let shared = Arc::new(Shared::new(daemon, checker, announcer));
     shared.sync_checks(&*shared.daemon.lock().await);
 
     let h = shared.clone();
@@ -120,6 +129,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     notify::ready(&status);
     let mut interface_watch = tokio::time::interval(INTERFACE_WATCH_INTERVAL);
     interface_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announce_tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    announce_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(_) = tick(&mut watchdog) => notify::watchdog(),
@@ -139,7 +150,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 while let Ok(ev) = events.try_recv() {
                     changes.push((ev.key, ev.up));
                 }
+                // Announcements follow inside set_health, at once.
                 shared.set_health(changes).await;
+            }
+            _ = announce_tick.tick() => {
+                shared.sync_announcements(&*shared.daemon.lock().await);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -161,6 +176,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     if detach {
         // The control and metrics tasks may still hold the daemon; removing the pins is enough: the link and maps
         // die with their last file descriptor, which this process closes on exit.
+        // Withdrawn first: the routers stop sending before the program stops forwarding.
+        shared
+            .announcer
+            .lock()
+            .expect("announcer lock")
+            .withdraw_all()?;
         shared.daemon.lock().await.detach()?;
         info!("detached; exiting");
     } else {
@@ -205,6 +226,8 @@ async fn snapshot(shared: Arc<Shared>) -> Snapshot {
         reloads_failed: d.reloads_failed,
         attached: d.attached(),
         reattachments: d.reattachments,
+        table_digests: shared.table_digests(&d),
+        announce: shared.announcer.lock().expect("announcer lock").info(),
         panicking: d.panicking().iter().map(ToString::to_string).collect(),
         panics: d.panics,
         // Counted by the endpoint itself (metrics::serve).

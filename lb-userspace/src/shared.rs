@@ -1,18 +1,20 @@
-//! What lbd's tasks share: the daemon behind its lock, the health checker, when it started, and the stop signal.
-//! The signal loop (`runtime`), the control handler (`control::handler`) and the metrics endpoint all hold one.
+//! What lbd's tasks share: the daemon behind its lock, the health checker, the announcements, when it started, and
+//! the stop signal. The signal loop (`runtime`), the control handler (`control::handler`) and the metrics endpoint
+//! all hold one.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::{info, warn};
 
+use crate::announce::{self, Announcer};
+use crate::config::VipAddr;
 use crate::daemon::Daemon;
 use crate::health::{CheckKind, Checker, HealthKey};
-use crate::service::VipAddr;
 
 pub struct Shared {
     /// In an `Arc` of its own so that a heavy change (a reload, a health change across many VIPs: Maglev builds and
@@ -28,17 +30,50 @@ pub struct Shared {
     pub stop: watch::Sender<bool>,
     /// Set with the stop by `lbctl shutdown --detach`: remove the program on the way out.
     pub detach: AtomicBool,
+    pub announcer: std::sync::Mutex<Announcer>,
+    /// Each VIP's table digest, valid while the daemon's `ring_builds` is the number kept with it: reading a ring
+    /// back costs one syscall per slot, too much for every scrape.
+    digests: std::sync::Mutex<(u64, BTreeMap<VipAddr, String>)>,
 }
 
 impl Shared {
-    pub fn new(daemon: Daemon, checker: Checker) -> Shared {
+    pub fn new(daemon: Daemon, checker: Checker, announcer: Announcer) -> Shared {
         Shared {
             daemon: Arc::new(Mutex::new(daemon)),
             checker: std::sync::Mutex::new(checker),
             started: Instant::now(),
             stop: watch::Sender::new(false),
             detach: false.into(),
+            announcer: std::sync::Mutex::new(announcer),
+            digests: Default::default(),
         }
+    }
+
+    /// Makes the announcements follow the daemon's config and health view as they are now.
+    pub fn sync_announcements(&self, daemon: &Daemon) {
+        let mut a = self.announcer.lock().expect("announcer lock");
+        a.reconfigure(&daemon.config().announce);
+        a.sync(Instant::now(), &announce::vip_health(daemon));
+    }
+
+    /// Every VIP's table digest (see `digest`), read from the live rings when one was rebuilt since the last call.
+    pub fn table_digests(&self, daemon: &Daemon) -> BTreeMap<VipAddr, String> {
+        let mut cache = self.digests.lock().expect("digest lock");
+        let fresh = cache.0 == daemon.ring_builds
+            && daemon.state().vips.keys().all(|k| cache.1.contains_key(k));
+        if !fresh {
+            let mut digests = BTreeMap::new();
+            for (k, v) in &daemon.state().vips {
+                match daemon.live_ring(k) {
+                    Ok(ring) => {
+                        digests.insert(*k, crate::digest::table_digest(&ring, &v.backends));
+                    }
+                    Err(e) => tracing::warn!(vip = %k, "reading the ring for its digest: {e:#}"),
+                }
+            }
+            *cache = (daemon.ring_builds, digests);
+        }
+        cache.1.clone()
     }
 
     /// Re-reads the config file and applies the difference (SIGHUP, `lbctl reload`): what changed, or why the
@@ -48,16 +83,18 @@ impl Shared {
         match result {
             Ok(diff) => {
                 self.sync_checks(&d);
+                self.sync_announcements(&d);
                 Ok(format!("reloaded: {}", diff.summary()))
             }
             Err(e) => Err(format!("reload rejected, running state kept: {e:#}")),
         }
     }
 
-    /// Applies health transitions (all those queued at once: each VIP they touch is rebuilt once).
+    /// Applies health transitions (all those queued at once: each VIP they touch is rebuilt once), then lets the
+    /// announcements follow the new health view.
     pub async fn set_health(&self, changes: Vec<(HealthKey, bool)>) {
         let queued = Instant::now();
-        let (_, (result, vips, took)) = self
+        let (d, (result, vips, took)) = self
             .off_runtime(move |d| {
                 let started = Instant::now();
                 let vips: BTreeSet<VipAddr> = changes.iter().map(|(k, _)| k.vip).collect();
@@ -74,6 +111,9 @@ impl Shared {
                 "health changes applied"
             ),
         }
+        // At once, not at the next announcement tick: a VIP that lost its last backend must stop attracting
+        // traffic. Also after a failed batch: whatever part of it was applied counts.
+        self.sync_announcements(&d);
     }
 
     /// Runs `f` on the daemon on a blocking thread, returning the daemon's lock with its result.

@@ -46,7 +46,7 @@ pub fn stats(d: &mut Daemon) -> Result<api::Stats> {
     })
 }
 
-/// Every VIP with its backends: weight, health, and how many entries of the live ring each holds.
+/// Every VIP with its backends: weight, health, how many entries of the live ring each holds, and the ring's digest.
 pub fn vip_list(d: &Daemon) -> Result<Vec<VipInfo>> {
     let mut out = Vec::new();
     for (k, v) in &d.state().vips {
@@ -68,6 +68,8 @@ pub fn vip_list(d: &Daemon) -> Result<Vec<VipInfo>> {
             mode: v.config.mode,
             ring_size: v.ring_size,
             fragments: v.config.fragments,
+            min_healthy: v.config.min_healthy,
+            table_digest: crate::digest::table_digest(&ring, &v.backends),
             backends,
             panic: d.panicking().contains(k),
         });

@@ -10,8 +10,8 @@ use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::{self, Lab, LabOptions};
 
 /// (weight, ring entries) of `backend` in the IPv4 HTTP VIP, from `lbctl vip list --json`.
-fn weight_and_share(lab: &Lab, lbd: &Lbd, backend: std::net::Ipv4Addr) -> (u64, u64) {
-    let out = lbd.lbctl(lab, &["--json", "vip", "list"]);
+fn weight_and_share(lbd: &Lbd, backend: std::net::Ipv4Addr) -> (u64, u64) {
+    let out = lbd.lbctl(&["--json", "vip", "list"]);
     let vips: serde_json::Value = serde_json::from_str(&out).expect("vip list JSON");
     let vip = vips
         .as_array()
@@ -62,7 +62,7 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
     let drain = format!("drain of {drained} in {vip}");
 
     // Who changed what: uid and pid of the lbctl process, in the line that says what was done.
-    let (_, pid) = lbd.lbctl_with_pid(&lab, &["backend", "drain", &vip, &drained.to_string()]);
+    let (_, pid) = lbd.lbctl_with_pid(&["backend", "drain", &vip, &drained.to_string()]);
     let line = log_line(
         &lbd,
         &[
@@ -73,10 +73,7 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
         ],
     );
     println!("{line}");
-    let (_, pid) = lbd.lbctl_with_pid(
-        &lab,
-        &["backend", "weight", &vip, &reweighted.to_string(), "300"],
-    );
+    let (_, pid) = lbd.lbctl_with_pid(&["backend", "weight", &vip, &reweighted.to_string(), "300"]);
     log_line(
         &lbd,
         &[
@@ -86,27 +83,27 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
         ],
     );
     // A refused change is logged with its asker too.
-    let out = lbd.lbctl_output(&lab, &["backend", "del", &vip, "198.18.0.99"]);
+    let out = lbd.lbctl_output(&["backend", "del", &vip, "198.18.0.99"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     log_line(
         &lbd,
         &["control: backend del", "198.18.0.99: refused", "uid=0"],
     );
-    assert_eq!(weight_and_share(&lab, &lbd, drained), (0, 0), "drained");
-    assert_eq!(weight_and_share(&lab, &lbd, reweighted).0, 300);
+    assert_eq!(weight_and_share(&lbd, drained), (0, 0), "drained");
+    assert_eq!(weight_and_share(&lbd, reweighted).0, 300);
 
     // A restart (here a crash) keeps the drain, from the pinned backend map; other runtime edits are not kept: the
     // weight is the file's again.
     lbd.kill9();
-    lbd.restart(&lab);
+    lbd.restart();
     lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
     assert_eq!(
-        weight_and_share(&lab, &lbd, drained),
+        weight_and_share(&lbd, drained),
         (0, 0),
         "the drain did not survive the restart; lbd log:\n{}",
         lbd.log_text()
     );
-    assert_eq!(weight_and_share(&lab, &lbd, reweighted).0, 100);
+    assert_eq!(weight_and_share(&lbd, reweighted).0, 100);
     log_line(
         &lbd,
         &[
@@ -117,22 +114,22 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
     );
 
     // A reload from the file drops it, and says so, naming it; the reload itself is logged with its asker.
-    let (_, pid) = lbd.lbctl_with_pid(&lab, &["reload"]);
+    let (_, pid) = lbd.lbctl_with_pid(&["reload"]);
     log_line(
         &lbd,
         &["control: reload", "reloaded", &format!("pid={pid}")],
     );
     let dropped = log_line(&lbd, &["the reload dropped these runtime edits", &drain]);
     println!("{dropped}");
-    let (weight, share) = weight_and_share(&lab, &lbd, drained);
+    let (weight, share) = weight_and_share(&lbd, drained);
     assert!(
         weight == 100 && share > 0,
         "still drained after the reload: {weight}, {share}"
     );
 
     // The same through SIGHUP, for a drain made by this lbd: the dropped edit names who made it.
-    let (_, pid) = lbd.lbctl_with_pid(&lab, &["backend", "drain", &vip, &drained.to_string()]);
-    assert_eq!(weight_and_share(&lab, &lbd, drained), (0, 0));
+    let (_, pid) = lbd.lbctl_with_pid(&["backend", "drain", &vip, &drained.to_string()]);
+    assert_eq!(weight_and_share(&lbd, drained), (0, 0));
     let reloads = lbd
         .log_text()
         .matches("the reload dropped these runtime edits")
@@ -162,7 +159,7 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
         dropped.contains(&format!("{drain} (weight 0) (by uid 0 pid {pid})")),
         "{dropped}"
     );
-    let (weight, share) = weight_and_share(&lab, &lbd, drained);
+    let (weight, share) = weight_and_share(&lbd, drained);
     assert!(
         weight == 100 && share > 0,
         "still drained after SIGHUP: {weight}, {share}"

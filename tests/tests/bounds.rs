@@ -119,7 +119,7 @@ fn idle_metrics_connections_leave_probes_and_backends_alone() {
     // still open on this side).
     let deadline = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(20);
     let body = loop {
-        match lbd.try_metrics(&lab) {
+        match lbd.try_metrics() {
             Ok(body) => break body,
             Err(e) => assert!(
                 Instant::now() < deadline,
@@ -250,7 +250,7 @@ fn probes_failing_on_this_host_are_unknown_not_down() {
     );
     // Scraping needs a local port too.
     drop(restore);
-    let metrics = lbd.metrics(&lab);
+    let metrics = lbd.metrics();
     assert!(
         metrics
             .lines()
@@ -343,7 +343,7 @@ fn flows_are_capped_streamed_and_leave_lbd_responsive() {
     let json = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["--json", "flows"];
         all.extend_from_slice(args);
-        let out = lbd.lbctl(&lab, &all);
+        let out = lbd.lbctl(&all);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl {all:?}: {e}"))
     };
     assert_eq!(json(&[]).as_array().map(Vec::len), Some(100), "the default");
@@ -356,7 +356,7 @@ fn flows_are_capped_streamed_and_leave_lbd_responsive() {
         "every flow names its VIP and backend: {:?}",
         &all[..3]
     );
-    let out = lbd.lbctl_output(&lab, &["flows", "--limit", &(MAX_FLOWS + 1).to_string()]);
+    let out = lbd.lbctl_output(&["flows", "--limit", &(MAX_FLOWS + 1).to_string()]);
     assert_eq!(out.status.code(), Some(2), "over the cap: {out:?}");
 
     // lbd holds other clients to the cap too.
@@ -405,19 +405,16 @@ fn flows_are_capped_streamed_and_leave_lbd_responsive() {
     stalled.write_all(request.as_bytes()).expect("request");
     let stalled_at = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    let status = lbd.lbctl(&lab, &["status"]);
+    let status = lbd.lbctl(&["status"]);
     assert!(status.contains("eth0"), "{status}");
-    lbd.lbctl(
-        &lab,
-        &[
-            "backend",
-            "weight",
-            &format!("{}:80/tcp", lab::VIP_V4),
-            &lab::backend_v4(2).to_string(),
-            "200",
-        ],
-    );
-    lbd.metrics(&lab);
+    lbd.lbctl(&[
+        "backend",
+        "weight",
+        &format!("{}:80/tcp", lab::VIP_V4),
+        &lab::backend_v4(2).to_string(),
+        "200",
+    ]);
+    lbd.metrics();
     // ...and lets it go after WRITE_TIMEOUT: what the client then reads ends before the whole answer.
     stalled
         .set_read_timeout(Some(WRITE_TIMEOUT + Duration::from_secs(30)))

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use lb_tests::harness::guards::TempDir;
 use lb_tests::lab::target_binary;
+use lb_userspace::announce::{AddressInfo, AddressState, AnnounceInfo, VipHealth};
 use lb_userspace::control::api::{
     BackendInfo, BackendStats, FiveTuple, FlowInfo, SimulateResult, Stats, StatusInfo, VipInfo,
     VipStats, parse_vip,
@@ -89,6 +90,7 @@ impl Fake {
                 reloads_failed: 0,
                 attached: true,
                 reattachments: 0,
+                announce: Default::default(),
             }),
             Request::VipList => Response::Vips(vec![VipInfo {
                 vip,
@@ -96,6 +98,8 @@ impl Fake {
                 mode: lb_userspace::config::Mode::Ipip,
                 ring_size: 65537,
                 fragments: lb_userspace::config::FragmentPolicy::Drop,
+                min_healthy: 1,
+                table_digest: "0123456789abcdef".into(),
                 backends: vec![BackendInfo {
                     address: backend,
                     id: 1,
@@ -149,6 +153,25 @@ impl Fake {
                 ring_index: Some(7),
                 from_flow_table: false,
                 note: "ring".into(),
+            }),
+            Request::Announce => Response::Announce(AnnounceInfo {
+                enabled: true,
+                table: 100,
+                protocol: 250,
+                hold_down_ms: 5000,
+                addresses: vec![AddressInfo {
+                    address: vip.address,
+                    state: AddressState::Unhealthy,
+                    announce_in_ms: None,
+                    changes: 2,
+                    vips: vec![VipHealth {
+                        vip,
+                        serving: 0,
+                        backends: 1,
+                        min_healthy: 1,
+                    }],
+                }],
+                ..Default::default()
             }),
             Request::BackendDel { backend: b, .. } if b != backend => {
                 Response::error(format!("{b} is not a backend of {vip}"))
@@ -296,6 +319,7 @@ fn fake_handler_every_command_round_trips_with_json() {
     let (v, r) = h.json(&["vip", "list"]);
     assert_eq!(r, Request::VipList);
     assert_eq!(v[0]["backends"][0]["address"], BACKEND, "{v}");
+    assert_eq!(v[0]["table_digest"], "0123456789abcdef", "{v}");
 
     let (v, r) = h.json(&[
         "vip",
@@ -420,6 +444,22 @@ fn fake_handler_every_command_round_trips_with_json() {
         (6, 40000, 80)
     );
     assert_eq!(v["backend"], BACKEND, "{v}");
+
+    let (v, r) = h.json(&["announce"]);
+    assert_eq!(r, Request::Announce);
+    assert_eq!(v["addresses"][0]["state"], "unhealthy", "{v}");
+    let (_, r) = h.json(&["announce", "drain"]);
+    assert_eq!(r, Request::AnnounceDrain { drain: true });
+    let (_, r) = h.json(&["announce", "undrain"]);
+    assert_eq!(r, Request::AnnounceDrain { drain: false });
+    let out = h.lbctl(&["announce"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "withdrawn: no VIP has min_healthy backends (198.18.0.10:80/tcp 0/1 serving, needs 1)"
+        ),
+        "{text}"
+    );
 
     let (_, r) = h.json(&["reload"]);
     assert_eq!(r, Request::Reload);

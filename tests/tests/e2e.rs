@@ -30,7 +30,7 @@ fn start(backends: usize, edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {
     let cfg = lab.write_config("lbd.toml", edit);
     let lbd = Lbd::start(&lab, &cfg);
     for b in &lab.backends {
-        lbd.wait_backend_state(&lab, b.host.v4, true, Duration::from_secs(20));
+        lbd.wait_backend_state(b.host.v4, true, Duration::from_secs(20));
     }
     (lab, lbd)
 }
@@ -190,17 +190,14 @@ fn backend_added_while_connections_are_open() {
     let (lab, lbd) = start(3, with_http_backends(&[(0, 100), (1, 100)]));
     let mut conns = traffic::open_connections(&lab.client().ns, vip4(), 120);
     let third = lab::backend_v4(2);
-    let out = lbd.lbctl(
-        &lab,
-        &[
-            "backend",
-            "add",
-            &format!("{}/tcp", vip4()),
-            &third.to_string(),
-        ],
-    );
+    let out = lbd.lbctl(&[
+        "backend",
+        "add",
+        &format!("{}/tcp", vip4()),
+        &third.to_string(),
+    ]);
     println!("lbctl backend add: {out}");
-    lbd.wait_backend_state(&lab, third, true, Duration::from_secs(10));
+    lbd.wait_backend_state(third, true, Duration::from_secs(10));
     for (i, (c, who)) in conns.iter_mut().enumerate() {
         let again = c
             .get()
@@ -231,7 +228,7 @@ fn backend_failure_and_recovery() {
     let mut open = open_by_backend(&lab, 60);
     let victim = lab.backends[1].name.clone();
     lab.stop_server(1);
-    let took = lbd.wait_backend_state(&lab, lab::backend_v4(1), false, Duration::from_secs(10));
+    let took = lbd.wait_backend_state(lab::backend_v4(1), false, Duration::from_secs(10));
     // lab.toml: interval 500 ms, fall 2 → out of rotation within 2 × 0.5 s + 1 s.
     println!(
         "{victim} marked down {:.2} s after its server stopped",
@@ -264,7 +261,7 @@ fn backend_failure_and_recovery() {
     );
 
     lab.start_server(1);
-    let back = lbd.wait_backend_state(&lab, lab::backend_v4(1), true, Duration::from_secs(10));
+    let back = lbd.wait_backend_state(lab::backend_v4(1), true, Duration::from_secs(10));
     println!(
         "{victim} back up {:.2} s after its server returned",
         back.as_secs_f64()
@@ -287,15 +284,12 @@ fn drain_keeps_open_connections_and_takes_no_new_ones() {
         open.get(&drained).is_some_and(|c| !c.is_empty()),
         "no connection landed on {drained}"
     );
-    let out = lbd.lbctl(
-        &lab,
-        &[
-            "backend",
-            "drain",
-            &format!("{}/tcp", vip4()),
-            &lab::backend_v4(0).to_string(),
-        ],
-    );
+    let out = lbd.lbctl(&[
+        "backend",
+        "drain",
+        &format!("{}/tcp", vip4()),
+        &lab::backend_v4(0).to_string(),
+    ]);
     println!("lbctl backend drain: {out}");
     let t = traffic::http_burst(&lab.client().ns, vip4(), 300, 8);
     println!("after the drain:\n{}", t.render());
@@ -336,7 +330,7 @@ fn lbd_killed_and_restarted_under_traffic_loses_nothing() {
         let before = lbd.pid();
         lbd.kill9();
         std::thread::sleep(Duration::from_millis(500));
-        lbd.restart(&lab);
+        lbd.restart();
         println!(
             "lbd {before:?} killed with SIGKILL, restarted as {:?}",
             lbd.pid()
@@ -390,7 +384,7 @@ fn reload_adding_a_vip_leaves_existing_flows_alone() {
         vips.push(toml::Value::Table(v));
     });
     println!("reloading with {}", added.display());
-    let out = lbd.lbctl(&lab, &["reload"]);
+    let out = lbd.lbctl(&["reload"]);
     println!("lbctl reload: {out}");
     for (who, conns) in open.iter_mut() {
         for c in conns {
@@ -507,10 +501,10 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
 }
 
 /// `lbctl --json <args>` against the real lbd, parsed.
-fn lbctl_json(lab: &Lab, lbd: &Lbd, args: &[&str]) -> serde_json::Value {
+fn lbctl_json(lbd: &Lbd, args: &[&str]) -> serde_json::Value {
     let mut argv = vec!["--json"];
     argv.extend_from_slice(args);
-    let out = lbd.lbctl(lab, &argv);
+    let out = lbd.lbctl(&argv);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl {args:?}: not JSON ({e}): {out}"))
 }
 
@@ -583,7 +577,7 @@ fn simulate_matches_real_connections(lab: &Lab, lbd: &Lbd) {
             lab::HTTP_PORT.to_string(),
         ];
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let before = lbctl_json(lab, lbd, &argv);
+        let before = lbctl_json(lbd, &argv);
         let mut conn = lab
             .client()
             .ns
@@ -592,7 +586,7 @@ fn simulate_matches_real_connections(lab: &Lab, lbd: &Lbd) {
         let reached = conn
             .get()
             .unwrap_or_else(|e| panic!("GET from {local}: {e}"));
-        let during = lbctl_json(lab, lbd, &argv);
+        let during = lbctl_json(lbd, &argv);
         println!(
             "{local}: reached {reached}; simulate: {} before, {} during (flow table: {})",
             before["backend"], during["backend"], during["from_flow_table"]
@@ -616,13 +610,12 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
         return;
     }
     let (lab, lbd) = start(3, |_| {});
-    let status = lbctl_json(&lab, &lbd, &["status"]);
+    let status = lbctl_json(&lbd, &["status"]);
     assert_eq!(status["interface"], lab::HOST_IF, "status: {status}");
 
     let vip2 = format!("{}:{}", lab::VIP2_V4, lab::HTTP_PORT);
     let b = |i: usize| lab::backend_v4(i).to_string();
     lbctl_json(
-        &lab,
         &lbd,
         &[
             "vip",
@@ -636,7 +629,7 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
             "kind = \"tcp\"",
         ],
     );
-    let list = lbctl_json(&lab, &lbd, &["vip", "list"]);
+    let list = lbctl_json(&lbd, &["vip", "list"]);
     let added =
         vip_entry(&list, &vip2).unwrap_or_else(|| panic!("vip add: {vip2} not listed: {list}"));
     assert_eq!(
@@ -655,14 +648,13 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     );
     assert_eq!(t.failures, 0, "{:?}", t.errors);
     assert_stats_count(
-        &lbctl_json(&lab, &lbd, &["stats", "--interval", "0"]),
+        &lbctl_json(&lbd, &["stats", "--interval", "0"]),
         &vip2,
         requests,
         &[b(0), b(1)],
     );
 
     lbctl_json(
-        &lab,
         &lbd,
         &[
             "backend",
@@ -674,21 +666,12 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
         ],
     );
     lbctl_json(
-        &lab,
         &lbd,
         &["backend", "weight", &format!("{vip2}/tcp"), &b(2), "300"],
     );
-    lbctl_json(
-        &lab,
-        &lbd,
-        &["backend", "drain", &format!("{vip2}/tcp"), &b(0)],
-    );
-    lbctl_json(
-        &lab,
-        &lbd,
-        &["backend", "del", &format!("{vip2}/tcp"), &b(1)],
-    );
-    let list = lbctl_json(&lab, &lbd, &["vip", "list"]);
+    lbctl_json(&lbd, &["backend", "drain", &format!("{vip2}/tcp"), &b(0)]);
+    lbctl_json(&lbd, &["backend", "del", &format!("{vip2}/tcp"), &b(1)]);
+    let list = lbctl_json(&lbd, &["vip", "list"]);
     let v = vip_entry(&list, &vip2).expect("still listed");
     let weights: BTreeMap<String, u64> = v["backends"]
         .as_array()
@@ -707,12 +690,12 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
         "after add/weight/drain/del: {v}"
     );
 
-    let health = lbctl_json(&lab, &lbd, &["health"]);
+    let health = lbctl_json(&lbd, &["health"]);
     assert!(
         health.as_array().is_some_and(|h| h.len() >= 9),
         "health rows: {health}"
     );
-    let flows = lbctl_json(&lab, &lbd, &["flows", "--limit", "10"]);
+    let flows = lbctl_json(&lbd, &["flows", "--limit", "10"]);
     assert!(
         flows.as_array().is_some_and(|f| !f.is_empty()),
         "flows after traffic: {flows}"
@@ -720,29 +703,25 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
     simulate_matches_real_connections(&lab, &lbd);
 
     let cfg = lab.dir.path().join("lbd.toml");
-    lbctl_json(
-        &lab,
-        &lbd,
-        &["config", "check", cfg.to_str().expect("utf-8")],
-    );
+    lbctl_json(&lbd, &["config", "check", cfg.to_str().expect("utf-8")]);
     let bad = lab.dir.path().join("bad.toml");
     std::fs::write(&bad, "[daemon]\ninterface = \"eth0\"\nbogus = 1\n").expect("write bad config");
-    let out = lbd.lbctl_output(&lab, &["config", "check", bad.to_str().expect("utf-8")]);
+    let out = lbd.lbctl_output(&["config", "check", bad.to_str().expect("utf-8")]);
     assert!(
         !out.status.success(),
         "config check accepted an unknown key"
     );
 
     // Reload from the file drops the runtime-added VIP; deleting it by hand first must work too.
-    lbctl_json(&lab, &lbd, &["vip", "del", &format!("{vip2}/tcp")]);
+    lbctl_json(&lbd, &["vip", "del", &format!("{vip2}/tcp")]);
     assert!(
-        vip_entry(&lbctl_json(&lab, &lbd, &["vip", "list"]), &vip2).is_none(),
+        vip_entry(&lbctl_json(&lbd, &["vip", "list"]), &vip2).is_none(),
         "vip del"
     );
-    lbctl_json(&lab, &lbd, &["reload"]);
+    lbctl_json(&lbd, &["reload"]);
 
     // The Prometheus endpoint of the live daemon (config/lab.toml: 127.0.0.1:9662 in the balancer's namespace).
-    let metrics = lbd.metrics(&lab);
+    let metrics = lbd.metrics();
     for needle in [
         "lb_verdicts_total",
         "pass_not_vip",
@@ -754,7 +733,7 @@ fn lbctl_round_trips_every_command_against_the_real_daemon() {
             "/metrics lacks {needle:?}:\n{metrics}"
         );
     }
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
 }
 
 /// Health rows of the VIP printed as `vip` (e.g. "198.19.0.10:443/tcp").

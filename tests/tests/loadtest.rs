@@ -50,6 +50,7 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
         ("xdp", &r.wrk.xdp),
         ("haproxy", &r.wrk.haproxy),
         ("nftables", &r.wrk.nftables),
+        ("ecmp", &r.wrk.ecmp),
     ] {
         for (mode, run) in [("keep-alive", &b.keepalive), ("new-conn", &b.new_conn)] {
             assert!(
@@ -58,7 +59,7 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
             );
             // Through lb_xdp a failed connect, write or timeout, or a non-2xx answer, is a fault of the balancer.
             assert!(
-                name != "xdp" || run.errors == 0,
+                !["xdp", "ecmp"].contains(&name) || run.errors == 0,
                 "wrk {name} {mode}: {} errors through lb_xdp: {run:?}",
                 run.errors
             );
@@ -156,7 +157,7 @@ fn assert_documented_keys(json: &serde_json::Value) {
     for run in PPS_RUNS {
         numbers.extend(PPS_FIGURES.map(|f| format!("/pps/{run}/{f}")));
     }
-    for balancer in ["xdp", "haproxy", "nftables"] {
+    for balancer in ["xdp", "haproxy", "nftables", "ecmp"] {
         for mode in ["keepalive", "new_conn"] {
             numbers.extend(WRK_FIGURES.map(|f| format!("/wrk/{balancer}/{mode}/{f}")));
         }

@@ -197,11 +197,19 @@ fn dashboard_and_alert_rules_name_only_what_a_live_lbd_exports() {
         return;
     }
     let lab = Lab::new(&LabOptions::default());
-    let cfg = lab.write_config("lbd.toml", |_| {});
+    // Announcing on (with a drain file of the lab's own): its metrics exist only then. No BGP speaker is needed to
+    // write the routes.
+    let drain_file = lab.dir.path().join("drained").display().to_string();
+    let cfg = lab.write_config("lbd.toml", |c| {
+        let mut announce = toml::Table::new();
+        announce.insert("enabled".into(), true.into());
+        announce.insert("drain_file".into(), drain_file.into());
+        c.insert("announce".into(), announce.into());
+    });
     let lbd = Lbd::start(&lab, &cfg);
     // Health probes must have run: the probe latency and per-result counts exist only after them.
     lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
-    let scrape = Scrape::parse(&lbd.metrics(&lab));
+    let scrape = Scrape::parse(&lbd.metrics());
 
     let mut problems = Vec::new();
     for q in dashboard_queries().into_iter().chain(rule_queries()) {
@@ -215,5 +223,5 @@ fn dashboard_and_alert_rules_name_only_what_a_live_lbd_exports() {
         problems.join("\n"),
         scrape.metric_names().collect::<Vec<_>>()
     );
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
 }

@@ -5,84 +5,34 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lb_tests::harness::capabilities::{self, ThreadCaps};
+use lb_tests::harness::capabilities;
 use lb_tests::harness::netns::skip_unless_root;
 use lb_tests::lab::daemon::{Launch, Lbd};
 use lb_tests::lab::{self, Lab, LabOptions, traffic};
 use lb_userspace::control::api::{Request, Response, VipInfo};
-use lb_userspace::privileges::RUNNING;
+use lb_userspace::privileges::{RUNNING, RUNNING_ANNOUNCING};
 
-/// The capabilities the shipped unit grants (`CapabilityBoundingSet=`; `AmbientCapabilities=` must name the same).
 fn unit_capabilities() -> BTreeSet<String> {
-    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lbd.service");
-    let text = std::fs::read_to_string(&unit).unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
-    let set = |key: &str| -> BTreeSet<String> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix(key))
-            .flat_map(|v| v.split_whitespace().map(str::to_owned))
-            .collect()
-    };
-    let bounding = set("CapabilityBoundingSet=");
-    assert!(
-        !bounding.is_empty(),
-        "{} sets no CapabilityBoundingSet=",
-        unit.display()
-    );
-    assert_eq!(
-        set("AmbientCapabilities="),
-        bounding,
-        "the unit's AmbientCapabilities= and CapabilityBoundingSet= differ"
-    );
-    bounding
+    capabilities::unit_capabilities()
 }
 
-/// `setpriv` runs lbd as root with exactly `caps`: for root, exec makes the permitted and effective sets equal to
-/// the bounding set, which is what systemd's CapabilityBoundingSet= gives a root service; no_new_privs as the
-/// unit's NoNewPrivileges=.
 fn as_the_unit_starts_it(caps: &BTreeSet<String>) -> Launch {
-    let list: Vec<String> = caps
-        .iter()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
     Launch {
-        wrapper: vec![
-            "setpriv".into(),
-            "--no-new-privs".into(),
-            "--inh-caps=-all".into(),
-            format!("--bounding-set=-all,{}", list.join(",")),
-        ],
+        wrapper: capabilities::setpriv_wrapper(caps),
         ..Launch::default()
     }
 }
 
-fn running_names() -> BTreeSet<String> {
-    RUNNING.iter().map(|c| c.to_string()).collect()
+fn names(caps: &[caps::Capability]) -> BTreeSet<String> {
+    caps.iter().map(|c| c.to_string()).collect()
 }
 
 /// Panics unless every thread of `pid` holds exactly [`RUNNING`] in its effective and permitted sets and in its
 /// bounding set, and nothing inheritable or ambient.
 fn assert_dropped(pid: u32, when: &str) {
-    let want = running_names();
-    let threads = capabilities::of_process(pid);
-    assert!(!threads.is_empty(), "{when}: no threads for pid {pid}");
-    for t in &threads {
-        let expected = ThreadCaps {
-            tid: t.tid,
-            inheritable: BTreeSet::new(),
-            permitted: want.clone(),
-            effective: want.clone(),
-            bounding: want.clone(),
-            ambient: BTreeSet::new(),
-        };
-        assert_eq!(t, &expected, "{when}: thread {} of lbd (pid {pid})", t.tid);
-    }
-    println!(
-        "{when}: {} thread(s) of lbd, each with effective = permitted = bounding = {want:?}",
-        threads.len()
-    );
+    capabilities::assert_threads_hold(pid, &names(RUNNING), when);
 }
 
 fn vips(lbd: &Lbd) -> Vec<VipInfo> {
@@ -168,10 +118,10 @@ fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() 
     // lbctl drain and undrain.
     let vip_name = format!("{vip}/tcp");
     let b0 = lab::backend_v4(0).to_string();
-    lbd.lbctl(&lab, &["backend", "drain", &vip_name, &b0]);
+    lbd.lbctl(&["backend", "drain", &vip_name, &b0]);
     let (w, _, n) = backend_row(&lbd, &vip_name, lab::backend_v4(0).into()).expect("backend 0");
     assert_eq!((w, n), (0, 0), "drained backend: weight and ring entries");
-    lbd.lbctl(&lab, &["backend", "weight", &vip_name, &b0, "100"]);
+    lbd.lbctl(&["backend", "weight", &vip_name, &b0, "100"]);
     let (w, _, n) = backend_row(&lbd, &vip_name, lab::backend_v4(0).into()).expect("backend 0");
     assert!(
         w == 100 && n > 0,
@@ -180,19 +130,19 @@ fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() 
 
     // A health flip each way rebuilds the ring.
     lab.stop_server(1);
-    lbd.wait_backend_state(&lab, lab::backend_v4(1), false, Duration::from_secs(20));
+    lbd.wait_backend_state(lab::backend_v4(1), false, Duration::from_secs(20));
     let (_, up, n) = backend_row(&lbd, &vip_name, lab::backend_v4(1).into()).expect("backend 1");
     assert!(
         !up && n == 0,
         "down backend still in the ring: up {up}, entries {n}"
     );
     lab.start_server(1);
-    lbd.wait_backend_state(&lab, lab::backend_v4(1), true, Duration::from_secs(20));
+    lbd.wait_backend_state(lab::backend_v4(1), true, Duration::from_secs(20));
     wait_until(&lbd, "backend 1 back in the ring", || {
         backend_row(&lbd, &vip_name, lab::backend_v4(1).into()).is_some_and(|(_, _, n)| n > 0)
     });
 
-    let metrics = lbd.metrics(&lab);
+    let metrics = lbd.metrics();
     for line in [
         r#"lb_reloads_total{result="ok"} 1"#.to_string(),
         format!(
@@ -233,7 +183,7 @@ fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
             .expect("[daemon]")
             .insert("flow_table_size".into(), i64::from(2 * flows).into());
     });
-    lbd.restart(&lab);
+    lbd.restart();
     lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
     assert!(
         lbd.log_text().contains("upgrade done"),
@@ -265,7 +215,9 @@ fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
     std::fs::write(&second, text).expect("write second config");
     let lbd_bin = lb_tests::lab::target_binary("lbd");
     let out = lab
-        .balancer_command(&[
+        .balancer
+        .ns
+        .nsenter_command(&[
             lbd_bin.to_str().expect("utf-8"),
             "--config",
             second.to_str().expect("utf-8"),
@@ -279,7 +231,7 @@ fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
         out.status
     );
 
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
     let log = std::fs::read_to_string(lab.dir.path().join("lbd.log")).unwrap_or_default();
     assert!(
         log.contains("detached; exiting"),
@@ -295,4 +247,114 @@ fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
         left.is_empty(),
         "lbd without capabilities left pins behind after --detach: {left:?}"
     );
+}
+
+/// lbd's announcement routes (`[announce]`'s table 100, proto 250) in the balancer's namespace.
+fn announced(lab: &Lab) -> BTreeSet<IpAddr> {
+    ["-4", "-6"]
+        .iter()
+        .flat_map(|family| {
+            let run = std::process::Command::new("ip")
+                .args(["-n", lab.balancer.ns.name(), family, "-j", "route", "show"])
+                .args(["table", "100", "proto", "250"])
+                .output()
+                .expect("run ip");
+            // Before lbd's first route the kernel has no table 100 ("FIB table does not exist"): nothing announced.
+            if !run.status.success() {
+                let err = String::from_utf8_lossy(&run.stderr);
+                assert!(
+                    err.contains("does not exist"),
+                    "ip route show table 100: {err}"
+                );
+                return Vec::new();
+            }
+            let out = String::from_utf8_lossy(&run.stdout).into_owned();
+            let routes: serde_json::Value = serde_json::from_str(out.trim())
+                .unwrap_or_else(|e| panic!("ip -j route show table 100: {e}: {out}"));
+            routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("dst")?.as_str()?.parse().ok())
+                .collect::<Vec<IpAddr>>()
+        })
+        .collect()
+}
+
+fn wait_announced(lab: &Lab, lbd: &Lbd, want: &BTreeSet<IpAddr>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = announced(lab);
+        if &have == want {
+            println!("{what}: routes {have:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: lbd's routes are {have:?}, not {want:?}, after 30 s; lbd log:\n{}",
+            lbd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With `[announce]` on, lbd started with exactly the unit's capabilities keeps CAP_NET_ADMIN alone once attached
+/// (its announcement routes are rtnetlink writes for as long as it runs, see lb-userspace/src/privileges.rs), and
+/// with only that it announces after the hold-down, withdraws and announces again on `lbctl announce drain` and
+/// `undrain`, and withdraws when every backend fails at once (health changes applied as one batch) and announces
+/// again when they return.
+#[test]
+fn with_announce_on_lbd_keeps_only_cap_net_admin_and_announces_with_it() {
+    if skip_unless_root("with_announce_on_lbd_keeps_only_cap_net_admin_and_announces_with_it") {
+        return;
+    }
+    let granted = unit_capabilities();
+    assert!(
+        granted.contains("CAP_NET_ADMIN"),
+        "the unit grants no CAP_NET_ADMIN: {granted:?}"
+    );
+    let mut lab = Lab::new(&LabOptions::default());
+    let drain_file = lab.dir.path().join("announce-drained");
+    let cfg = lab.write_config("lbd.toml", |cfg| {
+        let mut a = toml::Table::new();
+        a.insert("enabled".into(), true.into());
+        a.insert("hold_down_ms".into(), 500.into());
+        a.insert("drain_file".into(), drain_file.display().to_string().into());
+        cfg.insert("announce".into(), toml::Value::Table(a));
+    });
+    let lbd = Lbd::start_with(&lab, &cfg, as_the_unit_starts_it(&granted));
+    lbd.wait_all_backends_up(&lab, Duration::from_secs(20));
+    let pid = lbd.pid().expect("lbd runs");
+    let keeps = names(RUNNING_ANNOUNCING);
+    assert_eq!(keeps, BTreeSet::from(["CAP_NET_ADMIN".to_string()]));
+    capabilities::assert_threads_hold(pid, &keeps, "after start with [announce] on");
+    assert!(
+        lbd.log_text().contains("kept=CAP_NET_ADMIN"),
+        "lbd did not log what it kept:\n{}",
+        lbd.log_text()
+    );
+
+    let both: BTreeSet<IpAddr> = [IpAddr::V4(lab::VIP_V4), IpAddr::V6(lab::VIP_V6)].into();
+    let none = BTreeSet::new();
+    wait_announced(&lab, &lbd, &both, "after the hold-down");
+    lbd.lbctl(&["announce", "drain"]);
+    wait_announced(&lab, &lbd, &none, "drained");
+    assert!(drain_file.exists(), "the drain is not recorded");
+    lbd.lbctl(&["announce", "undrain"]);
+    wait_announced(&lab, &lbd, &both, "undrained");
+
+    for i in 0..lab.backends.len() {
+        lab.stop_server(i);
+    }
+    wait_announced(&lab, &lbd, &none, "every backend down");
+    for i in 0..lab.backends.len() {
+        lab.start_server(i);
+    }
+    wait_announced(&lab, &lbd, &both, "the backends back");
+    let text = lbd.lbctl(&["announce"]);
+    assert!(
+        !text.contains("error") && !text.contains("Operation not permitted"),
+        "lbctl announce reports a failure:\n{text}"
+    );
+    capabilities::assert_threads_hold(pid, &keeps, "after the drains and health changes");
 }

@@ -169,7 +169,7 @@ fn a_backend_checked_the_same_way_by_several_vips_is_probed_once() {
         seen <= counted.iter().max().unwrap() + 2,
         "the backend saw {seen} probes for views that counted {counted:?}: probed once per VIP"
     );
-    let metrics = lbd.metrics(&lab);
+    let metrics = lbd.metrics();
     assert!(
         metrics.lines().any(|l| l == "lb_health_probes 1"),
         "{}",
@@ -297,30 +297,21 @@ fn the_ca_file_is_read_once_per_config() {
     assert_eq!(opens.count(), 1, "CA file opens at start");
 
     let vip = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTPS_PORT);
-    lbd.lbctl(
-        &lab,
-        &[
-            "backend",
-            "weight",
-            &vip,
-            &lab::backend_v4(0).to_string(),
-            "50",
-        ],
-    );
-    lbd.lbctl(
-        &lab,
-        &["backend", "del", &vip, &lab::backend_v4(1).to_string()],
-    );
-    lbd.lbctl(
-        &lab,
-        &["backend", "add", &vip, &lab::backend_v4(1).to_string()],
-    );
+    lbd.lbctl(&[
+        "backend",
+        "weight",
+        &vip,
+        &lab::backend_v4(0).to_string(),
+        "50",
+    ]);
+    lbd.lbctl(&["backend", "del", &vip, &lab::backend_v4(1).to_string()]);
+    lbd.lbctl(&["backend", "add", &vip, &lab::backend_v4(1).to_string()]);
     wait_rows(&lbd, 6, "passing HTTPS checks after the edits", |r| {
         r.up && r.last_ok == Some(true) && r.checks >= 2
     });
     assert_eq!(opens.count(), 1, "CA file opens after three lbctl edits");
 
-    lbd.lbctl(&lab, &["reload"]);
+    lbd.lbctl(&["reload"]);
     std::thread::sleep(Duration::from_secs(1));
     wait_rows(&lbd, 6, "passing HTTPS checks after the reload", |r| {
         r.up && r.last_ok == Some(true)
@@ -376,7 +367,7 @@ fn probes_go_on_while_lbd_rebuilds_rings() {
     while busy < Duration::from_secs(3) && reloads < 40 {
         config(if reloads % 2 == 0 { 300 } else { 100 });
         let (seen, started) = (probes.count(), Instant::now());
-        lbd.lbctl(&lab, &["reload"]);
+        lbd.lbctl(&["reload"]);
         busy += started.elapsed();
         during += probes.count() - seen;
         reloads += 1;

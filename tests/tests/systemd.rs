@@ -226,7 +226,8 @@ fn allowed_syscalls(text: &str) -> BTreeSet<String> {
 }
 
 /// lbd under strace through everything it does while running — start, health checks of every kind over IPv4 and
-/// IPv6, /metrics, lbctl reads and edits, a SIGHUP reload, `lbctl shutdown --detach` — and every system call it
+/// IPv6, /metrics, lbctl reads and edits, a SIGHUP reload, announcing with `[announce]` on (routes written and
+/// removed over rtnetlink, `lbctl announce drain` and `undrain`), `lbctl shutdown --detach` — and every system call it
 /// made and every socket family it opened must be allowed by the unit's SystemCallFilter= and
 /// RestrictAddressFamilies=. systemd is not PID 1 on the machines this runs on, so the unit's sandbox cannot be
 /// started as a service here; this checks the lists against what lbd really calls instead.
@@ -253,6 +254,7 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
     );
 
     let mut lab = Lab::new(&LabOptions::default());
+    let drained = lab.dir.path().join("announce-drained");
     let cfg = lab.write_config("lbd.toml", |cfg| {
         // An HTTPS check too, so the TLS path is traced.
         let vips = cfg.get_mut("vip").and_then(|v| v.as_array_mut()).expect("[[vip]]");
@@ -272,6 +274,15 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
             ),
         );
         vips.push(toml::Value::Table(v));
+        // Announcing on, so the rtnetlink route reads and writes are traced too (AF_NETLINK).
+        let mut a = toml::Table::new();
+        a.insert("enabled".into(), true.into());
+        a.insert("hold_down_ms".into(), 300.into());
+        a.insert(
+            "drain_file".into(),
+            drained.display().to_string().into(),
+        );
+        cfg.insert("announce".into(), toml::Value::Table(a));
     });
     let trace = lab.dir.path().join("lbd.strace");
     let lbd = Lbd::start_with(
@@ -291,8 +302,8 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
     lbd.wait_all_backends_up(&lab, Duration::from_secs(30));
     let vip2 = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT);
     let b0 = lab::backend_v4(0).to_string();
-    lbd.wait_backend_state(&lab, lab::backend_v4(0), true, Duration::from_secs(30));
-    let _ = lbd.metrics(&lab);
+    lbd.wait_backend_state(lab::backend_v4(0), true, Duration::from_secs(30));
+    let _ = lbd.metrics();
     for args in [
         vec!["stats"],
         vec!["health"],
@@ -301,12 +312,15 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
         vec!["backend", "drain", &vip2, &b0],
         vec!["backend", "weight", &vip2, &b0, "100"],
         vec!["reload"],
+        vec!["announce"],
+        vec!["announce", "drain"],
+        vec!["announce", "undrain"],
     ] {
-        lbd.lbctl(&lab, &args);
+        lbd.lbctl(&args);
     }
     lab.stop_server(1);
-    lbd.wait_backend_state(&lab, lab::backend_v4(1), false, Duration::from_secs(30));
-    lbd.shutdown_detach(&lab);
+    lbd.wait_backend_state(lab::backend_v4(1), false, Duration::from_secs(30));
+    lbd.shutdown_detach();
 
     let strace =
         std::fs::read_to_string(&trace).unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
@@ -340,6 +354,10 @@ fn the_units_syscall_filter_and_address_families_cover_what_lbd_calls() {
     assert!(
         called.contains("bpf") && called.len() > 20,
         "the trace looks empty: {called:?}"
+    );
+    assert!(
+        opened.contains("AF_NETLINK"),
+        "no netlink socket in the trace: the announcement routes were not traced ({opened:?})"
     );
     let outside: Vec<&String> = called.difference(&allowed).collect();
     assert!(

@@ -70,7 +70,7 @@ fn upgrade_under_traffic(lab: &Lab, upgrade: impl FnOnce(&mut Lbd)) {
     let cfg = lab.dir.path().join("lbd.toml");
     let mut lbd = Lbd::start(lab, &cfg);
     for i in 0..3 {
-        lbd.wait_backend_state(lab, lab::backend_v4(i), true, Duration::from_secs(20));
+        lbd.wait_backend_state(lab::backend_v4(i), true, Duration::from_secs(20));
     }
     let client = &lab.client().ns;
     let mut held = traffic::open_connections(client, vip4(), HELD);
@@ -97,8 +97,8 @@ fn upgrade_under_traffic(lab: &Lab, upgrade: impl FnOnce(&mut Lbd)) {
 
         let spare = lab::backend_v4(3);
         let vip = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
-        lbd.lbctl(lab, &["backend", "add", &vip, &spare.to_string()]);
-        lbd.wait_backend_state(lab, spare, true, Duration::from_secs(20));
+        lbd.lbctl(&["backend", "add", &vip, &spare.to_string()]);
+        lbd.wait_backend_state(spare, true, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(500));
         drop(_stop);
         traffic.join().expect("traffic thread")
@@ -166,7 +166,7 @@ fn a_bigger_flow_table_is_an_upgrade_that_loses_no_flow() {
         let counted = forwarded(&lab);
         lbd.kill9();
         write_config(&lab, 2 * LAB_FLOW_TABLE);
-        lbd.restart(&lab);
+        lbd.restart();
         // Same layout: the counters mean the same and are carried over (from layout 1 they are not, its counter
         // indices differ).
         assert!(
@@ -192,7 +192,7 @@ fn maps_of_an_older_layout_are_carried_over_without_losing_a_flow() {
         lbd.kill9();
         let flows = legacy_layout::rewrite_as_layout_1(lab.pin_dir.path());
         println!("pins rewritten as layout 1 with {flows} flows");
-        lbd.restart(&lab);
+        lbd.restart();
         assert!(
             lbd.log_text().contains("(layout 1)"),
             "lbd did not see layout 1; log:\n{}",

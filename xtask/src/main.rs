@@ -26,9 +26,9 @@ enum Task {
     Setup,
     /// setup, build the binaries, fmt + clippy, then the whole test suite (ends with the runner's summary).
     Test(test::TestArgs),
-    /// setup, then build and run the one-command lab demo.
+    /// setup, then build and run the one-command lab demo (`demo ecmp`: three balancers behind BGP ECMP).
     Demo {
-        /// Extra arguments for `lb-lab demo`.
+        /// Extra arguments for `lb-lab demo` (`ecmp` for the ECMP lab's demo).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -27,6 +27,9 @@ const LOADTEST_PACKAGES: &[&str] = &[
 /// What `cargo xtask dist` and its test use: dpkg-shlibdeps (cargo-deb's `$auto` dependencies), systemd-analyze (to
 /// verify the packaged unit), and zsh and fish (to check the packaged completions; bash is always there).
 const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "systemd", "zsh", "fish"];
+/// The BGP speaker of the ECMP lab and its tests (`cargo xtask demo ecmp`, tests/ecmp.rs): every balancer and the
+/// router run their own `bird` inside a namespace.
+const BGP_PACKAGES: &[&str] = &["bird2"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-deb builds the .deb (`cargo xtask dist`); 3.8 needs rustc 1.85.
 const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -42,6 +45,8 @@ pub fn run() -> Result<()> {
     // HAProxy and iperf3 ship services; the load test runs its own instances in namespaces, never these.
     no_service_starts(|| apt.ensure(LOADTEST_PACKAGES))?;
     no_service_starts(|| apt.ensure(PACKAGING_PACKAGES))?;
+    // bird2's own service would run a BIRD in the host's namespace; the lab's run only inside its namespaces.
+    no_service_starts(|| apt.ensure(BGP_PACKAGES))?;
     // The LLVM that bpf-linker links must be the one Debian's rustc emits bitcode for; ask the compiler.
     let llvm = llvm_major()?;
     println!("setup: Debian rustc uses LLVM {llvm}");

@@ -61,7 +61,11 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if cli.detach {
-        return daemon::detach_all(&config.daemon.interface, &config.daemon.pin_dir);
+        return daemon::detach_all(
+            &config.daemon.interface,
+            &config.daemon.pin_dir,
+            &config.announce,
+        );
     }
     match rlimit::raise_nofile() {
         Ok((before, after)) if after > before => {

@@ -56,6 +56,8 @@ pub enum Command {
     Config(ConfigCmd),
     /// Stop lbd (the XDP program keeps forwarding unless --detach).
     Shutdown(ShutdownArgs),
+    /// What this balancer announces over BGP and why not; drain or undrain it.
+    Announce(AnnounceArgs),
 }
 
 #[derive(Subcommand)]
@@ -80,6 +82,9 @@ pub enum VipCmd {
         /// Health check as TOML inline-table fields, e.g. 'kind = "http", path = "/healthz"'.
         #[arg(long)]
         health: Option<String>,
+        /// With announcing on: serving backends the VIP needs to keep its address announced (default 1).
+        #[arg(long)]
+        min_healthy: Option<u32>,
         /// Percent of the weight that must be healthy; below it every backend stays in the ring (default 25, 0 =
         /// never).
         #[arg(long)]
@@ -158,4 +163,20 @@ pub struct ShutdownArgs {
     /// Also detach the XDP program (otherwise it keeps forwarding with the pinned maps).
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Args)]
+pub struct AnnounceArgs {
+    /// Without one: each VIP address, whether it is announced and why (not).
+    #[command(subcommand)]
+    pub command: Option<AnnounceCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum AnnounceCmd {
+    /// Withdraw every address of this balancer for maintenance: the routers move its flows to the other balancers
+    /// (which pick the same backends), while it keeps forwarding what still arrives. Survives an lbd restart.
+    Drain,
+    /// Let health decide again: each address that deserves it is announced after the hold-down.
+    Undrain,
 }

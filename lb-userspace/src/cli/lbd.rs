@@ -16,10 +16,12 @@ use crate::decap;
     long_about = "XDP L4 load balancer daemon.\n\n\
         lbd validates the whole config before it touches anything, loads lb_xdp and attaches it to daemon.interface, \
         pins the program link and the maps under daemon.pin_dir, installs each VIP's Maglev ring, health-checks the \
-        backends, answers lbctl on daemon.control_socket and serves Prometheus metrics on daemon.metrics_addr.\n\n\
+        backends, answers lbctl on daemon.control_socket and serves Prometheus metrics on daemon.metrics_addr. \
+        With [announce] on, it keeps each VIP address that deserves announcing as a route in its kernel table, which \
+        the host's BGP speaker (BIRD) learns and announces.\n\n\
         SIGHUP (systemctl reload lbd) re-reads the config and applies only what changed; an invalid file is \
         reported and the running state kept. SIGTERM, a crash or an upgrade leave lb_xdp forwarding on the pinned \
-        state, which the next lbd adopts; --detach removes it.\n\n\
+        state (and the announcements), which the next lbd adopts; --detach removes it and withdraws them.\n\n\
         Files: /etc/lbd/lbd.toml (the config), /run/lbd/lbd.sock (lbctl's socket), /sys/fs/bpf/lb (the pins). \
         See lbctl(8)."
 )]
@@ -30,7 +32,8 @@ pub struct Cli {
     /// Validate the config and exit.
     #[arg(long)]
     pub check: bool,
-    /// Remove the program, its pinned link and the pinned maps of the config's interface and pin_dir, then exit.
+    /// Withdraw the BGP announcements (with [announce] on), remove the program, its pinned link and the pinned maps
+    /// of the config's interface and pin_dir, then exit.
     #[arg(long)]
     pub detach: bool,
     #[command(subcommand)]

@@ -33,6 +33,15 @@ pub const DEFAULT_MTU: u32 = 1500;
 /// outer header; below this an encapsulated minimum-size packet could not be forwarded and no too-big answer could
 /// fix it.
 pub const MIN_MTU: u32 = 1280 + 40;
+/// `[announce]` defaults: a kernel table of its own, a route protocol number no routing daemon uses (iproute2's
+/// rt_protos names none at 250), a hold-down longer than the default health check's `fall × interval` (3 s), so that
+/// a starting balancer attracts traffic only once its checks had their say, and the state directory systemd gives lbd.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 100;
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u32 = 250;
+pub const DEFAULT_HOLD_DOWN_MS: u64 = 5000;
+pub const DEFAULT_DRAIN_FILE: &str = "/var/lib/lbd/announce-drained";
+/// A VIP's address is announced while the VIP has at least this many backends up and weighted.
+pub const DEFAULT_MIN_HEALTHY: u32 = 1;
 /// Below this share (percent of a VIP's configured weight, drained backends left out) of healthy backends, a VIP's
 /// ring holds every backend that is not drained, healthy or not: a tier sized to lose a member or two that has lost
 /// three quarters of its weight is likelier to be failing its checks than failing (a broken check, a path from the
@@ -45,6 +54,7 @@ pub const DEFAULT_PANIC_THRESHOLD: u32 = 25;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub announce: AnnounceConfig,
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
     /// The CA stores its HTTPS checks trust, read once when it is validated (derived from `vips`, so not part of
@@ -72,6 +82,34 @@ pub struct DaemonConfig {
     pub icmp_too_big: bool,
     /// ICMP too-big answers per second per CPU (0 = no limit).
     pub icmp_answer_cap: u32,
+}
+
+/// `[announce]`: lbd keeps every VIP address it announces as a route in a kernel table of its own, with a route
+/// protocol number of its own; the host's BGP speaker (BIRD) learns that table and announces what is in it. lbd
+/// speaks no BGP (see `announce`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnnounceConfig {
+    pub enabled: bool,
+    /// The kernel routing table that holds the announced addresses (BIRD's `kernel table`).
+    pub table: u32,
+    /// The routes' protocol number (`ip route ... proto N`): lbd's routes in `table` are the ones with it.
+    pub protocol: u32,
+    /// A withdrawn (or new) address is announced only after it has deserved it for this long without a break.
+    pub hold_down_ms: u64,
+    /// Exists while `lbctl announce drain` is in force, so a restarted lbd stays drained.
+    pub drain_file: PathBuf,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        AnnounceConfig {
+            enabled: false,
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            hold_down_ms: DEFAULT_HOLD_DOWN_MS,
+            drain_file: DEFAULT_DRAIN_FILE.into(),
+        }
+    }
 }
 
 named_enum! {
@@ -116,6 +154,9 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     /// The health check (default: TCP connect to the VIP port; `kind = "none"` checks nothing).
     pub health: CheckSpec,
+    /// With `[announce]` on, the VIP keeps its address announced while at least this many of its backends are up
+    /// and weighted (0: announced whatever its health).
+    pub min_healthy: u32,
     /// Percent of the configured weight that must be healthy; below it health is ignored (panic mode).
     pub panic_threshold: u32,
 }
@@ -256,8 +297,10 @@ health = { kind = "none" }
     #[test]
     fn shipped_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-        if let Err(e) = Config::load(&dir.join("lab.toml")) {
-            panic!("lab.toml: {e}");
+        for lab in ["lab.toml", "ecmp-lab.toml"] {
+            if let Err(e) = Config::load(&dir.join(lab)) {
+                panic!("{lab}: {e}");
+            }
         }
         // The package installs lbd.toml with `interface` commented out, so that installing it attaches nothing: as
         // shipped it must be refused for exactly that, and be valid once the interface is set.
@@ -291,6 +334,11 @@ health = { kind = "none" }
                 example.replacen("# interface = ", "interface = ", 1),
             ),
             ("GOOD", GOOD.to_string()),
+            // [announce] on, every field set.
+            (
+                "ecmp-lab.toml",
+                std::fs::read_to_string(dir.join("ecmp-lab.toml")).unwrap(),
+            ),
         ] {
             let c = Config::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             let effective = toml::to_string(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -517,6 +565,49 @@ health = { kind = "none" }
                 "daemon.control_socket: \"run/lbd.sock\" must be an absolute path"
             ]
         );
+    }
+
+    #[test]
+    fn announce_defaults_and_rules() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.announce, AnnounceConfig::default());
+        assert!(!c.announce.enabled);
+        assert_eq!(c.vips[0].min_healthy, DEFAULT_MIN_HEALTHY);
+
+        let on = GOOD.replacen(
+            "[[vip]]",
+            "[announce]\nenabled = true\nhold_down_ms = 1000\n\n[[vip]]\nmin_healthy = 2",
+            1,
+        );
+        let c = Config::parse(&on).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.announce.enabled);
+        assert_eq!(c.announce.table, DEFAULT_ANNOUNCE_TABLE);
+        assert_eq!(c.announce.hold_down_ms, 1000);
+        assert_eq!(c.vips[0].min_healthy, 2);
+
+        let bad = GOOD.replacen(
+            "[[vip]]",
+            "[announce]\nenabled = true\ntable = 254\nprotocol = 12\nhold_down_ms = 3600001\n\
+             drain_file = \"drained\"\n\n[[vip]]",
+            1,
+        );
+        let e = errors(&bad);
+        let want = [
+            "announce.table: 254 is the kernel's main table; the announced addresses need a table of their own, \
+             which only the BGP speaker reads",
+            "announce.protocol: 12 is the number of \"bird\" routes; pick one no routing daemon uses, such as 250",
+            "announce.hold_down_ms: 3600001 exceeds 3600000 (an hour)",
+            "announce.drain_file: \"drained\" must be an absolute path",
+        ];
+        assert_eq!(e, want);
+        let e = errors(&GOOD.replacen(
+            "[[vip]]",
+            "[announce]\nprotocol = 256\ntabel = 7\n[[vip]]",
+            1,
+        ));
+        assert!(e[0].contains("tabel"), "{e:?}");
+        let e = errors(&GOOD.replacen("[[vip]]", "[announce]\nprotocol = 256\n[[vip]]", 1));
+        assert_eq!(e, ["announce.protocol: 256 is out of range 0..=255"]);
     }
 
     #[test]

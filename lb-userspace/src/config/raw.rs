@@ -13,9 +13,9 @@ use lb_common::{
 use serde::Deserialize;
 
 use super::{
-    BackendConfig, Config, ConfigError, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_ADDR, DEFAULT_MTU,
-    DEFAULT_PANIC_THRESHOLD, DEFAULT_PIN_DIR, DEFAULT_WEIGHT, DaemonConfig, FragmentPolicy, Mode,
-    VipConfig, XdpMode,
+    AnnounceConfig, BackendConfig, Config, ConfigError, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_METRICS_ADDR, DEFAULT_MIN_HEALTHY, DEFAULT_MTU, DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_PIN_DIR, DEFAULT_WEIGHT, DaemonConfig, FragmentPolicy, Mode, VipConfig, XdpMode,
 };
 use crate::dataplane::MapSizes;
 use crate::health::{CheckSpec, TrustStores};
@@ -24,6 +24,8 @@ use crate::health::{CheckSpec, TrustStores};
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub daemon: RawDaemon,
+    #[serde(default)]
+    pub announce: Option<RawAnnounce>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
 }
@@ -63,6 +65,22 @@ pub struct RawDaemon {
     pub icmp_answer_cap: Option<u32>,
 }
 
+/// Every key optional: an absent `[announce]` is announcing off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub table: Option<u32>,
+    #[serde(default)]
+    pub protocol: Option<u32>,
+    #[serde(default)]
+    pub hold_down_ms: Option<u64>,
+    #[serde(default)]
+    pub drain_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVip {
@@ -81,6 +99,7 @@ pub struct RawVip {
     #[serde(default)]
     pub health: Option<CheckSpec>,
     #[serde(default)]
+    pub min_healthy: Option<u32>,
     pub panic_threshold: Option<u32>,
 }
 
@@ -108,8 +127,13 @@ impl RawConfig {
                 labels.push(label);
             }
         }
+        let announce = self
+            .announce
+            .as_ref()
+            .map_or_else(AnnounceConfig::default, RawAnnounce::to_typed);
         let config = Config {
             daemon,
+            announce,
             vips,
             trust: TrustStores::default(),
         };
@@ -200,6 +224,19 @@ impl RawDaemon {
     }
 }
 
+impl RawAnnounce {
+    fn to_typed(&self) -> AnnounceConfig {
+        let d = AnnounceConfig::default();
+        AnnounceConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            table: self.table.unwrap_or(d.table),
+            protocol: self.protocol.unwrap_or(d.protocol),
+            hold_down_ms: self.hold_down_ms.unwrap_or(d.hold_down_ms),
+            drain_file: self.drain_file.clone().unwrap_or(d.drain_file),
+        }
+    }
+}
+
 impl RawVip {
     /// The typed VIP, or `None` (with the errors) when a value of it does not parse. `path` names it in errors.
     pub fn to_typed(&self, path: &str, errs: &mut Vec<String>) -> Option<VipConfig> {
@@ -257,6 +294,7 @@ impl RawVip {
             backends: backends.into_iter().collect::<Option<Vec<_>>>()?,
             // The documented default: a TCP connect on the VIP port (a port-0 VIP must name a port, the rules say).
             health: self.health.clone().unwrap_or_default(),
+            min_healthy: self.min_healthy.unwrap_or(DEFAULT_MIN_HEALTHY),
             panic_threshold: self.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
         })
     }

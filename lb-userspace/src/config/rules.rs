@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use super::{Config, DaemonConfig, FragmentPolicy, MAX_WEIGHT, MIN_MTU, Mode, VipAddr, VipConfig};
+use super::{
+    AnnounceConfig, Config, DaemonConfig, FragmentPolicy, MAX_WEIGHT, MIN_MTU, Mode, VipAddr,
+    VipConfig,
+};
 use crate::health::TrustStores;
 use crate::maglev::is_prime;
 
@@ -12,6 +15,7 @@ impl Config {
     /// Adds an error for every rule broken; `labels[i]` names `self.vips[i]` in them.
     pub(super) fn check(&self, labels: &[String], errs: &mut Vec<String>) {
         check_daemon(&self.daemon, errs);
+        check_announce(&self.announce, errs);
         let mut seen: HashMap<VipAddr, &str> = HashMap::new();
         for (v, label) in self.vips.iter().zip(labels) {
             if let Some(first) = seen.insert(v.key(), label) {
@@ -64,6 +68,74 @@ fn check_daemon(d: &DaemonConfig, errs: &mut Vec<String>) {
         errs.push(format!(
             "daemon.mtu: {} is below {MIN_MTU} (IPv6's 1280 plus a 40-byte outer header); 0 turns the check off",
             d.mtu
+        ));
+    }
+}
+
+/// The longest hold-down: beyond an hour it is a typo, and a withdrawn balancer would sit out for a day.
+const MAX_HOLD_DOWN_MS: u64 = 3_600_000;
+
+/// Route protocol numbers that already mean something (the kernel's own, and iproute2's rt_protos for routing
+/// daemons): routes lbd writes with one of them would be taken for another owner's, BIRD's (12) above all, whose
+/// kernel protocol removes the routes it thinks it wrote.
+const TAKEN_PROTOCOLS: &[(u32, &str)] = &[
+    (0, "unspec"),
+    (1, "redirect"),
+    (2, "kernel"),
+    (3, "boot"),
+    (4, "static"),
+    (8, "gated"),
+    (9, "ra"),
+    (10, "mrt"),
+    (11, "zebra"),
+    (12, "bird"),
+    (13, "dnrouted"),
+    (14, "xorp"),
+    (15, "ntk"),
+    (16, "dhcp"),
+    (18, "keepalived"),
+    (42, "babel"),
+    (99, "openr"),
+    (186, "bgp"),
+    (187, "isis"),
+    (188, "ospf"),
+    (189, "rip"),
+    (192, "eigrp"),
+];
+
+fn check_announce(a: &AnnounceConfig, errs: &mut Vec<String>) {
+    match a.table {
+        0 => errs.push("announce.table: 0 is not a table number".into()),
+        253..=255 => errs.push(format!(
+            "announce.table: {} is the kernel's {} table; the announced addresses need a table of their own, which \
+             only the BGP speaker reads",
+            a.table,
+            ["default", "main", "local"][(a.table - 253) as usize]
+        )),
+        _ => {}
+    }
+    if a.protocol > 255 {
+        errs.push(format!(
+            "announce.protocol: {} is out of range 0..=255",
+            a.protocol
+        ));
+    } else if let Some((_, owner)) = TAKEN_PROTOCOLS.iter().find(|(n, _)| *n == a.protocol) {
+        errs.push(format!(
+            "announce.protocol: {} is the number of \"{owner}\" routes; pick one no routing daemon uses, such as 250",
+            a.protocol
+        ));
+    }
+    if a.hold_down_ms > MAX_HOLD_DOWN_MS {
+        errs.push(format!(
+            "announce.hold_down_ms: {} exceeds {MAX_HOLD_DOWN_MS} (an hour)",
+            a.hold_down_ms
+        ));
+    }
+    if !a.drain_file.is_absolute() {
+        // lbd's working directory is whatever its service manager chose; a relative path would move with it.
+        errs.push(format!(
+            "announce.drain_file: {:?} must be an absolute path",
+            a.drain_file.display().to_string()
         ));
     }
 }

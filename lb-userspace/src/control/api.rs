@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::announce::AnnounceInfo;
 use crate::config::{FragmentPolicy, Mode, VipAddr};
 use crate::health::{BackendHealth, CheckSpec};
 
@@ -61,6 +62,12 @@ pub enum Request {
     Shutdown {
         detach: bool,
     },
+    /// What is announced over BGP and why not.
+    Announce,
+    /// `drain: true` withdraws every address of this balancer (maintenance), `false` lets health decide again.
+    AnnounceDrain {
+        drain: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +89,7 @@ pub enum Response {
     /// A piece of a flows answer; more follow, up to a [`Response::Flows`] (or an error).
     FlowsPart(Vec<FlowInfo>),
     Simulate(SimulateResult),
+    Announce(AnnounceInfo),
 }
 
 /// The most flow-table entries one `Flows` request may ask for: a look at the table, not a dump of it (the table
@@ -130,6 +138,7 @@ pub struct VipSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CheckSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy: Option<u32>,
     pub panic_threshold: Option<u32>,
 }
 
@@ -160,6 +169,8 @@ pub struct StatusInfo {
     pub attached: bool,
     /// Times `lb_xdp` was attached again to a re-created interface.
     pub reattachments: u64,
+    /// What is announced over BGP.
+    pub announce: AnnounceInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +180,10 @@ pub struct VipInfo {
     pub mode: Mode,
     pub ring_size: u32,
     pub fragments: FragmentPolicy,
+    pub min_healthy: u32,
+    /// Digest of the active Maglev table by backend address (`digest::table_digest`): equal on every balancer
+    /// that sends each flow of this VIP to the same backend.
+    pub table_digest: String,
     pub backends: Vec<BackendInfo>,
     /// Below its panic threshold: every backend not drained is in the ring, healthy or not.
     #[serde(default)]
@@ -298,6 +313,8 @@ mod tests {
             },
             Request::Flows { limit: 10 },
             Request::Shutdown { detach: true },
+            Request::Announce,
+            Request::AnnounceDrain { drain: true },
         ];
         for r in reqs {
             let line = serde_json::to_string(&r).unwrap();

@@ -61,6 +61,13 @@ fn change_of(request: &Request) -> Option<String> {
             weight,
         } => format!("backend weight {vip} {backend} {weight}"),
         Request::Reload => "reload".into(),
+        Request::AnnounceDrain { drain } => {
+            if *drain {
+                "announce drain".into()
+            } else {
+                "announce undrain".into()
+            }
+        }
         Request::Shutdown { detach } => {
             format!("shutdown{}", if *detach { " --detach" } else { "" })
         }
@@ -70,6 +77,7 @@ fn change_of(request: &Request) -> Option<String> {
         | Request::Stats
         | Request::Flows { .. }
         | Request::Simulate { .. }
+        | Request::Announce
         | Request::ConfigCheck { .. } => return None,
     })
 }
@@ -118,6 +126,8 @@ impl Shared {
             },
             Request::ConfigCheck { toml } => config_check(&toml),
             Request::Shutdown { detach } => self.shutdown(detach),
+            Request::Announce => self.announce().await,
+            Request::AnnounceDrain { drain } => self.announce_drain(drain).await,
         }
     }
 }
@@ -145,6 +155,7 @@ impl Shared {
             reloads_failed: d.reloads_failed,
             attached: d.attached(),
             reattachments: d.reattachments,
+            announce: self.announcer.lock().expect("announcer lock").info(),
         })
     }
 
@@ -179,6 +190,7 @@ impl Shared {
                 })
                 .collect(),
             health: spec.health,
+            min_healthy: spec.min_healthy,
             panic_threshold: spec.panic_threshold,
         };
         let mut errs = Vec::new();
@@ -208,6 +220,7 @@ impl Shared {
         match d.apply_config(cfg) {
             Ok(diff) => {
                 self.sync_checks(&d);
+                self.sync_announcements(&d);
                 d.record_edit(format!(
                     "{msg} (by uid {} pid {})",
                     peer.uid,
@@ -283,6 +296,33 @@ impl Shared {
         match crate::simulate::simulate(self.daemon.lock().await.dataplane(), flow) {
             Ok(r) => Response::Simulate(r),
             Err(e) => failed(e),
+        }
+    }
+
+    async fn announce(&self) -> Response {
+        let d = self.daemon.lock().await;
+        self.sync_announcements(&d);
+        Response::Announce(self.announcer.lock().expect("announcer lock").info())
+    }
+
+    /// `lbctl announce drain|undrain`: the flag, then the routes at once; the answer says what is announced now.
+    async fn announce_drain(&self, drain: bool) -> Response {
+        let d = self.daemon.lock().await;
+        let recorded = self
+            .announcer
+            .lock()
+            .expect("announcer lock")
+            .set_drained(drain);
+        self.sync_announcements(&d);
+        let info = self.announcer.lock().expect("announcer lock").info();
+        match (recorded, &info.error) {
+            (Err(e), _) => Response::error(e),
+            (Ok(()), Some(e)) => Response::error(format!("the routes could not be written: {e}")),
+            (Ok(()), None) => Response::ok(format!(
+                "{}: {}",
+                if drain { "drained" } else { "undrained" },
+                info.summary()
+            )),
         }
     }
 

@@ -56,13 +56,14 @@ impl fmt::Display for Peer {
 /// such as `lbctl flows` is read and sent piece by piece, so neither lbd's lock nor its memory hold all of it).
 /// A stream that ends without a final response closes the connection (the client sees the answer cut short).
 pub enum Reply {
-    One(Response),
+    /// Boxed: a status answer (with its announcements) is a few hundred bytes, the stream a pointer.
+    One(Box<Response>),
     Stream(mpsc::Receiver<Response>),
 }
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
-        Reply::One(r)
+        Reply::One(Box::new(r))
     }
 }
 

@@ -1,15 +1,26 @@
 //! `lb-lab demo`: the balancer's main job, end to end, on the embedded lab config — what `cargo xtask demo` runs.
+//! `lb-lab demo ecmp`: three balancers behind a BGP router with ECMP — what `cargo xtask demo ecmp` runs.
 //! `lb-lab serve`: the server process each lab backend runs.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use lb_tests::lab::churn::{self, ChurnOptions};
 use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::ecmp::{self, EcmpLab, EcmpOptions};
 use lb_tests::lab::interrupt::Interrupt;
 use lb_tests::lab::traffic;
 use lb_tests::lab::{self, Lab, LabOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DemoKind {
+    /// One balancer (config/lab.toml).
+    Single,
+    /// Three balancers announcing the VIPs over BGP to a router with ECMP (config/ecmp-lab.toml).
+    Ecmp,
+}
 
 #[derive(Parser)]
 #[command(about = "The load balancer lab: namespaces, backends, real traffic")]
@@ -21,10 +32,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the lab, start lbd with config/lab.toml, send traffic, take a backend down and back, tear down.
+    /// `demo ecmp`: three balancers behind a BGP router; flows spread, one balancer removed and added back, one
+    /// drained, while connections stay open; ends with `ecmp: N connections through B balancers, K broken` and
+    /// fails if K > 0.
     Demo {
+        #[arg(value_enum, default_value_t = DemoKind::Single)]
+        kind: DemoKind,
         /// Requests per traffic round.
         #[arg(long, default_value_t = 600)]
         requests: usize,
+        /// ecmp: long-lived connections kept open through the changes.
+        #[arg(long, default_value_t = 240)]
+        connections: usize,
     },
     /// Build the lab and start lbd, print how to reach it, and keep it up for a while (for exploring by hand).
     Up {
@@ -95,16 +114,24 @@ fn main() -> ExitCode {
             // lbd, the servers, the pins and the namespaces go as `_lbd` and `lab` drop.
             ExitCode::SUCCESS
         }
-        Cmd::Demo { requests } => {
+        Cmd::Demo {
+            kind,
+            requests,
+            connections,
+        } => {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("lb-lab demo: needs root (network namespaces, XDP)");
                 return ExitCode::FAILURE;
             }
-            if demo(requests, &Interrupt::install()) {
-                ExitCode::SUCCESS
-            } else {
+            let interrupt = Interrupt::install();
+            let done = match kind {
+                DemoKind::Single => demo(requests, &interrupt).then_some(ExitCode::SUCCESS),
+                DemoKind::Ecmp => ecmp_demo(requests, connections, &interrupt),
+            };
+            match done {
+                Some(code) => code,
                 // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
-                ExitCode::from(130)
+                None => ExitCode::from(130),
             }
         }
     }
@@ -147,7 +174,7 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
     let cfg = lab.write_config("lab.toml", |_| {});
     let lbd = Lbd::start(&lab, &cfg);
     lbd.wait_all_backends_up(&lab, std::time::Duration::from_secs(20));
-    print!("{}", lbd.lbctl(&lab, &["vip", "list"]));
+    print!("{}", lbd.lbctl(&["vip", "list"]));
 
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
     if !step(
@@ -186,7 +213,7 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
     if !step(interrupt, "lbctl stats") {
         return false;
     }
-    print!("{}", lbd.lbctl(&lab, &["stats"]));
+    print!("{}", lbd.lbctl(&["stats"]));
 
     if !step(
         interrupt,
@@ -196,13 +223,12 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
     }
     lab.stop_server(1);
     let took = lbd.wait_backend_state(
-        &lab,
         lab::backend_v4(1),
         false,
         std::time::Duration::from_secs(20),
     );
     println!("  backend-2 marked down after {:.1} s", took.as_secs_f64());
-    print!("{}", lbd.lbctl(&lab, &["health"]));
+    print!("{}", lbd.lbctl(&["health"]));
     if !step(
         interrupt,
         &format!("{requests} requests with backend-2 down"),
@@ -221,12 +247,7 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
         return false;
     }
     lab.start_server(1);
-    let took = lbd.wait_backend_state(
-        &lab,
-        lab::backend_v4(1),
-        true,
-        std::time::Duration::from_secs(20),
-    );
+    let took = lbd.wait_backend_state(lab::backend_v4(1), true, std::time::Duration::from_secs(20));
     println!("  backend-2 marked up after {:.1} s", took.as_secs_f64());
     if !step(
         interrupt,
@@ -245,8 +266,124 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
     ) {
         return false;
     }
-    lbd.shutdown_detach(&lab);
+    lbd.shutdown_detach();
     drop(lab);
     println!("  done");
     true
+}
+
+/// None when a signal cut it short.
+fn ecmp_demo(requests: usize, connections: usize, interrupt: &Interrupt) -> Option<ExitCode> {
+    if !step(
+        interrupt,
+        "Building the ECMP lab: clients -> router (BIRD, ECMP) -> 3 balancers (BIRD + lbd + lb_xdp) -> backends",
+    ) {
+        return None;
+    }
+    let mut lab = EcmpLab::new(&EcmpOptions::default());
+    println!(
+        "  clients on the edge segment; router {} / {}; balancers {}; backends {} (replies go back via the router)",
+        ecmp::ROUTER_EDGE_V4,
+        ecmp::ROUTER_FABRIC_V4,
+        (0..lab.balancers.len())
+            .map(|k| ecmp::balancer_v4(k).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        (0..lab.backends.len())
+            .map(|i| ecmp::backend_v4(i).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  every lbd announces the VIPs through its BIRD; the router merged the paths:");
+    for family in ["-4", "-6"] {
+        print!(
+            "{}",
+            indent(&lab.router.ip(&[family, "route", "show", "proto", "bird"]))
+        );
+    }
+    if !step(interrupt, "lbctl announce on lb1") {
+        return None;
+    }
+    print!("{}", lab.balancers[0].lbd.lbctl(&["announce"]));
+
+    if !step(
+        interrupt,
+        &format!(
+            "{requests} HTTP requests to {}, each on a new connection: the router spreads them over the balancers",
+            ecmp::vip4()
+        ),
+    ) {
+        return None;
+    }
+    let before: Vec<u64> = lab.all().iter().map(|&k| lab.vip_packets(k)).collect();
+    let mut tally = traffic::Tally::default();
+    for c in &lab.clients {
+        tally.merge(traffic::http_burst(
+            &c.ns,
+            ecmp::vip4(),
+            requests / lab.clients.len(),
+            16,
+        ));
+    }
+    print!("{}", tally.render());
+    for (k, b) in lab.balancers.iter().enumerate() {
+        println!(
+            "  {}: {} VIP packets",
+            b.name,
+            lab.vip_packets(k) - before[k]
+        );
+    }
+
+    if !step(
+        interrupt,
+        "Every balancer's Maglev tables: the digests agree, so a flow gets the same backend on each",
+    ) {
+        return None;
+    }
+    for (k, b) in lab.balancers.iter().enumerate() {
+        let d: Vec<String> = lab
+            .digests(k)
+            .iter()
+            .map(|(vip, d)| format!("{vip} {d}"))
+            .collect();
+        println!("  {}: {}", b.name, d.join("  "));
+    }
+
+    if !step(
+        interrupt,
+        &format!(
+            "{connections} long-lived connections, one request each 100 ms, while balancers leave and return"
+        ),
+    ) {
+        return None;
+    }
+    let report = churn::churn(
+        &mut lab,
+        &ChurnOptions {
+            connections,
+            ..Default::default()
+        },
+    );
+    if !step(interrupt, "Convergence") {
+        return None;
+    }
+    print!("{}", report.render());
+    if !step(
+        interrupt,
+        "Tearing down (namespaces, lbd and BIRD processes)",
+    ) {
+        return None;
+    }
+    drop(lab);
+    println!("  done");
+    println!("{}", report.summary());
+    Some(if report.broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }

@@ -61,3 +61,66 @@ pub fn names(mask: u64) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// The capabilities the shipped unit grants (config/lbd.service's `CapabilityBoundingSet=`; `AmbientCapabilities=`
+/// must name the same).
+pub fn unit_capabilities() -> BTreeSet<String> {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lbd.service");
+    let text = std::fs::read_to_string(&unit).unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
+    let set = |key: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .flat_map(|v| v.split_whitespace().map(str::to_owned))
+            .collect()
+    };
+    let bounding = set("CapabilityBoundingSet=");
+    assert!(
+        !bounding.is_empty(),
+        "{} sets no CapabilityBoundingSet=",
+        unit.display()
+    );
+    assert_eq!(
+        set("AmbientCapabilities="),
+        bounding,
+        "the unit's AmbientCapabilities= and CapabilityBoundingSet= differ"
+    );
+    bounding
+}
+
+/// `setpriv` arguments that run a program as root with exactly `caps`: for root, exec makes the permitted and
+/// effective sets equal to the bounding set, which is what systemd's CapabilityBoundingSet= gives a root service;
+/// no_new_privs as the unit's NoNewPrivileges=.
+pub fn setpriv_wrapper(caps: &BTreeSet<String>) -> Vec<String> {
+    let list: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    vec![
+        "setpriv".into(),
+        "--no-new-privs".into(),
+        "--inh-caps=-all".into(),
+        format!("--bounding-set=-all,{}", list.join(",")),
+    ]
+}
+
+/// Panics unless every thread of `pid` holds exactly `want` in its effective, permitted and bounding sets, and
+/// nothing inheritable or ambient.
+pub fn assert_threads_hold(pid: u32, want: &BTreeSet<String>, when: &str) {
+    let threads = of_process(pid);
+    assert!(!threads.is_empty(), "{when}: no threads for pid {pid}");
+    for t in &threads {
+        let expected = ThreadCaps {
+            tid: t.tid,
+            inheritable: BTreeSet::new(),
+            permitted: want.clone(),
+            effective: want.clone(),
+            bounding: want.clone(),
+            ambient: BTreeSet::new(),
+        };
+        assert_eq!(t, &expected, "{when}: thread {} of pid {pid}", t.tid);
+    }
+    println!(
+        "{when}: {} thread(s) of pid {pid}, each with effective = permitted = bounding = {want:?}",
+        threads.len()
+    );
+}

@@ -53,10 +53,12 @@ fn output_of(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
-/// A uniquely named network namespace, deleted on drop.
+/// A uniquely named network namespace, deleted on drop (by the handle that created it).
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    /// False for a [`NetNs::handle`]: the namespace belongs to another value, which deletes it.
+    owned: bool,
 }
 
 impl NetNs {
@@ -70,9 +72,18 @@ impl NetNs {
         let name = format!("{PREFIX}{tag}-{}-{n}", std::process::id());
         run_cmd(Command::new("ip").args(["netns", "add", &name]));
         // From here on the guard owns it: a panic below still deletes it.
-        let ns = NetNs { name };
+        let ns = NetNs { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Another handle on the same namespace, for a value that runs things in it (a daemon) but must not delete
+    /// it; the creator's handle still does, and must outlive this one.
+    pub fn handle(&self) -> NetNs {
+        NetNs {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -99,6 +110,18 @@ impl NetNs {
         assert!(!argv.is_empty(), "empty argv");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd
+    }
+
+    /// A `Command` that runs `argv` in the namespace's network stack while keeping the host's mount namespace, so
+    /// that the host's bpffs (/sys/fs/bpf) is visible: pins must outlive the process (`ip netns exec` would give
+    /// the process a private /sys without bpffs). What lbd needs.
+    pub fn nsenter_command(&self, argv: &[&str]) -> Command {
+        assert!(!argv.is_empty(), "empty argv");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={NETNS_DIR}/{}", self.name))
+            .arg("--")
+            .args(argv);
         cmd
     }
 
@@ -136,6 +159,10 @@ impl NetNs {
 
     pub fn link_up(&self, ifname: &str) {
         self.ip(&["link", "set", ifname, "up"]);
+    }
+
+    pub fn link_down(&self, ifname: &str) {
+        self.ip(&["link", "set", ifname, "down"]);
     }
 
     /// Adds `cidr` (e.g. `198.18.0.1/24`, `fd00::1/64`) to `ifname`. IPv6 addresses skip DAD so they are usable at
@@ -201,6 +228,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Deleting the namespace also deletes every interface in it, and veth peers elsewhere with them.
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])

@@ -1,4 +1,4 @@
-//! A real `lbd` process in the lab's balancer namespace, and `lbctl` against it.
+//! A real `lbd` process in a balancer namespace (the lab's, or one of the ECMP lab's), and `lbctl` against it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,13 +10,17 @@ use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 use lb_userspace::health::CheckKind;
 
+use crate::harness::capabilities;
 use crate::harness::guards::ChildGuard;
+use crate::harness::netns::NetNs;
 use crate::lab::{Lab, target_binary};
 
-/// `lbd --config <path>` running in the balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
+/// `lbd --config <path>` running in a balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
 /// guard then removes what it left attached.
 pub struct Lbd {
     child: Option<ChildGuard>,
+    /// The balancer's namespace (lbd and lbctl run there).
+    ns: NetNs,
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -34,8 +38,19 @@ pub struct Launch {
     pub nofile: Option<(u64, u64)>,
 }
 
+impl Launch {
+    /// As config/lbd.service starts lbd: root with exactly the unit's capabilities, no_new_privs (see
+    /// [`capabilities::setpriv_wrapper`]).
+    pub fn as_the_unit() -> Launch {
+        Launch {
+            wrapper: capabilities::setpriv_wrapper(&capabilities::unit_capabilities()),
+            ..Launch::default()
+        }
+    }
+}
+
 impl Lbd {
-    /// Starts lbd and waits until its control socket answers.
+    /// Starts lbd in the lab's balancer and waits until its control socket answers.
     pub fn start(lab: &Lab, config: &Path) -> Lbd {
         Lbd::start_with(lab, config, Launch::default())
     }
@@ -54,18 +69,38 @@ impl Lbd {
 
     /// Like [`Lbd::start`], through `launch`.
     pub fn start_with(lab: &Lab, config: &Path, launch: Launch) -> Lbd {
+        Lbd::start_in_with(
+            &lab.balancer.ns,
+            config,
+            &lab.dir.path().join("lbd.log"),
+            launch,
+        )
+    }
+
+    /// Starts lbd in `ns` with `config` (whose control socket it answers on), logging to `log`.
+    pub fn start_in(ns: &NetNs, config: &Path, log: &Path) -> Lbd {
+        Lbd::start_in_with(ns, config, log, Launch::default())
+    }
+
+    /// Like [`Lbd::start_in`], through `launch`.
+    pub fn start_in_with(ns: &NetNs, config: &Path, log: &Path, launch: Launch) -> Lbd {
+        let socket = Config::load(config)
+            .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
+            .daemon
+            .control_socket;
         let mut lbd = Lbd {
             child: None,
+            ns: ns.handle(),
             config: config.to_path_buf(),
-            socket: lab.socket_path(),
-            log: lab.dir.path().join("lbd.log"),
+            socket,
+            log: log.to_path_buf(),
             launch,
         };
-        lbd.spawn(lab);
+        lbd.spawn();
         lbd
     }
 
-    fn spawn(&mut self, lab: &Lab) {
+    fn spawn(&mut self) {
         let lbd = target_binary("lbd");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -78,7 +113,7 @@ impl Lbd {
             "--config",
             self.config.to_str().expect("utf-8 path"),
         ]);
-        let mut cmd = lab.balancer_command(&argv);
+        let mut cmd = self.ns.nsenter_command(&argv);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -122,10 +157,31 @@ impl Lbd {
         self.child = None;
     }
 
-    /// Starts lbd again with the same config (after [`Lbd::kill9`]).
-    pub fn restart(&mut self, lab: &Lab) {
+    /// SIGTERM, as `systemctl stop` sends: lbd exits and leaves the program forwarding; returns once it is gone.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM lbd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.alive() {
+            assert!(
+                Instant::now() < deadline,
+                "lbd still running 10 s after SIGTERM; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts lbd again with the same config (after [`Lbd::kill9`] or [`Lbd::terminate`]).
+    pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running lbd");
-        self.spawn(lab);
+        self.spawn();
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -150,8 +206,8 @@ impl Lbd {
 
     /// Runs `lbctl --socket <sock> <args>` and returns its stdout; panics with stderr when it fails. The socket is a
     /// path, so lbctl can run from anywhere; it runs in the balancer namespace anyway, as an operator would.
-    pub fn lbctl(&self, lab: &Lab, args: &[&str]) -> String {
-        let out = self.lbctl_output(lab, args);
+    pub fn lbctl(&self, args: &[&str]) -> String {
+        let out = self.lbctl_output(args);
         assert!(
             out.status.success(),
             "lbctl {args:?} failed: {}\n{}",
@@ -162,8 +218,8 @@ impl Lbd {
     }
 
     /// [`Lbd::lbctl`], also returning lbctl's pid (nsenter execs it, so the pid lbd sees is this one).
-    pub fn lbctl_with_pid(&self, lab: &Lab, args: &[&str]) -> (String, u32) {
-        let mut cmd = self.lbctl_command(lab, args);
+    pub fn lbctl_with_pid(&self, args: &[&str]) -> (String, u32) {
+        let mut cmd = self.lbctl_command(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("run lbctl: {e}"));
         let pid = child.id();
@@ -184,13 +240,13 @@ impl Lbd {
             .unwrap_or_else(|e| panic!("kill -{sig} lbd: {e}"));
     }
 
-    pub fn lbctl_output(&self, lab: &Lab, args: &[&str]) -> std::process::Output {
-        self.lbctl_command(lab, args)
+    pub fn lbctl_output(&self, args: &[&str]) -> std::process::Output {
+        self.lbctl_command(args)
             .output()
             .unwrap_or_else(|e| panic!("run lbctl: {e}"))
     }
 
-    fn lbctl_command(&self, lab: &Lab, args: &[&str]) -> Command {
+    fn lbctl_command(&self, args: &[&str]) -> Command {
         let lbctl = target_binary("lbctl");
         let mut argv = vec![
             lbctl.to_str().expect("utf-8 path"),
@@ -198,13 +254,13 @@ impl Lbd {
             self.socket.to_str().expect("utf-8"),
         ];
         argv.extend_from_slice(args);
-        lab.balancer_command(&argv)
+        self.ns.nsenter_command(&argv)
     }
 
     /// The body of `GET /metrics` from the config's `metrics_addr`, asked inside the balancer's namespace where lbd
     /// listens; panics unless the answer is 200.
-    pub fn metrics(&self, lab: &Lab) -> String {
-        self.try_metrics(lab).unwrap_or_else(|e| panic!("{e}"))
+    pub fn metrics(&self) -> String {
+        self.try_metrics().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The config's `metrics_addr` (where lbd listens, in the balancer's namespace).
@@ -216,9 +272,9 @@ impl Lbd {
     }
 
     /// [`Lbd::metrics`], or why it failed (connection refused or closed, no answer within 3 s, not 200).
-    pub fn try_metrics(&self, lab: &Lab) -> Result<String, String> {
+    pub fn try_metrics(&self) -> Result<String, String> {
         let addr = self.metrics_addr();
-        let response = lab.balancer.ns.run(|| -> std::io::Result<String> {
+        let response = self.ns.run(|| -> std::io::Result<String> {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -261,7 +317,6 @@ impl Lbd {
     /// returns how long it took.
     pub fn wait_backend_state(
         &self,
-        _lab: &Lab,
         backend: impl Into<IpAddr>,
         up: bool,
         limit: Duration,
@@ -290,14 +345,14 @@ impl Lbd {
     /// Waits until every backend of the lab is up in every VIP.
     pub fn wait_all_backends_up(&self, lab: &Lab, limit: Duration) {
         for b in &lab.backends {
-            self.wait_backend_state(lab, b.host.v4, true, limit);
-            self.wait_backend_state(lab, b.host.v6, true, limit);
+            self.wait_backend_state(b.host.v4, true, limit);
+            self.wait_backend_state(b.host.v6, true, limit);
         }
     }
 
     /// `lbctl shutdown --detach`; panics (with lbd's log) unless the process exits within 10 s.
-    pub fn shutdown_detach(mut self, lab: &Lab) {
-        let _ = self.lbctl(lab, &["shutdown", "--detach"]);
+    pub fn shutdown_detach(mut self) {
+        let _ = self.lbctl(&["shutdown", "--detach"]);
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.alive() {

@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lb_common::AddrKey;
@@ -25,13 +25,18 @@ use crate::harness::netns::{self, NetNs, veth_pair};
 use pki::LabPki;
 
 pub mod bare;
+pub mod bird;
+pub mod churn;
 pub mod daemon;
+pub mod ecmp;
 pub mod interrupt;
 pub mod nft_counters;
+pub mod paths;
 pub mod pki;
 pub mod promql;
 pub mod scrape;
 pub mod servers;
+pub mod sessions;
 pub mod traffic;
 
 pub const LAN_V4_PREFIX: u8 = 24;
@@ -154,17 +159,7 @@ impl Lab {
         let switch = NetNs::new("sw");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.link_up("br0");
-
-        let attach = |role: &str, v4: Ipv4Addr, v6: Ipv6Addr| -> LabHost {
-            let ns = NetNs::new(role);
-            let port = switch_port(role);
-            veth_pair(&ns, HOST_IF, &switch, &port);
-            switch.ip(&["link", "set", &port, "master", "br0"]);
-            ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-            ns.add_addr(HOST_IF, &format!("{v4}/{LAN_V4_PREFIX}"));
-            ns.add_addr(HOST_IF, &format!("{v6}/{LAN_V6_PREFIX}"));
-            LabHost { ns, v4, v6 }
-        };
+        let attach = |role: &str, v4: Ipv4Addr, v6: Ipv6Addr| plug(&switch, "br0", role, v4, v6);
 
         let balancer = attach("lb", BALANCER_V4, BALANCER_V6);
         // bpf_fib_lookup answers only for interfaces that forward (else BPF_FIB_LKUP_RET_FWD_DISABLED): a balancer
@@ -196,20 +191,8 @@ impl Lab {
         let backends = (0..opts.backends)
             .map(|i| {
                 let host = attach(&format!("b{i}"), backend_v4(i), backend_v6(i));
-                for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
-                    let cidr = match vip {
-                        IpAddr::V4(a) => format!("{a}/32"),
-                        IpAddr::V6(a) => format!("{a}/128"),
-                    };
-                    host.ns.add_addr("lo", &cidr);
-                }
-                let decap = attach_decap(&host);
-                LabBackend {
-                    name: format!("backend-{}", i + 1),
-                    host,
-                    server: None,
-                    _decap: decap,
-                }
+                // The balancer's encapsulation sources (config/lab.toml's encap_src_v4/v6).
+                LabBackend::new(host, i, &[IpAddr::V4(BALANCER_V4), IpAddr::V6(BALANCER_V6)])
             })
             .collect::<Vec<_>>();
 
@@ -229,75 +212,18 @@ impl Lab {
         lab
     }
 
-    /// Starts backend `i`'s servers (HTTP on :80 and HTTPS on :443 of every address, UDP on :53 of the VIPs and its
-    /// own addresses) and waits until they accept connections.
+    /// Starts backend `i`'s servers and waits until they accept connections.
     pub fn start_server(&mut self, i: usize) {
-        let exe = lab_binary();
-        let b = &mut self.backends[i];
-        assert!(b.server.is_none(), "{} is already serving", b.name);
-        // UDP sockets are bound to exact addresses so each reply leaves from the address the request went to:
-        // the VIPs for clients (DSR), the backend's own addresses for health checks.
-        let udp: Vec<String> = [
-            IpAddr::V4(VIP_V4),
-            IpAddr::V6(VIP_V6),
-            IpAddr::V4(b.host.v4),
-            IpAddr::V6(b.host.v6),
-        ]
-        .iter()
-        .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
-        .collect();
-        let (http_port, https_port) = (HTTP_PORT.to_string(), HTTPS_PORT.to_string());
-        let mut argv = vec![
-            exe.to_str().expect("utf-8 path"),
-            "serve",
-            "--name",
-            &b.name,
-            "--http-port",
-            &http_port,
-            "--https-port",
-            &https_port,
-            "--tls-cert",
-            self.pki.cert.to_str().expect("utf-8 path"),
-            "--tls-key",
-            self.pki.key.to_str().expect("utf-8 path"),
-        ];
-        for u in &udp {
-            argv.extend(["--udp", u.as_str()]);
-        }
-        let mut cmd = b.host.ns.command(&argv);
-        cmd.stdin(Stdio::null());
-        b.server = Some(ChildGuard::spawn(cmd, &format!("{} server", b.name)));
-        let addr = std::net::SocketAddr::new(IpAddr::V4(b.host.v4), HTTP_PORT);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        b.host.ns.run(|| {
-            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "server on {addr} did not start within 10 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
+        self.backends[i].start_server(&self.pki);
     }
 
     /// Stops backend `i`'s servers (the process is killed: new connections are refused, open ones reset).
     pub fn stop_server(&mut self, i: usize) {
-        self.backends[i].server = None;
+        self.backends[i].stop_server();
     }
 
     pub fn client(&self) -> &LabHost {
         &self.clients[0]
-    }
-
-    /// A command running `argv` in the balancer's network namespace while keeping the host's mount namespace, so
-    /// that the host's bpffs (/sys/fs/bpf) is visible: pins must outlive the process (`ip netns exec` would give
-    /// the process a private /sys without bpffs).
-    pub fn balancer_command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.balancer.ns.name()))
-            .arg("--")
-            .args(argv);
-        cmd
     }
 
     /// Writes the lab's lbd config (config/lab.toml with this lab's pin directory, socket and log paths) and
@@ -328,6 +254,95 @@ impl Lab {
     pub fn socket_path(&self) -> PathBuf {
         self.dir.path().join("lbd.sock")
     }
+}
+
+impl LabBackend {
+    /// Backend `i` (named `backend-<i+1>`) on `host`: the VIPs on its loopback and lb_decap taking IP-in-IP from
+    /// the balancers' encapsulation sources `from`. Its servers start with [`LabBackend::start_server`].
+    pub fn new(host: LabHost, i: usize, from: &[IpAddr]) -> LabBackend {
+        for vip in [IpAddr::V4(VIP_V4), IpAddr::V4(VIP2_V4), IpAddr::V6(VIP_V6)] {
+            let cidr = match vip {
+                IpAddr::V4(a) => format!("{a}/32"),
+                IpAddr::V6(a) => format!("{a}/128"),
+            };
+            host.ns.add_addr("lo", &cidr);
+        }
+        let decap = attach_decap(&host, from);
+        LabBackend {
+            name: format!("backend-{}", i + 1),
+            host,
+            server: None,
+            _decap: decap,
+        }
+    }
+
+    /// Starts the servers (HTTP on :80 and HTTPS on :443 of every address, UDP on :53 of the VIPs and its own
+    /// addresses) and waits until they accept connections.
+    pub fn start_server(&mut self, pki: &LabPki) {
+        let exe = lab_binary();
+        assert!(self.server.is_none(), "{} is already serving", self.name);
+        // UDP sockets are bound to exact addresses so each reply leaves from the address the request went to:
+        // the VIPs for clients (DSR), the backend's own addresses for health checks.
+        let udp: Vec<String> = [
+            IpAddr::V4(VIP_V4),
+            IpAddr::V6(VIP_V6),
+            IpAddr::V4(self.host.v4),
+            IpAddr::V6(self.host.v6),
+        ]
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
+        .collect();
+        let (http_port, https_port) = (HTTP_PORT.to_string(), HTTPS_PORT.to_string());
+        let mut argv = vec![
+            exe.to_str().expect("utf-8 path"),
+            "serve",
+            "--name",
+            &self.name,
+            "--http-port",
+            &http_port,
+            "--https-port",
+            &https_port,
+            "--tls-cert",
+            pki.cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            pki.key.to_str().expect("utf-8 path"),
+        ];
+        for u in &udp {
+            argv.extend(["--udp", u.as_str()]);
+        }
+        let mut cmd = self.host.ns.command(&argv);
+        cmd.stdin(Stdio::null());
+        self.server = Some(ChildGuard::spawn(cmd, &format!("{} server", self.name)));
+        let addr = std::net::SocketAddr::new(IpAddr::V4(self.host.v4), HTTP_PORT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.host.ns.run(|| {
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "server on {addr} did not start within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+
+    /// Stops the servers (the process is killed: new connections are refused, open ones reset).
+    pub fn stop_server(&mut self) {
+        self.server = None;
+    }
+}
+
+/// A host `role` in a namespace of its own, plugged into `bridge` of `switch` through port `p-<role>`, with `v4`/24
+/// and `v6`/64 on its port `eth0`.
+pub fn plug(switch: &NetNs, bridge: &str, role: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> LabHost {
+    let ns = NetNs::new(role);
+    let port = switch_port(role);
+    veth_pair(&ns, HOST_IF, switch, &port);
+    switch.ip(&["link", "set", &port, "master", bridge]);
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+    ns.add_addr(HOST_IF, &format!("{v4}/{LAN_V4_PREFIX}"));
+    ns.add_addr(HOST_IF, &format!("{v6}/{LAN_V6_PREFIX}"));
+    LabHost { ns, v4, v6 }
 }
 
 /// The switch-side name of a host's port: `p-<role>` (role "lb", "c0", "b1", ...).
@@ -363,9 +378,9 @@ pub fn small_sizes() -> MapSizes {
     }
 }
 
-/// Attaches lb_decap (native) to a backend's port: IP-in-IP for one of its addresses whose inner destination is a
-/// lab VIP is decapsulated and passed up; the kernel here has no tunnel devices.
-fn attach_decap(host: &LabHost) -> Dataplane {
+/// Attaches lb_decap (native) to a backend's port: IP-in-IP from one of `from` for one of its addresses whose inner
+/// destination is a lab VIP is decapsulated and passed up; the kernel here has no tunnel devices.
+fn attach_decap(host: &LabHost, from: &[IpAddr]) -> Dataplane {
     let mut dp = Dataplane::load(&LoadOptions {
         sizes: small_sizes(),
         pin_dir: None,
@@ -379,9 +394,8 @@ fn attach_decap(host: &LabHost) -> Dataplane {
         dp.add_decap_local(&AddrKey::new(local))
             .expect("LB_DECAP_LOCAL");
     }
-    // The balancer's encapsulation sources (config/lab.toml's encap_src_v4/v6).
-    for balancer in [IpAddr::V4(BALANCER_V4), IpAddr::V6(BALANCER_V6)] {
-        dp.add_decap_from(&AddrKey::new(balancer))
+    for balancer in from {
+        dp.add_decap_from(&AddrKey::new(*balancer))
             .expect("LB_DECAP_FROM");
     }
     host.ns.run(|| {

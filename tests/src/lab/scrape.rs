@@ -1,5 +1,5 @@
 //! A scrape of lbd's `/metrics` (the OpenMetrics text `lb_userspace::metrics::render` writes) as series: metric name
-//! and labels of every sample, which is what a PromQL selector is matched against.
+//! and labels of every sample, which is what a PromQL selector is matched against, and each sample's value.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Debug, Default)]
 pub struct Scrape {
     series: BTreeMap<String, Vec<Labels>>,
+    values: BTreeMap<String, Vec<f64>>,
 }
 
 impl Scrape {
@@ -19,7 +20,9 @@ impl Scrape {
             .lines()
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
-            let (name, labels) = sample(line).unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            let (name, labels, value) =
+                sample(line).unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            scrape.values.entry(name.clone()).or_default().push(value);
             scrape.series.entry(name).or_default().push(labels);
         }
         scrape
@@ -30,13 +33,23 @@ impl Scrape {
         self.series.get(metric).map_or(&[], Vec::as_slice)
     }
 
+    /// The value of `metric`'s sample whose labels include all of `labels`, if there is one.
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let i = self.series(metric).iter().position(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+        })?;
+        Some(self.values[metric][i])
+    }
+
     pub fn metric_names(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(String::as_str)
     }
 }
 
 /// `name{a="x",b="y"} value` or `name value`.
-fn sample(line: &str) -> Option<(String, Labels)> {
+fn sample(line: &str) -> Option<(String, Labels, f64)> {
     let end = line.find(['{', ' '])?;
     let name = line[..end].to_owned();
     let mut labels = Labels::new();
@@ -51,7 +64,8 @@ fn sample(line: &str) -> Option<(String, Labels)> {
         }
         rest = &rest[1..];
     }
-    rest.starts_with(' ').then_some((name, labels))
+    let value = rest.strip_prefix(' ')?.split(' ').next()?.parse().ok()?;
+    Some((name, labels, value))
 }
 
 /// The escaped label value up to its closing quote, and what follows the quote.
@@ -85,6 +99,8 @@ mod tests {
         assert_eq!(s.series("lb_backend_up")[0]["vip"], "[fd00:19::10]:80/tcp");
         assert_eq!(s.series("lb_backend_up")[0]["backend"], "a\"b");
         assert!(s.series("lb_xdp_attached")[0].is_empty());
+        assert_eq!(s.value("lb_verdicts_total", &[("reason", "tx")]), Some(4.0));
+        assert_eq!(s.value("lb_verdicts_total", &[("reason", "rx")]), None);
         assert!(
             s.series("lb_verdicts").is_empty(),
             "TYPE lines name families, not series"

@@ -120,6 +120,14 @@ impl HttpConn {
         })
     }
 
+    /// How long a read or write may wait before the request fails (default [`IO_TIMEOUT`]).
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), String> {
+        let s = self.stream.get_ref();
+        s.set_read_timeout(Some(timeout))
+            .and_then(|()| s.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())
+    }
+
     /// GET / on this connection; returns the body (the backend's name).
     pub fn get(&mut self) -> Result<String, String> {
         let req = "GET / HTTP/1.1\r\nHost: lab\r\nConnection: keep-alive\r\n\r\n";

@@ -2,6 +2,7 @@
 //! prints the typed responses. Exit codes: 0 ok, 1 the daemon (or the config) said no, 2 usage, 3 the daemon is not
 //! reachable (not running, or permission denied).
 
+mod announce;
 mod backend;
 mod config;
 mod flows;
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
         Command::Reload => lifecycle::reload(&ctx),
         Command::Config(c) => config::run(&ctx, c),
         Command::Shutdown(a) => lifecycle::shutdown(&ctx, a),
+        Command::Announce(a) => announce::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

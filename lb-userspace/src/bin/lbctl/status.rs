@@ -34,6 +34,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "reloads ok/failed",
             format!("{}/{}", s.reloads_ok, s.reloads_failed),
         ),
+        ("announce", s.announce.summary()),
     ];
     for (k, v) in rows {
         println!("{k:<22}{v}");

@@ -17,6 +17,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
             fragments,
             backends,
             health,
+            min_healthy,
             panic_threshold,
         } => {
             let key = parse_vip(&vip).map_err(anyhow::Error::msg)?;
@@ -35,6 +36,7 @@ pub fn run(ctx: &Ctx, cmd: VipCmd) -> anyhow::Result<()> {
                     .map(|b| parse_backend(b))
                     .collect::<anyhow::Result<_>>()?,
                 health: health.map(|h| parse_health(&h)).transpose()?,
+                min_healthy,
                 panic_threshold,
             };
             ctx.change(&Request::VipAdd {
@@ -93,6 +95,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
             v.mode.to_string(),
             v.ring_size.to_string(),
             v.fragments.to_string(),
+            v.table_digest.clone(),
             String::new(),
             String::new(),
             String::new(),
@@ -100,6 +103,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
         ]);
         for b in &v.backends {
             rows.push(vec![
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -114,7 +118,7 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
     }
     output::table(
         &[
-            "vip", "id", "mode", "ring", "frags", "backend", "weight", "health", "entries",
+            "vip", "id", "mode", "ring", "frags", "table", "backend", "weight", "health", "entries",
         ],
         &rows,
     );

@@ -87,6 +87,7 @@ fn wrk_bars(r: &Results) -> Bars {
         ("xdp", &r.wrk.xdp),
         ("haproxy", &r.wrk.haproxy),
         ("nftables", &r.wrk.nftables),
+        ("ecmp", &r.wrk.ecmp),
     ];
     let group = |legend: &str, color, slot, run_of: RunOf| BarGroup {
         legend: legend.into(),

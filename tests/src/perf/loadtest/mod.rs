@@ -7,6 +7,7 @@
 //! [`report`] writes the Markdown table, the JSON and the PNG chart.
 
 pub mod chart;
+pub mod ecmp;
 pub mod measure;
 pub mod pps;
 pub mod report;
@@ -153,7 +154,7 @@ fn start_lbd(lab: &Lab, cfg: &Path) -> Lbd {
 /// test owns it.
 fn stop_lbd(lab: &Lab, lbd: Lbd) -> Result<()> {
     let start = Instant::now();
-    lbd.shutdown_detach(lab);
+    lbd.shutdown_detach();
     while measure::xdp_prog_id(&lab.balancer.ns, lab::HOST_IF).is_ok() {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(20),
@@ -188,7 +189,7 @@ fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
 
 /// Requests sent before each balancer's measured runs, so none of them pays for first contact (ARP, the backends'
 /// accept queues and threads, HAProxy's first connections, empty flow tables).
-const WARM_UP_REQUESTS: usize = 300;
+pub(crate) const WARM_UP_REQUESTS: usize = 300;
 
 fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBalancer> {
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
@@ -200,19 +201,20 @@ fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBal
     );
     Ok(WrkBalancer {
         what: what.into(),
-        keepalive: requests::wrk(lab, Mode::KeepAlive, secs, &cpu)?,
-        new_conn: requests::wrk(lab, Mode::NewConnection, secs, &cpu)?,
+        keepalive: requests::wrk(&lab.client().ns, Mode::KeepAlive, secs, &cpu)?,
+        new_conn: requests::wrk(&lab.client().ns, Mode::NewConnection, secs, &cpu)?,
     })
 }
 
 fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
     let secs = opts.run_seconds;
     let lbd = start_lbd(lab, cfg);
+    let prog = measure::xdp_prog_id(&lab.balancer.ns, lab::HOST_IF)?;
     r.wrk.xdp = wrk_pair(
         lab,
         secs,
         "lbd + lb_xdp: Maglev, IPIP, direct server return",
-        BalancerCpu::XdpProgram,
+        BalancerCpu::XdpPrograms(vec![prog]),
     )?;
     stop_lbd(lab, lbd)?;
 
@@ -233,6 +235,11 @@ fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
         BalancerCpu::None,
     )?;
     drop(nat);
+
+    opts.say(
+        "loadtest: phase 2/3, requests through the ECMP lab (3 balancers behind a BGP router)",
+    );
+    r.wrk.ecmp = ecmp::wrk_row(secs)?;
     Ok(())
 }
 
@@ -275,6 +282,13 @@ fn notes(r: &mut Results) {
          flows, so after the first pass it measures established flows. The live-frames generator transmits from \
          inside the kernel, but every frame still crosses veth, bridge and veth on the same CPUs, so the chain, not \
          the generator, bounds its rate."
+            .into(),
+    );
+    r.notes.push(
+        "The ecmp row runs in a lab of its own: the client reaches three balancers through a router (one more kernel \
+         forwarding hop) that spreads connections with ECMP over the BGP routes they announce. All balancers share \
+         the machine's cores, so the row shows the tier works at speed, not that it scales; on separate hosts each \
+         balancer adds its own capacity."
             .into(),
     );
     let many = &r.iperf3.xdp_many_flows;

@@ -167,6 +167,7 @@ fn wrk_section(out: &mut String, wrk: &WrkPhase) {
         ("xdp", &wrk.xdp),
         ("haproxy", &wrk.haproxy),
         ("nftables", &wrk.nftables),
+        ("ecmp", &wrk.ecmp),
     ];
     for (name, b) in &balancers {
         let _ = writeln!(out, "- **{name}**: {}", text(&b.what));
@@ -419,6 +420,11 @@ mod tests {
                     what: "nftables DNAT, numgen".into(),
                     keepalive: wrk(90_100.0, 0.66, 3.2, 0, None, 40.0),
                     new_conn: wrk(18_000.0, 3.3, 12.5, 1, None, 150.0),
+                },
+                ecmp: WrkBalancer {
+                    what: "3 x lbd + lb_xdp behind a BGP ECMP router".into(),
+                    keepalive: wrk(80_000.0, 0.8, 3.5, 0, Some(0.2), 45.0),
+                    new_conn: wrk(17_000.0, 3.4, 11.0, 0, Some(0.4), 160.0),
                 },
             },
             iperf3: IperfPhase {

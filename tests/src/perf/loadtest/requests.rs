@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::measure::{
-    ProgStats, check, machine_busy_seconds, process_cpu_seconds, run_bounded, xdp_prog_id,
-};
+use super::measure::{ProgStats, check, machine_busy_seconds, process_cpu_seconds, run_bounded};
 use super::results::WrkRun;
 use crate::harness::guards::ChildGuard;
+use crate::harness::netns::NetNs;
 use crate::lab::{self, HOST_IF, Lab};
 
 /// Open connections per wrk run (two wrk threads: the machine has few cores and the backends need them too).
@@ -29,8 +28,8 @@ pub enum Mode {
 
 /// Where the balancer's CPU time can be read for a run.
 pub enum BalancerCpu {
-    /// The XDP program attached to the balancer's port (kernel run-time statistics).
-    XdpProgram,
+    /// The XDP programs of the balancers under test, by program id (kernel run-time statistics, summed).
+    XdpPrograms(Vec<u32>),
     /// A process (HAProxy): user + system time.
     Process(u32),
     /// Not attributable (nftables runs in softirq context, shared with every namespace).
@@ -44,8 +43,8 @@ fn vip_url() -> String {
     )
 }
 
-/// One wrk run against the VIP; `seconds` is rounded up to whole seconds (wrk's unit).
-pub fn wrk(lab: &Lab, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Result<WrkRun> {
+/// One wrk run from `client` against the VIP; `seconds` is rounded up to whole seconds (wrk's unit).
+pub fn wrk(client: &NetNs, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Result<WrkRun> {
     let secs = seconds.ceil().max(1.0) as u64;
     let threads = format!("-t{THREADS}");
     let conns = format!("-c{CONNECTIONS}");
@@ -64,21 +63,20 @@ pub fn wrk(lab: &Lab, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Result<Wrk
         argv.extend(["-H", "Connection: close"]);
     }
     argv.push(&url);
-    let prog = match cpu {
-        BalancerCpu::XdpProgram => Some(xdp_prog_id(&lab.balancer.ns, HOST_IF)?),
-        _ => None,
+    let progs: &[u32] = match cpu {
+        BalancerCpu::XdpPrograms(ids) => ids,
+        _ => &[],
     };
-    let prog0 = prog.map(ProgStats::of).transpose()?;
+    let prog0 = progs
+        .iter()
+        .map(|&id| ProgStats::of(id))
+        .collect::<Result<Vec<_>>>()?;
     let proc0 = match cpu {
         BalancerCpu::Process(pid) => process_cpu_seconds(*pid),
         _ => None,
     };
     let busy0 = machine_busy_seconds();
-    let out = run_bounded(
-        lab.client().ns.command(&argv),
-        "wrk",
-        Duration::from_secs(secs + 15),
-    )?;
+    let out = run_bounded(client.command(&argv), "wrk", Duration::from_secs(secs + 15))?;
     let busy1 = machine_busy_seconds();
     let text = check(&out, "wrk")?;
     let mut run = parse_wrk(&text).with_context(|| format!("parsing wrk's output:\n{text}"))?;
@@ -86,10 +84,12 @@ pub fn wrk(lab: &Lab, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Result<Wrk
     let reqs = run.requests.max(1) as f64;
     run.lab_cpu_us_per_req = (busy1 - busy0) * 1e6 / reqs;
     run.balancer_cpu_us_per_req = match cpu {
-        BalancerCpu::XdpProgram => {
-            let prog1 = ProgStats::of(prog.expect("program id read above"))?;
-            let p0 = prog0.expect("read above");
-            Some(prog1.run_ns.saturating_sub(p0.run_ns) as f64 / 1e3 / reqs)
+        BalancerCpu::XdpPrograms(ids) => {
+            let mut run_ns = 0;
+            for (&id, p0) in ids.iter().zip(&prog0) {
+                run_ns += ProgStats::of(id)?.run_ns.saturating_sub(p0.run_ns);
+            }
+            Some(run_ns as f64 / 1e3 / reqs)
         }
         BalancerCpu::Process(pid) => match (proc0, process_cpu_seconds(*pid)) {
             (Some(a), Some(b)) => Some((b - a) * 1e6 / reqs),

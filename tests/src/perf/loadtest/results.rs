@@ -90,6 +90,9 @@ pub struct WrkPhase {
     pub xdp: WrkBalancer,
     pub haproxy: WrkBalancer,
     pub nftables: WrkBalancer,
+    /// Three lbd + lb_xdp balancers behind a router spreading flows with ECMP over BGP routes (its own lab).
+    #[serde(default)]
+    pub ecmp: WrkBalancer,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
