@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lb_userspace::config::Config;
 use lb_userspace::control::api::{Request, Response};
 use lb_userspace::control::client::Client;
 use lb_userspace::health::CheckKind;
@@ -84,10 +83,9 @@ impl Lbd {
 
     /// Like [`Lbd::start_in`], through `launch`.
     pub fn start_in_with(ns: &NetNs, config: &Path, log: &Path, launch: Launch) -> Lbd {
-        let socket = Config::load(config)
-            .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
-            .daemon
-            .control_socket;
+        let socket = raw_daemon(config)
+            .control_socket
+            .unwrap_or_else(|| lb_userspace::config::DEFAULT_CONTROL_SOCKET.into());
         let mut lbd = Lbd {
             child: None,
             ns: ns.handle(),
@@ -265,10 +263,12 @@ impl Lbd {
 
     /// The config's `metrics_addr` (where lbd listens, in the balancer's namespace).
     pub fn metrics_addr(&self) -> std::net::SocketAddr {
-        Config::load(&self.config)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()))
-            .daemon
+        raw_daemon(&self.config)
             .metrics_addr
+            .as_deref()
+            .unwrap_or(lb_userspace::config::DEFAULT_METRICS_ADDR)
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: metrics_addr: {e}", self.config.display()))
     }
 
     /// [`Lbd::metrics`], or why it failed (connection refused or closed, no answer within 3 s, not 200).
@@ -365,4 +365,14 @@ impl Lbd {
             }
         }
     }
+}
+
+/// The `[daemon]` table of `config` as written: the harness reads where lbd listens without validating the file,
+/// which would load its CA files (tests count how often lbd does).
+fn raw_daemon(config: &Path) -> lb_userspace::config::raw::RawDaemon {
+    let text =
+        std::fs::read_to_string(config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    toml::from_str::<lb_userspace::config::raw::RawConfig>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
+        .daemon
 }
