@@ -268,15 +268,7 @@ fn announced(lab: &Lab) -> BTreeSet<IpAddr> {
                 );
                 return Vec::new();
             }
-            let out = String::from_utf8_lossy(&run.stdout).into_owned();
-            let routes: serde_json::Value = serde_json::from_str(out.trim())
-                .unwrap_or_else(|e| panic!("ip -j route show table 100: {e}: {out}"));
-            routes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r.get("dst")?.as_str()?.parse().ok())
-                .collect::<Vec<IpAddr>>()
+            lb_tests::lab::ecmp::route_destinations(&String::from_utf8_lossy(&run.stdout))
         })
         .collect()
 }

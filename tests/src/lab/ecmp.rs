@@ -355,14 +355,7 @@ impl EcmpLab {
                 let out = self.balancers[k].host.ns.ip(&[
                     family, "-j", "route", "show", "table", &table, "proto", &proto,
                 ]);
-                let routes: serde_json::Value = serde_json::from_str(out.trim())
-                    .unwrap_or_else(|e| panic!("ip -j route show table {table}: {e}: {out}"));
-                routes
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.get("dst")?.as_str()?.parse().ok())
-                    .collect::<Vec<IpAddr>>()
+                route_destinations(&out)
             })
             .collect()
     }
@@ -521,4 +514,16 @@ impl EcmpBalancer {
     pub fn pin_dir(&self) -> &std::path::Path {
         self.pin_dir.path()
     }
+}
+
+/// The destinations of the routes `ip -j route show ...` printed.
+pub fn route_destinations(json: &str) -> Vec<IpAddr> {
+    let routes: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| panic!("ip -j route show: {e}: {json}"));
+    routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("dst")?.as_str()?.parse().ok())
+        .collect()
 }
