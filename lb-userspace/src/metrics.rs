@@ -513,6 +513,7 @@ mod tests {
                 kind: CheckKind::Tcp,
                 target: "198.18.1.1:80".parse().unwrap(),
                 up: true,
+                pending: false,
                 last_ok: Some(true),
                 last_reason: "ok".into(),
                 last_latency_us: Some(100),

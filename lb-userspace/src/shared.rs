@@ -94,22 +94,31 @@ impl Shared {
     /// announcements follow the new health view.
     pub async fn set_health(&self, changes: Vec<(HealthKey, bool)>) {
         let queued = Instant::now();
-        let (d, (result, vips, took)) = self
+        let (d, (result, vips, took, changes)) = self
             .off_runtime(move |d| {
                 let started = Instant::now();
                 let vips: BTreeSet<VipAddr> = changes.iter().map(|(k, _)| k.vip).collect();
-                (d.set_health(&changes), vips.len(), started.elapsed())
+                (
+                    d.set_health(&changes),
+                    vips.len(),
+                    started.elapsed(),
+                    changes,
+                )
             })
             .await;
         match result {
+            // The rows stay pending: `lbctl health` must not say a backend is out while the rings still hold it.
             Err(e) => warn!("applying health changes failed: {e:#}"),
             // What a failover costs, for operators sizing rings and VIP counts (and bench maglev's down_to_ring_ms).
-            Ok(()) => info!(
-                vips,
-                apply_ms = took.as_secs_f64() * 1e3,
-                waited_ms = (queued.elapsed() - took).as_secs_f64() * 1e3,
-                "health changes applied"
-            ),
+            Ok(()) => {
+                self.checker.lock().expect("checker lock").applied(&changes);
+                info!(
+                    vips,
+                    apply_ms = took.as_secs_f64() * 1e3,
+                    waited_ms = (queued.elapsed() - took).as_secs_f64() * 1e3,
+                    "health changes applied"
+                )
+            }
         }
         // At once, not at the next announcement tick: a VIP that lost its last backend must stop attracting
         // traffic. Also after a failed batch: whatever part of it was applied counts.

@@ -114,6 +114,7 @@ impl Fake {
                 kind: CheckKind::Tcp,
                 target: (backend, 80).into(),
                 up: true,
+                pending: false,
                 last_ok: Some(true),
                 last_reason: "ok".into(),
                 last_latency_us: Some(120),

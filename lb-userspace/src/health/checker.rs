@@ -169,6 +169,19 @@ impl Checker {
             .is_none_or(|v| v.row.up)
     }
 
+    /// The daemon applied these transitions (its rings and backend entries follow them): their rows are no longer
+    /// pending, unless they flipped again meanwhile.
+    pub fn applied(&self, changes: &[(HealthKey, bool)]) {
+        let mut views = self.views.lock().expect("health views");
+        for (key, up) in changes {
+            if let Some(v) = views.rows.get_mut(key)
+                && v.row.up == *up
+            {
+                v.row.pending = false;
+            }
+        }
+    }
+
     /// The table for `lbctl health` and metrics, sorted by key.
     pub fn table(&self) -> Vec<BackendHealth> {
         let mut rows: Vec<_> = self
@@ -434,6 +447,7 @@ fn apply(
     };
     flipped.map(|reason| {
         row.up = !row.up;
+        row.pending = true;
         row.transitions += 1;
         HealthEvent {
             key: row.key,

@@ -313,6 +313,10 @@ pub struct BackendHealth {
     pub kind: CheckKind,
     pub target: SocketAddr,
     pub up: bool,
+    /// `up` flipped and the dataplane does not show it yet (the rings are being rebuilt, or that failed: lbd's log
+    /// says why). Until then a backend said down still receives new flows.
+    #[serde(default)]
+    pub pending: bool,
     /// Result of the latest probe; `None` before the first one finished.
     pub last_ok: Option<bool>,
     /// Why the latest probe failed (or "ok").
@@ -339,6 +343,7 @@ impl BackendHealth {
             kind,
             target,
             up,
+            pending: false,
             last_ok: None,
             last_reason: String::new(),
             last_latency_us: None,
@@ -440,6 +445,14 @@ mod tests {
         assert_eq!(down.key, k);
         assert!(down.reason.contains("2 consecutive failures"), "{down:?}");
         assert!(!checker.is_up(&k));
+        assert!(checker.table()[0].pending, "down, but not applied yet");
+        checker.applied(&[(k, true)]);
+        assert!(
+            checker.table()[0].pending,
+            "an older verdict applied: still pending"
+        );
+        checker.applied(&[(k, false)]);
+        assert!(!checker.table()[0].pending, "applied");
 
         let _back = std::net::TcpListener::bind(target).expect("rebind the same port");
         let up = next_event(&mut rx, Duration::from_secs(3)).await;

@@ -296,7 +296,8 @@ impl Lbd {
             Response::Health(rows) => rows
                 .iter()
                 .filter(|h| h.target.ip() == backend)
-                .map(|h| h.up)
+                // A pending verdict is not in the rings yet: traffic still follows the old one.
+                .map(|h| h.up != h.pending)
                 .collect(),
             other => panic!("Health: unexpected answer {other:?}"),
         }

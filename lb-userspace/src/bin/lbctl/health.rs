@@ -20,7 +20,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 h.key.backend.to_string(),
                 format!("{:?}", h.kind).to_lowercase(),
                 h.target.to_string(),
-                if h.up { "up" } else { "down" }.into(),
+                match (h.up, h.pending) {
+                    (true, false) => "up",
+                    (false, false) => "down",
+                    // Said by the checks, not yet in the rings.
+                    (true, true) => "up (applying)",
+                    (false, true) => "down (applying)",
+                }
+                .into(),
                 match h.last_ok {
                     // Not run yet, or failed on lbd's host (then the reason says so).
                     None if h.last_reason.is_empty() => "-".into(),
