@@ -85,7 +85,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
     privileges::drop_to_running(privileges::running(config_announces))
         .context("dropping capabilities")?;
 
-    let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
+    let (tx, mut events) = mpsc::channel::<Vec<HealthEvent>>(1024);
     let checker = Checker::new(tx).context("starting the health-check thread")?;
     let shared = Arc::new(Shared::new(daemon, checker, announcer));
     shared.sync_checks(&*shared.daemon.lock().await);
@@ -144,11 +144,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<()> {
                 // Daemon::reload logs the outcome either way.
                 let _ = shared.reload().await;
             }
-            Some(ev) = events.recv() => {
-                // One backend failing under a hundred VIPs sends a hundred events at once: take them together.
-                let mut changes = vec![(ev.key, ev.up)];
-                while let Ok(ev) = events.try_recv() {
-                    changes.push((ev.key, ev.up));
+            Some(batch) = events.recv() => {
+                // Several probes' batches may be queued: take them together, each VIP is rebuilt once.
+                let mut changes: Vec<_> = batch.iter().map(|ev| (ev.key, ev.up)).collect();
+                while let Ok(batch) = events.try_recv() {
+                    changes.extend(batch.iter().map(|ev| (ev.key, ev.up)));
                 }
                 // Announcements follow inside set_health, at once.
                 shared.set_health(changes).await;

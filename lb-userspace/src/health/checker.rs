@@ -66,7 +66,7 @@ struct Totals {
 pub struct Checker {
     views: SharedViews,
     probes: HashMap<ProbeKey, Probe>,
-    events: mpsc::Sender<HealthEvent>,
+    events: mpsc::Sender<Vec<HealthEvent>>,
     totals: Arc<Totals>,
     trust: TrustStores,
     // Last: the probe tasks are aborted (in `drop`) before their runtime goes.
@@ -75,7 +75,7 @@ pub struct Checker {
 
 impl Checker {
     /// Starts the probes' thread.
-    pub fn new(events: mpsc::Sender<HealthEvent>) -> std::io::Result<Checker> {
+    pub fn new(events: mpsc::Sender<Vec<HealthEvent>>) -> std::io::Result<Checker> {
         Ok(Checker {
             views: SharedViews::default(),
             probes: HashMap::new(),
@@ -342,7 +342,7 @@ async fn run(
     key: ProbeKey,
     tls: Result<Option<TlsClient>, String>,
     views: SharedViews,
-    events: mpsc::Sender<HealthEvent>,
+    events: mpsc::Sender<Vec<HealthEvent>>,
     totals: Arc<Totals>,
 ) {
     let (target, spec) = (key.target, &key.check);
@@ -389,7 +389,10 @@ async fn run(
                 })
                 .collect()
         };
-        for event in flips {
+        if flips.is_empty() {
+            continue;
+        }
+        for event in &flips {
             totals.transitions.fetch_add(1, Ordering::Relaxed);
             let k = event.key;
             if event.up {
@@ -397,9 +400,9 @@ async fn run(
             } else {
                 tracing::warn!(vip = %k.vip, backend = %k.backend, %target, "backend down: {}", event.reason);
             }
-            if events.send(event).await.is_err() {
-                return;
-            }
+        }
+        if events.send(flips).await.is_err() {
+            return;
         }
     }
 }

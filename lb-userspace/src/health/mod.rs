@@ -298,7 +298,9 @@ pub struct HealthKey {
     pub backend: IpAddr,
 }
 
-/// Sent to the daemon on every up/down transition (never for a probe that keeps the state).
+/// An up/down transition (never sent for a probe that keeps the state). The daemon receives those of one probe
+/// result together, as one batch: a backend that serves a hundred VIPs flips a hundred rows at once, and each ring
+/// should be rebuilt in one go, not in whatever parts the runtime happened to wake up for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthEvent {
     pub key: HealthKey,
@@ -406,11 +408,17 @@ mod tests {
         addr
     }
 
-    async fn next_event(rx: &mut mpsc::Receiver<HealthEvent>, within: Duration) -> HealthEvent {
-        tokio::time::timeout(within, rx.recv())
+    /// The next batch, which must hold one event (these tests have one row per probe).
+    async fn next_event(
+        rx: &mut mpsc::Receiver<Vec<HealthEvent>>,
+        within: Duration,
+    ) -> HealthEvent {
+        let mut batch = tokio::time::timeout(within, rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no health event within {within:?}"))
-            .expect("checker alive")
+            .expect("checker alive");
+        assert_eq!(batch.len(), 1, "{batch:?}");
+        batch.pop().unwrap()
     }
 
     #[tokio::test]
@@ -460,6 +468,35 @@ mod tests {
         let row = &checker.table()[0];
         assert_eq!(row.transitions, 2, "{row:?}");
         assert_eq!(checker.transitions(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_probe_sends_its_flips_as_one_batch() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut checker = Checker::new(tx).unwrap();
+        let spec = CheckSpec {
+            interval_ms: 50,
+            timeout_ms: 50,
+            rise: 1,
+            fall: 1,
+            ..CheckSpec::default()
+        };
+        // Fifty VIPs with the same backend and check: one probe feeds them all.
+        let keys: Vec<HealthKey> = (1..=50).map(key).collect();
+        for k in &keys {
+            checker.set(*k, target, spec.clone(), true);
+        }
+        assert_eq!(checker.probes(), 1);
+        drop(listener);
+        let batch = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .expect("a batch within 3 s")
+            .expect("checker alive");
+        let mut flipped: Vec<HealthKey> = batch.iter().filter(|e| !e.up).map(|e| e.key).collect();
+        flipped.sort();
+        assert_eq!(flipped, keys, "every view's flip in the first batch");
     }
 
     #[tokio::test]

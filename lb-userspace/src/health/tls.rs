@@ -376,7 +376,8 @@ mod tests {
         let down = tokio::time::timeout(Duration::from_secs(3), rx.recv())
             .await
             .expect("a health event")
-            .unwrap();
+            .unwrap()
+            .remove(0);
         assert!(!down.up, "{down:?}");
         assert!(down.reason.contains("certificate"), "{down:?}");
     }
