@@ -550,6 +550,18 @@ health = { kind = "none" }
                  backend would be probed before its last probe gave up"
             ]
         );
+        let e = errors(&GOOD.replace(
+            "health = { kind = \"none\" }",
+            "health = { kind = \"tcp\", port = 80, interval_ms = 200 }",
+        ));
+        assert_eq!(
+            e,
+            [
+                "vip[1].health.timeout_ms: 500 is longer than interval_ms = 200 (the default when timeout_ms is not \
+                 set: set it too): probes would overlap and a hung backend would be probed before its last probe \
+                 gave up"
+            ]
+        );
     }
 
     #[test]

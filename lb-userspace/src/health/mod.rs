@@ -159,12 +159,18 @@ impl CheckSpec {
             );
         }
         if self.timeout_ms > self.interval_ms {
+            // Most often met by writing a short interval alone: say where the 500 came from.
+            let default = if self.timeout_ms == DEFAULT_TIMEOUT_MS {
+                " (the default when timeout_ms is not set: set it too)"
+            } else {
+                ""
+            };
             err(
                 "timeout_ms",
                 self.timeout_ms.to_string(),
                 &format!(
-                    "is longer than interval_ms = {}: probes would overlap and a hung backend would be probed \
-                     before its last probe gave up",
+                    "is longer than interval_ms = {}{default}: probes would overlap and a hung backend would be \
+                     probed before its last probe gave up",
                     self.interval_ms
                 ),
             );
