@@ -427,19 +427,32 @@ mod tests {
         batch.pop().unwrap()
     }
 
-    #[tokio::test]
-    async fn tcp_goes_down_after_fall_and_up_after_rise() {
+    /// A TCP listener to check, a checker and its event receiver, and a TCP check every 50 ms.
+    fn tcp_setup(
+        timeout_ms: u64,
+        rise_fall: u32,
+    ) -> (
+        std::net::TcpListener,
+        Checker,
+        mpsc::Receiver<Vec<HealthEvent>>,
+        CheckSpec,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let target = listener.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut checker = Checker::new(tx).unwrap();
+        let (tx, rx) = mpsc::channel(16);
         let spec = CheckSpec {
             interval_ms: 50,
-            timeout_ms: 200,
-            rise: 2,
-            fall: 2,
+            timeout_ms,
+            rise: rise_fall,
+            fall: rise_fall,
             ..CheckSpec::default()
         };
+        (listener, Checker::new(tx).unwrap(), rx, spec)
+    }
+
+    #[tokio::test]
+    async fn tcp_goes_down_after_fall_and_up_after_rise() {
+        let (listener, mut checker, mut rx, spec) = tcp_setup(200, 2);
+        let target = listener.local_addr().unwrap();
         let k = key(target.port());
         checker.set(k, target, spec, true);
         assert!(
@@ -478,17 +491,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_shared_probe_sends_its_flips_as_one_batch() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (listener, mut checker, mut rx, spec) = tcp_setup(50, 1);
         let target = listener.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut checker = Checker::new(tx).unwrap();
-        let spec = CheckSpec {
-            interval_ms: 50,
-            timeout_ms: 50,
-            rise: 1,
-            fall: 1,
-            ..CheckSpec::default()
-        };
         // Fifty VIPs with the same backend and check: one probe feeds them all.
         let keys: Vec<HealthKey> = (1..=50).map(key).collect();
         for k in &keys {
