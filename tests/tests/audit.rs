@@ -3,9 +3,10 @@
 //! until a reload from the file, which drops it and every other runtime edit and names each one in the log.
 //! The real lbd and lbctl in the lab. Needs root; prints a skip reason otherwise.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::wait;
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::{self, Lab, LabOptions};
 
@@ -34,18 +35,19 @@ fn weight_and_share(lbd: &Lbd, backend: std::net::Ipv4Addr) -> (u64, u64) {
 /// The log line that contains every one of `parts`; panics with the log when none does (after up to 5 s: lbd may
 /// not have written it yet).
 fn log_line(lbd: &Lbd, parts: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = lbd.log_text();
-        if let Some(l) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
-            return l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with all of {parts:?}; lbd log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until(
+        &format!("a log line with all of {parts:?}"),
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let log = lbd.log_text();
+            match log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                Some(l) => Ok(l.to_owned()),
+                None => Err(log),
+            }
+        },
+        |log| format!("lbd log:\n{log}"),
+    )
 }
 
 #[test]
@@ -135,20 +137,18 @@ fn drains_outlive_restarts_until_a_reload_which_names_what_it_drops() {
         .matches("the reload dropped these runtime edits")
         .count();
     lbd.signal(nix::sys::signal::Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lbd
-        .log_text()
-        .matches("the reload dropped these runtime edits")
-        .count()
-        == reloads
-    {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP: no reload; lbd log:\n{}",
+    wait::until_true(
+        "a reload after SIGHUP",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
             lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+                .matches("the reload dropped these runtime edits")
+                .count()
+                > reloads
+        },
+        || format!("lbd log:\n{}", lbd.log_text()),
+    );
     let dropped = lbd
         .log_text()
         .lines()

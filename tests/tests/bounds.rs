@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lb_common::{FlowKey, FlowState, maps};
 use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::wait;
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::{self, Lab, LabOptions};
 use lb_userspace::control::api::{MAX_FLOWS, Request, Response};
@@ -117,18 +118,13 @@ fn idle_metrics_connections_leave_probes_and_backends_alone() {
 
     // Bounded time: the idle ones lbd kept are closed after IDLE_TIMEOUT, then /metrics answers (the 1,100 are
     // still open on this side).
-    let deadline = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(20);
-    let body = loop {
-        match lbd.try_metrics() {
-            Ok(body) => break body,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "/metrics did not answer within {:?}: {e}",
-                IDLE_TIMEOUT + Duration::from_secs(20)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = wait::until(
+        "/metrics to answer",
+        IDLE_TIMEOUT + Duration::from_secs(20),
+        Duration::from_millis(200),
+        || lbd.try_metrics(),
+        |e| e.to_string(),
+    );
     let refused: u64 = body
         .lines()
         .find_map(|l| l.strip_prefix("lb_metrics_connections_refused_total "))
@@ -265,18 +261,20 @@ fn probes_failing_on_this_host_are_unknown_not_down() {
         lbd.log_text()
     );
     // With ports back, every probe passes again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = health(&lbd);
-        if rows.iter().all(|r| r.last_ok == Some(true)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "probes did not pass again: {rows:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait::until(
+        "every probe to pass again",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let rows = health(&lbd);
+            if rows.iter().all(|r| r.last_ok == Some(true)) {
+                Ok(())
+            } else {
+                Err(rows)
+            }
+        },
+        |rows| format!("{rows:#?}"),
+    );
 }
 
 /// Fills lbd's pinned flow table with `n` entries of the IPv4 HTTP VIP's backends.

@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use lb_tests::harness::guards::TempDir;
+use lb_tests::harness::wait;
 use lb_tests::lab::target_binary;
 use lb_userspace::announce::{AddressInfo, AddressState, AnnounceInfo, VipHealth};
 use lb_userspace::control::api::{
@@ -640,15 +641,20 @@ fn fake_handler_refuses_connections_over_the_cap_and_closes_idle_ones() {
         .map(|_| UnixStream::connect(&h.socket).expect("connect"))
         .collect();
     // The server accepts in its own time: wait until it has taken all of them (the next one is then refused).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let out = h.lbctl(&["status"]);
-        if !out.status.success() {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "never refused: {out:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let refused = wait::until(
+        "a connection over the cap refused",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let out = h.lbctl(&["status"]);
+            if out.status.success() {
+                Err(out)
+            } else {
+                Ok(out)
+            }
+        },
+        |out| format!("the last was answered: {out:?}"),
+    );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(

@@ -116,15 +116,9 @@ fn sighup_applies_only_the_diff() {
 
     // SIGTERM: exits, the program stays attached.
     kill(&lbd, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lbd.alive() {
-        assert!(
-            Instant::now() < deadline,
-            "lbd ignored SIGTERM; log:\n{}",
-            b.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lbd.wait_exit(Duration::from_secs(10), || {
+        format!("SIGTERM sent; log:\n{}", b.log_text())
+    });
     assert!(b.xdp_attached(), "SIGTERM detached the program");
 
     // --detach removes program and pins.
@@ -155,11 +149,7 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
     kill(&lbd, nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lbd.alive() {
-        assert!(Instant::now() < deadline, "lbd survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lbd.wait_exit(Duration::from_secs(10), || "SIGKILL sent".into());
     assert!(b.xdp_attached(), "the program went away with the process");
     let c2 = b.passes_non_vip(c1, "not forwarding without the daemon");
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lb_tests::harness::netns::{NetNs, skip_unless_root};
+use lb_tests::harness::wait;
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::nft_counters::NftCounters;
 use lb_tests::lab::traffic::{self, HttpConn, Tally};
@@ -474,29 +475,27 @@ fn icmp_frag_needed_reaches_the_flows_backend() {
         .ns
         .run(|| traffic::send_raw_ipv4(&icmp, lab::VIP_V4));
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let after: Vec<u64> = lab
-            .backends
-            .iter()
-            .map(|b| icmp_dest_unreach_received(&b.host.ns))
-            .collect();
-        let got: Vec<usize> = (0..after.len()).filter(|&i| after[i] > before[i]).collect();
-        if !got.is_empty() {
-            assert_eq!(got.len(), 1, "the ICMP reached several backends: {got:?}");
-            assert_eq!(
-                lab.backends[got[0]].name, who,
-                "the ICMP went to {} but the flow is on {who}",
-                lab.backends[got[0]].name
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no backend received the ICMP frag-needed (flow on {who})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let got = wait::until(
+        "a backend to receive the ICMP frag-needed",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let after: Vec<u64> = lab
+                .backends
+                .iter()
+                .map(|b| icmp_dest_unreach_received(&b.host.ns))
+                .collect();
+            let got: Vec<usize> = (0..after.len()).filter(|&i| after[i] > before[i]).collect();
+            if got.is_empty() { Err(()) } else { Ok(got) }
+        },
+        |()| format!("the flow is on {who}"),
+    );
+    assert_eq!(got.len(), 1, "the ICMP reached several backends: {got:?}");
+    assert_eq!(
+        lab.backends[got[0]].name, who,
+        "the ICMP went to {} but the flow is on {who}",
+        lab.backends[got[0]].name
+    );
     drop(conn);
 }
 
@@ -754,19 +753,20 @@ fn wait_health(
     what: &str,
     cond: impl Fn(&lb_userspace::health::BackendHealth) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = health_of(lbd, vip);
-        if rows.len() == 3 && rows.iter().all(&cond) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{vip}: not {what} within 15 s: {rows:#?}\nlbd log:\n{}",
-            lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(
+        &format!("{vip} {what}"),
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let rows = health_of(lbd, vip);
+            if rows.len() == 3 && rows.iter().all(&cond) {
+                Ok(())
+            } else {
+                Err(rows)
+            }
+        },
+        |rows| format!("{rows:#?}\nlbd log:\n{}", lbd.log_text()),
+    )
 }
 
 /// HTTPS health checks through the real lbd: the backends serve a certificate of a CA made for this lab. A check

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lb_tests::harness::guards::ChildGuard;
 use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::wait;
 use lb_tests::lab::target_binary;
 use nix::sys::signal::Signal;
 
@@ -126,17 +127,13 @@ fn interrupted_lab_leaves_nothing(sig: Signal) {
     assert_all_there(&made);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab.id() as i32), sig)
         .expect("signal lb-lab");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = lab.child_mut().try_wait().expect("wait lb-lab") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lb-lab up still running 60 s after {sig}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait::until(
+        &format!("lb-lab up to exit after {sig}"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || lab.child_mut().try_wait().expect("wait lb-lab").ok_or(()),
+        |()| String::new(),
+    );
     for ns in &made.namespaces {
         assert!(
             !Path::new("/var/run/netns").join(ns).exists(),

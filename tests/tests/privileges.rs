@@ -5,10 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_tests::harness::capabilities;
 use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::wait;
 use lb_tests::lab::daemon::{Launch, Lbd};
 use lb_tests::lab::{self, Lab, LabOptions, traffic};
 use lb_userspace::control::api::{Request, Response, VipInfo};
@@ -54,15 +55,13 @@ fn backend_row(lbd: &Lbd, vip: &str, backend: IpAddr) -> Option<(u32, bool, u32)
 }
 
 fn wait_until(lbd: &Lbd, what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; lbd log:\n{}",
-            lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_true(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        cond,
+        || format!("lbd log:\n{}", lbd.log_text()),
+    )
 }
 
 #[test]
@@ -274,20 +273,17 @@ fn announced(lab: &Lab) -> BTreeSet<IpAddr> {
 }
 
 fn wait_announced(lab: &Lab, lbd: &Lbd, want: &BTreeSet<IpAddr>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = announced(lab);
-        if &have == want {
-            println!("{what}: routes {have:?}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: lbd's routes are {have:?}, not {want:?}, after 30 s; lbd log:\n{}",
-            lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let have = wait::until(
+        &format!("{what}: routes {want:?}"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let have = announced(lab);
+            if &have == want { Ok(have) } else { Err(have) }
+        },
+        |have| format!("lbd's routes are {have:?}; lbd log:\n{}", lbd.log_text()),
+    );
+    println!("{what}: routes {have:?}");
 }
 
 /// With `[announce]` on, lbd started with exactly the unit's capabilities keeps CAP_NET_ADMIN alone once attached

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lb_tests::harness::netns::{NetNs, skip_unless_root};
+use lb_tests::harness::wait;
 use lb_tests::lab::daemon::Lbd;
 use lb_tests::lab::{self, Lab, LabOptions};
 use lb_userspace::control::api::{Request, Response};
@@ -71,19 +72,20 @@ fn health(lbd: &Lbd) -> Vec<BackendHealth> {
 
 /// Waits until `cond` holds for every health row (and there are `rows` of them).
 fn wait_rows(lbd: &Lbd, rows: usize, what: &str, cond: impl Fn(&BackendHealth) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let h = health(lbd);
-        if h.len() == rows && h.iter().all(&cond) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {what} within 20 s: {h:#?}\nlbd log:\n{}",
-            lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let h = health(lbd);
+            if h.len() == rows && h.iter().all(&cond) {
+                Ok(())
+            } else {
+                Err(h)
+            }
+        },
+        |h| format!("{h:#?}\nlbd log:\n{}", lbd.log_text()),
+    )
 }
 
 /// The lab config with its VIPs replaced by `vips` (TOML tables) and room for them.
@@ -212,15 +214,13 @@ fn a_configs_probes_start_spread_over_their_interval() {
         .collect();
     let cfg = lab.write_config("lbd.toml", with_vips(vips));
     let lbd = Lbd::start(&lab, &cfg);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counters.iter().any(|c| c.first().is_none()) {
-        assert!(
-            Instant::now() < deadline,
-            "not every port was probed within 20 s; lbd log:\n{}",
-            lbd.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until_true(
+        "every port probed",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || counters.iter().all(|c| c.first().is_some()),
+        || format!("lbd log:\n{}", lbd.log_text()),
+    );
     let firsts: Vec<Instant> = counters.iter().filter_map(ProbeCounter::first).collect();
     let (min, max) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
     let mut offsets: Vec<u128> = firsts.iter().map(|t| (*t - *min).as_millis()).collect();

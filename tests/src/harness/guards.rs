@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::time::Duration;
 
 use super::netns;
 
@@ -46,6 +47,19 @@ impl ChildGuard {
     /// Still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until the process has exited (after a signal or a shutdown request); panics after `limit` with
+    /// `explain()`.
+    pub fn wait_exit(&mut self, limit: Duration, explain: impl FnOnce() -> String) {
+        let what = format!("{} to exit", self.what);
+        super::wait::until_true(
+            &what,
+            limit,
+            Duration::from_millis(20),
+            || !self.alive(),
+            explain,
+        );
     }
 
     pub fn what(&self) -> &str {

@@ -13,4 +13,5 @@ pub mod oracle;
 pub mod packets;
 pub mod pinned;
 pub mod rig;
+pub mod wait;
 pub mod world;

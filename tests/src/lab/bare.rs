@@ -13,6 +13,7 @@ use lb_common::{Backend, BackendId, Counter, VipKey, VipMeta, maps};
 use crate::harness::guards::{BpffsDir, ChildGuard, TempDir};
 use crate::harness::netns::{NetNs, veth_pair};
 use crate::harness::pinned::{self, counter};
+use crate::harness::wait;
 use crate::lab::target_binary;
 
 pub const LB_ADDR: &str = "198.18.0.1";
@@ -158,20 +159,21 @@ impl Bare {
 
     /// Waits up to 30 s for `cond`, failing early when lbd exits.
     pub fn wait_for(&self, child: &mut ChildGuard, what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(
-                child.alive(),
-                "lbd exited while waiting for {what}; log:\n{}",
-                self.log_text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait::until_true(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let done = cond();
+                assert!(
+                    done || child.alive(),
+                    "lbd exited while waiting for {what}; log:\n{}",
+                    self.log_text()
+                );
+                done
+            },
+            || format!("log:\n{}", self.log_text()),
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -257,9 +259,5 @@ pub fn kill(child: &ChildGuard, sig: nix::sys::signal::Signal) {
 
 /// Waits (10 s at most) until a signalled child has exited.
 pub fn wait_exit(child: &mut ChildGuard, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.alive() {
-        assert!(Instant::now() < deadline, "{what}: lbd still running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    child.wait_exit(Duration::from_secs(10), || what.to_string());
 }

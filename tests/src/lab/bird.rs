@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::guards::ChildGuard;
 use crate::harness::netns::NetNs;
+use crate::harness::wait;
 
 /// The session timers every lab BGP session uses (see the module comment).
 pub const FAST_TIMERS: &str = "hold time 3; keepalive time 1; connect delay time 1; connect retry time 1; error wait time 1, 5;";
@@ -62,18 +63,26 @@ impl Bird {
             .stderr(out);
         let _ = std::fs::remove_file(&sock);
         self.child = Some(ChildGuard::spawn(cmd, &format!("bird {}", self.name)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.try_birdc(&["show", "status"]).is_none() {
-            let alive = self.child.as_mut().is_some_and(|c| c.alive());
-            assert!(
-                alive && Instant::now() < deadline,
-                "bird {} did not start (alive: {alive}):\n{}\n{}",
-                self.name,
-                std::fs::read_to_string(self.path("out")).unwrap_or_default(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (out, log) = (self.path("out"), self.path("log"));
+        let failed = || {
+            let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+            format!("{}\n{}", read(&out), read(&log))
+        };
+        let name = self.name.clone();
+        wait::until_true(
+            &format!("bird {name} to answer birdc"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                if self.try_birdc(&["show", "status"]).is_some() {
+                    return true;
+                }
+                let alive = self.child.as_mut().is_some_and(|c| c.alive());
+                assert!(alive, "bird {name} exited:\n{}", failed());
+                false
+            },
+            failed,
+        );
     }
 
     /// SIGKILL: a crash of the BGP speaker, or the host gone as far as BGP can tell. The kernel closes the TCP

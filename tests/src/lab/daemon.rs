@@ -12,6 +12,7 @@ use lb_userspace::health::CheckKind;
 use crate::harness::capabilities;
 use crate::harness::guards::ChildGuard;
 use crate::harness::netns::NetNs;
+use crate::harness::wait;
 use crate::lab::{Lab, target_binary};
 
 /// `lbd --config <path>` running in a balancer's namespace. Killed (SIGKILL) on drop; the lab's pin directory
@@ -128,26 +129,23 @@ impl Lbd {
             }
         }
         self.child = Some(ChildGuard::spawn(cmd, "lbd"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) = Client::connect(&self.socket)
-                && matches!(c.call(&Request::Status), Ok(Response::Status(_)))
-            {
-                return;
-            }
-            let alive = self.child.as_mut().is_some_and(|c| c.alive());
-            assert!(
-                alive,
-                "lbd exited during start-up; its log:\n{}",
-                self.log_text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "lbd did not answer within 30 s; its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+        wait::until_true(
+            "lbd to answer on its control socket",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if let Ok(mut c) = Client::connect(&self.socket)
+                    && matches!(c.call(&Request::Status), Ok(Response::Status(_)))
+                {
+                    return true;
+                }
+                let alive = self.child.as_mut().is_some_and(|c| c.alive());
+                assert!(alive, "lbd exited during start-up; its log:\n{}", log());
+                false
+            },
+            || format!("its log:\n{}", log()),
+        );
     }
 
     /// SIGKILL, as a crash would: no cleanup runs. The program must stay attached and forwarding.
@@ -165,15 +163,9 @@ impl Lbd {
             nix::sys::signal::Signal::SIGTERM,
         )
         .expect("SIGTERM lbd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.alive() {
-            assert!(
-                Instant::now() < deadline,
-                "lbd still running 10 s after SIGTERM; its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        c.wait_exit(Duration::from_secs(10), || {
+            format!("SIGTERM sent; its log:\n{}", self.log_text())
+        });
     }
 
     /// Starts lbd again with the same config (after [`Lbd::kill9`] or [`Lbd::terminate`]).
@@ -324,23 +316,25 @@ impl Lbd {
     ) -> Duration {
         let backend = backend.into();
         let start = Instant::now();
-        loop {
-            let rows = self.backend_up(backend);
-            // "Up" also waits for a passing probe of each checked row: first probes are spread over the interval,
-            // and until one has run lbd's host may not have resolved the backend's neighbour entry yet (an XDP
-            // redirect to an unresolved neighbour drops the packet; TCP retransmits, a single UDP request is lost).
-            let probed = !up || self.all_probed(backend);
-            if !rows.is_empty() && rows.iter().all(|&u| u == up) && probed {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{backend} not {} within {limit:?} (rows {rows:?}); lbd log:\n{}",
-                if up { "up" } else { "down" },
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            &format!("{backend} {}", if up { "up" } else { "down" }),
+            limit,
+            Duration::from_millis(50),
+            || {
+                let rows = self.backend_up(backend);
+                // "Up" also waits for a passing probe of each checked row: first probes are spread over the
+                // interval, and until one has run lbd's host may not have resolved the backend's neighbour entry
+                // yet (an XDP redirect to an unresolved neighbour drops the packet; TCP retransmits, a single UDP
+                // request is lost).
+                let probed = !up || self.all_probed(backend);
+                if !rows.is_empty() && rows.iter().all(|&u| u == up) && probed {
+                    Ok(start.elapsed())
+                } else {
+                    Err(rows)
+                }
+            },
+            |rows| format!("rows {rows:?}; lbd log:\n{}", self.log_text()),
+        )
     }
 
     /// Waits until every backend of the lab is up in every VIP.
@@ -355,15 +349,12 @@ impl Lbd {
     pub fn shutdown_detach(mut self) {
         let _ = self.lbctl(&["shutdown", "--detach"]);
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.alive() {
-                assert!(
-                    Instant::now() < deadline,
-                    "lbd still running 10 s after `lbctl shutdown --detach`; its log:\n{}",
+            c.wait_exit(Duration::from_secs(10), || {
+                format!(
+                    "`lbctl shutdown --detach` sent; its log:\n{}",
                     self.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                )
+            });
         }
     }
 }

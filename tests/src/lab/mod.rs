@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_common::AddrKey;
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
@@ -22,6 +22,7 @@ use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 use crate::harness::guards::{self, BpffsDir, ChildGuard, TempDir};
 use crate::harness::lab_programs::LabPrograms;
 use crate::harness::netns::{self, NetNs, veth_pair};
+use crate::harness::wait;
 use pki::LabPki;
 
 pub mod bare;
@@ -314,15 +315,14 @@ impl LabBackend {
         cmd.stdin(Stdio::null());
         self.server = Some(ChildGuard::spawn(cmd, &format!("{} server", self.name)));
         let addr = std::net::SocketAddr::new(IpAddr::V4(self.host.v4), HTTP_PORT);
-        let deadline = Instant::now() + Duration::from_secs(10);
         self.host.ns.run(|| {
-            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "server on {addr} did not start within 10 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait::until_true(
+                &format!("the server on {addr} to accept"),
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+                String::new,
+            )
         });
     }
 
