@@ -293,7 +293,7 @@ impl RawVip {
             fragments,
             backends: backends.into_iter().collect::<Option<Vec<_>>>()?,
             // The documented default: a TCP connect on the VIP port (a port-0 VIP must name a port, the rules say).
-            health: self.health.clone().unwrap_or_default(),
+            health: self.health.clone().unwrap_or_default().filled(),
             min_healthy: self.min_healthy.unwrap_or(DEFAULT_MIN_HEALTHY),
             panic_threshold: self.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
         })

@@ -359,7 +359,7 @@ async fn run(
             Ok(r) => r,
             Err(_) => Err(ProbeError::backend(format!(
                 "timed out after {} ms",
-                spec.timeout_ms
+                spec.timeout_ms()
             ))),
         };
         let latency_us = started.elapsed().as_micros() as u64;

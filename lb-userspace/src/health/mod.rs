@@ -88,8 +88,10 @@ pub struct CheckSpec {
     pub expect: Option<String>,
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    /// Default: 500 ms, or `interval_ms` when that is shorter. Read it through [`CheckSpec::timeout_ms`];
+    /// [`CheckSpec::filled`] writes the default out (as the effective configuration shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     #[serde(default = "default_rise")]
     pub rise: u32,
     #[serde(default = "default_fall")]
@@ -98,9 +100,6 @@ pub struct CheckSpec {
 
 fn default_interval_ms() -> u64 {
     DEFAULT_INTERVAL_MS
-}
-fn default_timeout_ms() -> u64 {
-    DEFAULT_TIMEOUT_MS
 }
 fn default_rise() -> u32 {
     DEFAULT_RISE
@@ -122,7 +121,7 @@ impl Default for CheckSpec {
             send: None,
             expect: None,
             interval_ms: DEFAULT_INTERVAL_MS,
-            timeout_ms: DEFAULT_TIMEOUT_MS,
+            timeout_ms: None,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
         }
@@ -151,26 +150,21 @@ impl CheckSpec {
                 &format!("must be at least {MIN_INTERVAL_MS}"),
             );
         }
-        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+        let timeout_ms = self.timeout_ms();
+        if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
             err(
                 "timeout_ms",
-                self.timeout_ms.to_string(),
+                timeout_ms.to_string(),
                 &format!("must be 1..={MAX_TIMEOUT_MS}"),
             );
         }
-        if self.timeout_ms > self.interval_ms {
-            // Most often met by writing a short interval alone: say where the 500 came from.
-            let default = if self.timeout_ms == DEFAULT_TIMEOUT_MS {
-                " (the default when timeout_ms is not set: set it too)"
-            } else {
-                ""
-            };
+        if timeout_ms > self.interval_ms {
             err(
                 "timeout_ms",
-                self.timeout_ms.to_string(),
+                timeout_ms.to_string(),
                 &format!(
-                    "is longer than interval_ms = {}{default}: probes would overlap and a hung backend would be \
-                     probed before its last probe gave up",
+                    "is longer than interval_ms = {}: probes would overlap and a hung backend would be probed \
+                     before its last probe gave up",
                     self.interval_ms
                 ),
             );
@@ -272,8 +266,23 @@ impl CheckSpec {
         Duration::from_millis(self.interval_ms)
     }
 
+    /// The probe timeout: as set, else 500 ms or the interval when that is shorter (so that `interval_ms = 200`
+    /// alone is a valid check).
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+            .unwrap_or(DEFAULT_TIMEOUT_MS.min(self.interval_ms))
+    }
+
     pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
+        Duration::from_millis(self.timeout_ms())
+    }
+
+    /// This spec with its defaults written out, as the running configuration holds it.
+    pub fn filled(self) -> CheckSpec {
+        CheckSpec {
+            timeout_ms: Some(self.timeout_ms()),
+            ..self
+        }
     }
 
     /// What makes two checks one probe: everything but the hysteresis (each VIP's view applies its own `rise` and
@@ -283,7 +292,7 @@ impl CheckSpec {
             port: None,
             rise: 0,
             fall: 0,
-            ..self.clone()
+            ..self.clone().filled()
         }
     }
 
@@ -441,7 +450,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let spec = CheckSpec {
             interval_ms: 50,
-            timeout_ms,
+            timeout_ms: Some(timeout_ms),
             rise: rise_fall,
             fall: rise_fall,
             ..CheckSpec::default()
@@ -629,7 +638,7 @@ mod tests {
     fn spec_defaults_and_validation_name_fields() {
         let spec: CheckSpec = toml::from_str("kind = \"udp\"\nsend = \"x\"").unwrap();
         assert_eq!(
-            (spec.interval_ms, spec.timeout_ms, spec.rise, spec.fall),
+            (spec.interval_ms, spec.timeout_ms(), spec.rise, spec.fall),
             (
                 DEFAULT_INTERVAL_MS,
                 DEFAULT_TIMEOUT_MS,
