@@ -149,7 +149,7 @@ fn sigkill_and_restart_adopt_the_pinned_state() {
     let c1 = b.passes_non_vip(0, "lb_xdp did not see the datagrams");
 
     kill(&lbd, nix::sys::signal::Signal::SIGKILL);
-    lbd.wait_exit(Duration::from_secs(10), || "SIGKILL sent".into());
+    wait_exit(&mut lbd, "SIGKILL");
     assert!(b.xdp_attached(), "the program went away with the process");
     let c2 = b.passes_non_vip(c1, "not forwarding without the daemon");
 

@@ -550,7 +550,10 @@ health = { kind = "none" }
                  backend would be probed before its last probe gave up"
             ]
         );
-        // A short interval alone shortens the default timeout with it.
+    }
+
+    #[test]
+    fn a_short_interval_alone_shortens_the_default_timeout() {
         let c = Config::parse(&GOOD.replace(
             "health = { kind = \"none\" }",
             "health = { kind = \"tcp\", port = 80, interval_ms = 200 }",
