@@ -73,6 +73,17 @@ counters! {
     DecapDropSource = "decap_drop_source",
     /// `lb_decap`: a fragmented IP-in-IP packet for this host (dropped; balancers never send one).
     DecapDropFragment = "decap_drop_fragment",
+    /// `lb_hc`: a packet without a probe mark on lbd's probe interface (the interface's own chatter, or something
+    /// routed there by hand): left to the interface, which sends nothing anywhere.
+    HcPassUnmarked = "hc_pass_unmarked",
+    /// `lb_hc`: a probe packet sent to the backend its mark names (encapsulated or MAC-rewritten, then redirected).
+    HcSent = "hc_sent",
+    /// `lb_hc`: the mark names no backend entry, or one of the other family on an L2 DSR VIP (dropped).
+    HcDropNoBackend = "hc_drop_no_backend",
+    /// `lb_hc`: `bpf_fib_lookup` found no route to the backend (dropped).
+    HcDropNoRoute = "hc_drop_no_route",
+    /// `lb_hc`: not an IP packet of the family its header says, or the tunnel header could not be added (dropped).
+    HcDropMalformed = "hc_drop_malformed",
 }
 
 /// Length of `LB_COUNTERS`.

@@ -15,6 +15,7 @@ pub mod consts;
 pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod hc_mark;
 pub mod lookup;
 pub mod maps;
 pub mod programs;

@@ -1,12 +1,15 @@
-//! The XDP programs and the objects that hold them. The production object holds what lbd attaches; the lab object
+//! The programs and the objects that hold them. The production object holds what lbd attaches; the lab object
 //! holds calibration and test programs, which lbd never loads.
 
 /// The balancer (production object).
 pub const LB: &str = "lb_xdp";
 /// The backend-side decapsulation program (production object).
 pub const DECAP: &str = "lb_decap";
+/// The VIP-path health-probe sender (production object, TC egress of lbd's probe interface): sends each packet
+/// whose mark names a backend (`hc_mark`) to that backend as `lb_xdp` would send a client's.
+pub const HC: &str = "lb_hc";
 /// Every program of the production object.
-pub const PRODUCTION: &[&str] = &[LB, DECAP];
+pub const PRODUCTION: &[&str] = &[LB, DECAP, HC];
 
 /// A bare `XDP_PASS`, for the peer of a veth that receives native `XDP_TX`/`XDP_REDIRECT` frames (lab object).
 pub const PASS: &str = "lb_pass";

@@ -1,4 +1,4 @@
-//! The production object: `lb_xdp` and `lb_decap`, the only programs lbd loads (calibration and lab programs are
+//! The production object: `lb_xdp`, `lb_decap` and `lb_hc`, the only programs lbd loads (calibration and lab programs are
 //! in the lab object, lab.rs). Each entry point calls a `try_` function and turns its result, success or error,
 //! into one counted verdict; nothing returns `XDP_ABORTED`. Behaviour: docs/dataplane.md, whose steps are the
 //! functions below (`try_lb_xdp` dispatches steps 1 to 5; `transport` runs 5 to 8 for TCP/UDP).
@@ -9,6 +9,7 @@ mod conntrack;
 mod decap;
 mod encap;
 mod fib;
+mod hc;
 mod headers;
 mod icmp;
 mod maps;
@@ -19,7 +20,10 @@ mod stats;
 mod verdict;
 mod vip;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::{
     Backend, BackendId, Counter, FAMILY_V4, FlowKey, GlobalConfig, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP, RateLimit, VIP_F_FRAG_HASH3, VIP_F_L2DSR, VipMeta, hash::flow_hash,
@@ -49,6 +53,14 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     finish(decap::try_lb_decap(&ctx))
+}
+
+/// Balancer side, TC egress of lbd's probe interface: sends marked health probes along the VIP path.
+#[classifier]
+pub fn lb_hc(ctx: TcContext) -> i32 {
+    match hc::try_lb_hc(&ctx) {
+        Ok(v) | Err(v) => finish(v) as i32,
+    }
 }
 
 #[inline(always)]

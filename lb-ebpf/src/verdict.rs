@@ -1,6 +1,7 @@
-//! Every verdict of both programs, named once: what the program does with a packet and the one verdict-reason
+//! Every verdict of the three programs, named once: what the program does with a packet and the one verdict-reason
 //! counter that says why. Entry points end in [`finish`], which counts the reason and returns the action.
 
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use lb_common::{Counter, XDP_DROP, XDP_PASS, XDP_TX};
 
 use crate::stats;
@@ -63,6 +64,13 @@ pub const DECAP_NOT_VIP: Verdict = pass(Counter::DecapPassNotVip);
 pub const DECAP_MALFORMED: Verdict = drop(Counter::DecapDropMalformed);
 pub const DECAP_BAD_SOURCE: Verdict = drop(Counter::DecapDropSource);
 pub const DECAP_FRAGMENT: Verdict = drop(Counter::DecapDropFragment);
+
+// lb_hc (TC actions, not XDP ones)
+pub const HC_PASS_UNMARKED: Verdict = Verdict::new(TC_ACT_OK as u32, Counter::HcPassUnmarked);
+pub const HC_SENT: Verdict = Verdict::new(TC_ACT_REDIRECT as u32, Counter::HcSent);
+pub const HC_DROP_NO_BACKEND: Verdict = Verdict::new(TC_ACT_SHOT as u32, Counter::HcDropNoBackend);
+pub const HC_DROP_NO_ROUTE: Verdict = Verdict::new(TC_ACT_SHOT as u32, Counter::HcDropNoRoute);
+pub const HC_DROP_MALFORMED: Verdict = Verdict::new(TC_ACT_SHOT as u32, Counter::HcDropMalformed);
 
 /// Why a packet with a valid IP header was not balanced (steps 3 to 5 of docs/dataplane.md). Whether that means
 /// a drop or a pass depends only on its destination: see `vip::unbalanced`.

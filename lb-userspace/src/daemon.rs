@@ -19,16 +19,17 @@ use anyhow::{Context, Result, bail};
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_DRAINED, BACKEND_F_UNHEALTHY, Backend, BackendId,
     CFG_F_ICMP_TOO_BIG, GlobalConfig, LAYOUT_VERSION, VIP_F_FRAG_ONLY, VipMeta, addr_words,
-    programs,
+    hc_mark::ProbeMark, programs,
 };
 use tracing::{debug, info, warn};
 
 use crate::attach::{self, Attachment};
-use crate::config::{AnnounceConfig, Config, VipAddr};
+use crate::config::{AnnounceConfig, Config, Mode, VipAddr};
 use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
 use crate::health::{CheckKind, HealthKey};
 use crate::layout::{self, Plan};
 use crate::pins::PinDir;
+use crate::probe_path;
 use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, Ring, diff};
 use crate::upgrade::{self, FlowCopy, OldState};
 
@@ -110,7 +111,7 @@ impl Daemon {
         let dp = Dataplane::load(&LoadOptions {
             sizes: d.sizes,
             pin_dir: Some(maps_dir),
-            programs: &[programs::LB],
+            programs: &[programs::LB, programs::HC],
         })
         .context("loading the dataplane")?;
         let mut daemon = Daemon {
@@ -197,6 +198,20 @@ impl Daemon {
                 sysctl,
                 "forwarding is disabled: VIP packets will be dropped (drop_no_route) until it is set to 1"
             );
+        }
+        match probe_path::setup(daemon.dp.classifier(programs::HC)?) {
+            Ok(()) => {}
+            // Without it a VIP-path probe would leave by the main table, towards whatever serves the VIP: refuse
+            // to run such checks rather than run them wrong. A config with direct checks only does not need it.
+            Err(e) if daemon.config.uses_vip_path_checks() => {
+                return Err(e.context(
+                    "VIP-path health checks (health.target = \"vip\", the default) need it",
+                ));
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "no VIP-path probe route; the config checks directly only"
+            ),
         }
         info!(vips = daemon.state.vips.len(), attachment = %daemon.attachment, "lbd running");
         Ok(daemon)
@@ -361,6 +376,17 @@ impl Daemon {
             Some(meta) => self.dp.read_ring(meta),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// The socket mark of a VIP-path probe of `backend` of `vip`: its backend id, and the VIP's forwarding mode.
+    /// `None` while the pair has no id (not applied yet).
+    pub fn probe_mark(&self, vip: &VipAddr, backend: IpAddr, mode: Mode) -> Option<u32> {
+        let id = self.ids.backend(&(*vip, backend))?;
+        ProbeMark {
+            backend: id,
+            l2dsr: mode == Mode::L2dsr,
+        }
+        .encode()
     }
 
     pub fn is_up(&self, vip: &VipAddr, backend: IpAddr) -> bool {
@@ -746,5 +772,14 @@ fn detach_pins(pins: &PinDir, interface: &str) -> Result<()> {
     if !attach::detach_pinned(programs::LB, interface, pins.path())? {
         warn!(interface, pin_dir = %pins.path().display(), "no pinned link found; nothing was attached by lbd");
     }
-    pins.remove_all_maps()
+    pins.remove_all_maps()?;
+    if let Err(e) = probe_path::remove() {
+        // A running lbd gave CAP_NET_ADMIN up (unless it announces): the interface and its rules stay, harmless without
+        // lb_hc (a marked packet is dropped there), until `lbd --detach` (run as root) removes them.
+        warn!(
+            error = format!("{e:#}"),
+            "the VIP-path probe interface and rules are left in place; `lbd --detach` removes them"
+        );
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
-    programs::Xdp,
+    programs::{Program, SchedClassifier, Xdp},
 };
 use lb_common::{
     AddrKey, Backend, BackendId, BackendStats, Counter, FlowKey, FlowState, GlobalConfig, NextHop,
@@ -186,13 +186,18 @@ impl Dataplane {
             .load(EBPF_OBJECT)
             .context("loading the lb-ebpf object (map creation)")?;
         for name in opts.programs {
-            let prog: &mut Xdp = ebpf
+            let loaded = match ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not XDP"))?;
-            prog.load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
+            {
+                Program::Xdp(p) => p.load(),
+                Program::SchedClassifier(p) => p.load(),
+                other => bail!(
+                    "program {name} is a {:?}, neither XDP nor TC",
+                    other.prog_type()
+                ),
+            };
+            loaded.with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let ring = match ebpf.map(maps::RING) {
             Some(Map::Array(data)) => RingMap::new(data.fd(), s.ring_entries()?)?,
@@ -250,6 +255,15 @@ impl Dataplane {
             .with_context(|| format!("no program {prog}"))?
             .try_into()
             .with_context(|| format!("program {prog} is not XDP"))
+    }
+
+    /// One of the loaded TC programs by name (`lb_hc`).
+    pub fn classifier(&mut self, prog: &str) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(prog)
+            .with_context(|| format!("no program {prog}"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a TC classifier"))
     }
 
     fn map(&self, name: &str) -> Result<&Map> {

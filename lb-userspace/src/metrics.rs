@@ -512,6 +512,7 @@ mod tests {
                 key: HealthKey { vip, backend },
                 kind: CheckKind::Tcp,
                 target: "198.18.1.1:80".parse().unwrap(),
+                path: crate::health::CheckTarget::Direct,
                 up: true,
                 pending: false,
                 last_ok: Some(true),

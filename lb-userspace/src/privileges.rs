@@ -6,12 +6,19 @@
 //! - attaching `lb_xdp` again to a re-created interface (`Daemon::watch_interface`) is a BPF_LINK_CREATE with the
 //!   program descriptor lbd holds, and pinning that link, removing pins (`lbctl shutdown --detach`) and the control
 //!   socket are file operations in directories root owns (tried: all work with an empty capability set);
-//! - health checks and /metrics are ordinary TCP/UDP sockets; the aya-log bridge reads a ring buffer it holds.
+//! - the aya-log bridge reads a ring buffer it holds;
 //!
-//! So [`RUNNING`] is empty: every capability leaves the effective, permitted, inheritable, ambient and bounding
-//! sets, and a flaw in the code that parses backends' HTTP and TLS answers or lbctl's requests cannot load
-//! programs, touch other programs' maps or reconfigure the host. A restart or an upgrade is a new process, which
-//! starts with the unit's capabilities again.
+//! - health checks and /metrics are ordinary TCP/UDP sockets, except for one option: a VIP-path probe's socket is
+//!   marked (SO_MARK) so that the policy rule sends it to `lb_hc` (`probe_path`), and setting a mark needs
+//!   CAP_NET_RAW (or CAP_NET_ADMIN) at every probe.
+//!
+//! So [`RUNNING`] is CAP_NET_RAW alone: every other capability leaves the effective, permitted, inheritable,
+//! ambient and bounding sets, and a flaw in the code that parses backends' HTTP and TLS answers or lbctl's requests
+//! cannot load programs, touch other programs' maps or reconfigure the host. CAP_NET_RAW lets it open raw IP
+//! sockets (the unit's `RestrictAddressFamilies=` still refuses packet sockets) and mark its own sockets; it is kept
+//! even when the starting config checks directly only, because checks target the VIP path by default and a
+//! reload may add one, while a capability given up cannot be taken back. A restart or an upgrade is a new process,
+//! which starts with the unit's capabilities again.
 //!
 //! One job is different: with `[announce]` enabled lbd announces its VIP addresses by writing routes into a kernel
 //! table BIRD exports (`announce::routes`), and adding or deleting a route (RTM_NEWROUTE / RTM_DELROUTE over
@@ -19,7 +26,8 @@
 //! life of the daemon, not only at start. No descriptor opened before the drop can stand in for it: for each netlink
 //! message the kernel checks the sending thread's capability, besides that of whoever opened the socket. So with
 //! `[announce]` on lbd keeps exactly CAP_NET_ADMIN ([`RUNNING_ANNOUNCING`]), effective and permitted (and in the
-//! bounding set), nothing inheritable or ambient; with it off it keeps nothing. CAP_NET_ADMIN still lets a flaw
+//! bounding set), nothing inheritable or ambient (CAP_NET_ADMIN also allows SO_MARK); with it off it keeps
+//! CAP_NET_RAW. CAP_NET_ADMIN still lets a flaw
 //! reconfigure the host's network, but not load BPF programs or read kernel memory (CAP_BPF, CAP_PERFMON are gone),
 //! and the unit's sandbox (system-call filter, address families, read-only system) still holds. The set is chosen
 //! once, from the config lbd starts with: capabilities belong to each thread and are dropped while lbd is one thread,
@@ -31,11 +39,12 @@ use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability, CapsHashSet};
 use tracing::{info, warn};
 
-/// What the running daemon keeps without `[announce]`: nothing (see above). A capability a future operation needs goes
-/// here, with why.
-pub const RUNNING: &[Capability] = &[];
+/// What the running daemon keeps without `[announce]`: CAP_NET_RAW, to mark VIP-path probe sockets (see above). A
+/// capability a future operation needs goes here, with why.
+pub const RUNNING: &[Capability] = &[Capability::CAP_NET_RAW];
 
-/// What it keeps with `[announce]` enabled: CAP_NET_ADMIN, to add and delete its announcement routes (see above).
+/// What it keeps with `[announce]` enabled: CAP_NET_ADMIN, to add and delete its announcement routes (and to mark
+/// probe sockets: see above).
 pub const RUNNING_ANNOUNCING: &[Capability] = &[Capability::CAP_NET_ADMIN];
 
 /// The capabilities lbd keeps once attached, given whether it announces.

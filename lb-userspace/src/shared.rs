@@ -3,6 +3,7 @@
 //! all hold one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 use crate::announce::{self, Announcer};
 use crate::config::VipAddr;
 use crate::daemon::Daemon;
-use crate::health::{CheckKind, Checker, HealthKey};
+use crate::health::{CheckKind, CheckTarget, Checker, Endpoint, HealthKey};
 
 pub struct Shared {
     /// In an `Arc` of its own so that a heavy change (a reload, a health change across many VIPs: Maglev builds and
@@ -143,30 +144,44 @@ impl Shared {
     /// each starting in the state the daemon has for it (recovered from the maps at start: a backend that was down
     /// stays out of the ring until it passes `rise` checks).
     pub fn sync_checks(&self, daemon: &Daemon) {
-        let wanted: Vec<_> = daemon
-            .config()
+        let config = daemon.config();
+        let wanted: Vec<_> = config
             .vips
             .iter()
             .filter(|v| v.health.kind != CheckKind::None)
             .flat_map(|v| {
-                v.backends.iter().map(move |b| {
+                v.backends.iter().filter_map(move |b| {
                     let key = HealthKey {
                         vip: v.key(),
                         backend: b.address,
                     };
-                    let target = v.health.target(b.address, v.port);
-                    (
+                    let port = v.health.port_for(v.port);
+                    let endpoint = match v.health.target {
+                        CheckTarget::Direct => Endpoint::direct(SocketAddr::new(b.address, port)),
+                        CheckTarget::Vip => {
+                            let Some(mark) = daemon.probe_mark(&key.vip, b.address, v.mode) else {
+                                tracing::warn!(vip = %key.vip, backend = %b.address, "no backend id to mark its probes with; not checked");
+                                return None;
+                            };
+                            Endpoint {
+                                addr: SocketAddr::new(v.address, port),
+                                mark: Some(mark),
+                                source: config.daemon.encap_src(v.address),
+                            }
+                        }
+                    };
+                    Some((
                         key,
-                        target,
+                        endpoint,
                         v.health.clone(),
                         daemon.is_up(&key.vip, b.address),
-                    )
+                    ))
                 })
             })
             .collect();
         self.checker
             .lock()
             .expect("checker lock")
-            .sync(wanted, &daemon.config().trust);
+            .sync(wanted, &config.trust);
     }
 }

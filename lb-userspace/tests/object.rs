@@ -39,16 +39,20 @@ fn every_program_passes_the_verifier() {
         return;
     }
     let mut dp = Dataplane::load(&small()).unwrap_or_else(|e| panic!("loading the object: {e:?}"));
-    for name in programs::PRODUCTION {
+    for name in [programs::LB, programs::DECAP] {
         let prog = dp.xdp(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(prog.fd().is_ok(), "{name} is not loaded");
     }
+    let hc = dp
+        .classifier(programs::HC)
+        .unwrap_or_else(|e| panic!("lb_hc: {e:?}"));
+    assert!(hc.fd().is_ok(), "lb_hc is not loaded");
 }
 
-/// The production object carries lb_xdp and lb_decap and nothing else (the calibration and lab programs live in the
+/// The production object carries lb_xdp, lb_decap and lb_hc and nothing else (the calibration and lab programs live in the
 /// lab object, which lbd never loads), and loading only some programs verifies only those.
 #[test]
-fn the_production_object_holds_only_the_balancer_and_decap() {
+fn the_production_object_holds_only_the_balancer_decap_and_probe_sender() {
     if !is_root() {
         return;
     }
@@ -59,7 +63,7 @@ fn the_production_object_holds_only_the_balancer_and_decap() {
     .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
     let mut names = dp.program_names();
     names.sort();
-    assert_eq!(names, ["lb_decap", "lb_xdp"]);
+    assert_eq!(names, ["lb_decap", "lb_hc", "lb_xdp"]);
     assert!(dp.xdp(programs::DECAP).unwrap().fd().is_ok());
     assert!(
         dp.xdp(programs::LB).unwrap().fd().is_err(),

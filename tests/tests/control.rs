@@ -114,6 +114,7 @@ impl Fake {
                 key: HealthKey { vip, backend },
                 kind: CheckKind::Tcp,
                 target: (backend, 80).into(),
+                path: lb_userspace::health::CheckTarget::Direct,
                 up: true,
                 pending: false,
                 last_ok: Some(true),

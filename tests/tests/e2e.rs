@@ -109,10 +109,13 @@ fn dsr_counters(lab: &Lab) -> NftCounters<'_> {
         lab::backend_switch_ports(),
     );
     let (vip, port) = (lab::VIP_V4, lab::HTTP_PORT);
+    // The client's packets only: the balancer's VIP-path health probes are tunnelled too, with its own address as
+    // the inner source (the inner IPv4 source is 12 bytes into the inner header, after the 20-byte outer one).
+    let client_hex = format!("{:#010x}", u32::from(lab::CLIENT_V4));
     let chains = format!(
         "  chain forward {{\n    type filter hook forward priority 0; policy accept;\n\
          iifname \"{client}\" ip daddr {vip} tcp dport {port} counter name \"to_vip\"\n\
-         iifname \"{lb}\" oifname \"{backends}\" ip protocol 4 counter name \"tunnelled\"\n\
+         iifname \"{lb}\" oifname \"{backends}\" ip protocol 4 @nh,256,32 {client_hex} counter name \"tunnelled\"\n\
          iifname \"{lb}\" counter name \"balancer_tx\"\n\
          oifname \"{client}\" ip saddr {vip} tcp sport {port} counter name \"replies\"\n\
          iifname \"{backends}\" oifname \"{client}\" ip saddr {vip} tcp sport {port} \
@@ -168,7 +171,7 @@ fn direct_server_return() {
         "IP-in-IP packets from the balancer to the backends",
         tunnelled,
     );
-    // Besides the tunnelled requests the balancer sends only its health checks (about 60 frames a second here),
+    // Besides the tunnelled requests the balancer sends only its health probes (about 60 frames a second here),
     // however many replies there are; replies through it would add at least one frame each.
     let other = n("balancer_tx") - tunnelled;
     assert!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataplane::MapSizes;
-use crate::health::{CheckSpec, TrustStores};
+use crate::health::{CheckKind, CheckSpec, CheckTarget, TrustStores};
 use crate::names::named_enum;
 pub use crate::service::{Protocol, VipAddr};
 
@@ -229,6 +229,24 @@ impl Config {
             Err(ConfigError(errs))
         }
     }
+
+    /// Whether some VIP's check probes along the VIP path (and so needs lbd's probe route).
+    pub fn uses_vip_path_checks(&self) -> bool {
+        self.vips
+            .iter()
+            .any(|v| v.health.kind != CheckKind::None && v.health.target == CheckTarget::Vip)
+    }
+}
+
+impl DaemonConfig {
+    /// The balancer's encapsulation source of `ip`'s family: where a VIP-path probe to `ip` comes from, and so
+    /// where the backend's reply goes.
+    pub fn encap_src(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => self.encap_src_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.encap_src_v6.map(IpAddr::V6),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -356,12 +374,11 @@ health = { kind = "none" }
     fn a_vip_without_health_gets_a_tcp_check_on_its_port() {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.vips[0].health.kind, crate::health::CheckKind::Tcp);
+        assert_eq!(c.vips[0].health.port_for(80), 80);
         assert_eq!(
-            c.vips[0]
-                .health
-                .target("198.18.1.11".parse().unwrap(), 80)
-                .port(),
-            80
+            c.vips[0].health.target,
+            crate::health::CheckTarget::Vip,
+            "along the VIP path by default"
         );
         // A port-0 VIP has no port to check by default: it must say which, or that it checks nothing.
         let e = errors(&GOOD.replace("health = { kind = \"none\" }\n", ""));

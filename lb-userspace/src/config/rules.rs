@@ -10,6 +10,7 @@ use super::{
 };
 use crate::health::TrustStores;
 use crate::maglev::is_prime;
+use lb_common::hc_mark::HC_MARK_ID_MASK;
 
 impl Config {
     /// Adds an error for every rule broken; `labels[i]` names `self.vips[i]` in them.
@@ -41,6 +42,13 @@ fn check_daemon(d: &DaemonConfig, errs: &mut Vec<String>) {
         if v == 0 {
             errs.push(format!("daemon.{name}: 0 must be at least 1"));
         }
+    }
+    if s.max_backends > HC_MARK_ID_MASK + 1 {
+        errs.push(format!(
+            "daemon.max_backends: {} is over {}: a VIP-path probe's socket mark holds a backend id in 24 bits",
+            s.max_backends,
+            HC_MARK_ID_MASK + 1
+        ));
     }
     if s.max_backends == 1 {
         errs.push("daemon.max_backends: 1 leaves no backend (id 0 is reserved)".into());

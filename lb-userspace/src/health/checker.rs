@@ -4,7 +4,6 @@
 //! its first interval, so that a config's probes do not all fire in the same instant, every interval, for ever.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,17 +14,18 @@ use tokio::task::JoinHandle;
 
 use super::thread::ProbeThread;
 use super::tls::{TlsClient, TrustStores};
-use super::{BackendHealth, CheckKind, CheckSpec, HealthEvent, HealthKey, ProbeError};
+use super::{BackendHealth, CheckKind, CheckSpec, Endpoint, HealthEvent, HealthKey, ProbeError};
 
-/// What is probed: one target, one way. Views whose checks differ only in `rise`/`fall` share it.
+/// What is probed: one endpoint (address, and for a VIP-path probe the backend its mark names), one way. Views whose
+/// checks differ only in `rise`/`fall` share it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ProbeKey {
-    target: SocketAddr,
+    target: Endpoint,
     check: CheckSpec,
 }
 
 impl ProbeKey {
-    fn new(target: SocketAddr, spec: &CheckSpec) -> ProbeKey {
+    fn new(target: Endpoint, spec: &CheckSpec) -> ProbeKey {
         ProbeKey {
             target,
             check: spec.probe_part(),
@@ -89,14 +89,14 @@ impl Checker {
     /// Starts checking `key` at `target` with `spec` from state `up`, or moves it to another probe if target or
     /// spec changed (keeping its current up/down state, so a reload that edits the check does not flap the
     /// backend). Unchanged: nothing happens.
-    pub fn set(&mut self, key: HealthKey, target: SocketAddr, spec: CheckSpec, up: bool) {
+    pub fn set(&mut self, key: HealthKey, target: Endpoint, spec: CheckSpec, up: bool) {
         let probe = ProbeKey::new(target, &spec);
         let old = {
             let mut views = self.views.lock().expect("health views");
             let unchanged = views
                 .rows
                 .get(&key)
-                .is_some_and(|v| v.row.target == target && v.spec == spec);
+                .is_some_and(|v| v.probe.target == target && v.spec == spec);
             if unchanged {
                 None
             } else {
@@ -136,7 +136,7 @@ impl Checker {
     /// restarts changed, stops the rest. `trust` holds the CA stores of the config the checks come from.
     pub fn sync(
         &mut self,
-        wanted: impl IntoIterator<Item = (HealthKey, SocketAddr, CheckSpec, bool)>,
+        wanted: impl IntoIterator<Item = (HealthKey, Endpoint, CheckSpec, bool)>,
         trust: &TrustStores,
     ) {
         self.trust = trust.clone();
@@ -250,7 +250,7 @@ impl Checker {
         } else {
             None
         };
-        let client = TlsClient::new(&settings, key.target.ip(), &self.trust)?;
+        let client = TlsClient::new(&settings, key.target.addr.ip(), &self.trust)?;
         Ok(Some((client, roots)))
     }
 
@@ -299,7 +299,7 @@ type Tls = Result<Option<(TlsClient, Option<Arc<RootCertStore>>)>, String>;
 
 async fn probe(
     spec: &CheckSpec,
-    target: SocketAddr,
+    target: &Endpoint,
     tls: &Result<Option<TlsClient>, String>,
 ) -> Result<(), ProbeError> {
     let timeout = spec.timeout();
@@ -345,7 +345,8 @@ async fn run(
     events: mpsc::Sender<Vec<HealthEvent>>,
     totals: Arc<Totals>,
 ) {
-    let (target, spec) = (key.target, &key.check);
+    let (endpoint, spec) = (key.target, &key.check);
+    let target = endpoint.addr;
     let first = tokio::time::Instant::now() + first_probe_delay(spec.interval());
     let mut ticker = tokio::time::interval_at(first, spec.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,7 +356,8 @@ async fn run(
         ticker.tick().await;
         let started = Instant::now();
         // Each probe bounds itself by the timeout too; this outer bound also covers DNS-free connect stalls.
-        let result = match tokio::time::timeout(spec.timeout(), probe(spec, target, &tls)).await {
+        let result = match tokio::time::timeout(spec.timeout(), probe(spec, &endpoint, &tls)).await
+        {
             Ok(r) => r,
             Err(_) => Err(ProbeError::backend(format!(
                 "timed out after {} ms",
@@ -462,6 +464,8 @@ fn apply(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn row() -> BackendHealth {
@@ -471,7 +475,7 @@ mod tests {
                 backend: "198.18.1.1".parse().unwrap(),
             },
             CheckKind::Tcp,
-            "198.18.1.1:80".parse().unwrap(),
+            Endpoint::direct("198.18.1.1:80".parse().unwrap()),
             true,
         )
     }
@@ -579,10 +583,10 @@ mod tests {
             key_of("198.18.0.11:80/tcp", target),
             key_of("198.18.0.12:80/tcp", target),
         );
-        checker.set(a, target, spec(2), true);
-        checker.set(b, target, spec(2), true);
+        checker.set(a, target.into(), spec(2), true);
+        checker.set(b, target.into(), spec(2), true);
         // Another hysteresis is another view of the same probe.
-        checker.set(c, target, spec(5), true);
+        checker.set(c, target.into(), spec(5), true);
         assert_eq!(checker.probes(), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         let rows = checker.table();
@@ -598,7 +602,12 @@ mod tests {
         checker.remove(&a);
         checker.remove(&b);
         assert_eq!(checker.probes(), 1, "c still uses it");
-        checker.set(c, (target.ip(), target.port() + 1).into(), spec(5), true);
+        checker.set(
+            c,
+            SocketAddr::from((target.ip(), target.port() + 1)).into(),
+            spec(5),
+            true,
+        );
         assert_eq!(
             checker.probes(),
             1,

@@ -1,7 +1,6 @@
 //! HTTP(S) GET check over hyper's HTTP/1 client connection (no pool): healthy when the status is the expected
 //! one. A fresh connection (and TLS handshake) per probe is what a health check should measure anyway.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -9,15 +8,15 @@ use hyper::body::Bytes;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::TokioIo;
 
-use super::ProbeError;
 use super::tls::TlsClient;
+use super::{Endpoint, ProbeError};
 
 /// Bodies are read (so keep-alive servers see a clean exchange) but capped: a health endpoint is small.
 const MAX_BODY: usize = 64 << 10;
 
 /// One check: GET `path` (over TLS with `tls`), healthy when the answer has `expect_status`.
 pub async fn probe(
-    target: SocketAddr,
+    target: &Endpoint,
     path: &str,
     expect_status: u16,
     timeout: Duration,
@@ -37,11 +36,11 @@ pub async fn probe(
 /// (The metrics tests scrape with it.)
 #[cfg(test)]
 pub async fn get(
-    target: SocketAddr,
+    target: std::net::SocketAddr,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    bounded(timeout, fetch(target, path, None))
+    bounded(timeout, fetch(&target.into(), path, None))
         .await
         .map_err(|e| e.reason)
 }
@@ -60,15 +59,15 @@ async fn bounded<T>(
 }
 
 async fn fetch(
-    target: SocketAddr,
+    target: &Endpoint,
     path: &str,
     tls: Option<&TlsClient>,
 ) -> Result<(u16, String), ProbeError> {
-    let tcp = super::tcp::connect(target).await?;
+    let tcp = super::socket::tcp_connect(target).await?;
     let answer = match tls {
-        None => exchange(TokioIo::new(tcp), target.to_string(), path).await,
+        None => exchange(TokioIo::new(tcp), target.addr.to_string(), path).await,
         Some(tls) => {
-            let host = tls.host().unwrap_or_else(|| target.to_string());
+            let host = tls.host().unwrap_or_else(|| target.addr.to_string());
             let stream = tls.connect(tcp).await.map_err(ProbeError::backend)?;
             exchange(TokioIo::new(stream), host, path).await
         }

@@ -9,11 +9,15 @@
 //! `fall × interval` later). A backend added at runtime starts up for the same reason.
 //!
 //! Checks run from the daemon's own network namespace with plain sockets, so a daemon started inside a netns checks
-//! from there.
+//! from there. A check's `target` says where its probes go: `vip` (the default) connects to the VIP's address and
+//! port, with a socket mark that has `lb_hc` send the probe to this one backend the way `lb_xdp` sends a client's
+//! packet (see `probe_path`), so it proves the backend serves the VIP; `direct` connects to the backend's own
+//! address, which proves only that the server runs.
 
 mod checker;
 pub(crate) mod http;
 mod probe_error;
+mod socket;
 mod tcp;
 mod thread;
 pub(crate) mod tls;
@@ -56,12 +60,71 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Where a check's probes go.
+    #[derive(Default)]
+    pub enum CheckTarget {
+        /// To the VIP's address, sent to the one backend along the path clients' packets take (encapsulated or
+        /// MAC-rewritten by `lb_hc`); the backend's reply returns directly, as DSR replies do.
+        #[default]
+        Vip = "vip",
+        /// To the backend's own address, as a plain connection.
+        Direct = "direct",
+    }
+}
+
+/// Where a probe connects, and how its packets leave this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The VIP's address and the check port (`target = "vip"`), or the backend's (`"direct"`).
+    pub addr: SocketAddr,
+    /// VIP-path probes: the socket mark (`lb_common::hc_mark`) that has `lb_hc` send the probe to its backend.
+    pub mark: Option<u32>,
+    /// The probe's source address, where the backend's direct reply returns (the balancer's encapsulation source
+    /// of the VIP's family); `None`: the kernel's choice.
+    pub source: Option<IpAddr>,
+}
+
+impl Endpoint {
+    /// A plain connection to `addr`.
+    pub fn direct(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            mark: None,
+            source: None,
+        }
+    }
+
+    /// Which way this endpoint's probes go.
+    pub fn target(&self) -> CheckTarget {
+        match self.mark {
+            Some(_) => CheckTarget::Vip,
+            None => CheckTarget::Direct,
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint::direct(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)
+    }
+}
+
 /// A VIP's `[vip.health]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     #[serde(default)]
     pub kind: CheckKind,
+    /// Where the probes go: along the VIP path (default) or to the backend's own address.
+    #[serde(default)]
+    pub target: CheckTarget,
     /// Port probed on each backend; default: the VIP port (required when the VIP is port 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -71,7 +134,8 @@ pub struct CheckSpec {
     /// HTTP: the status a healthy backend answers (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
-    /// HTTPS: SNI and the name the certificate must be valid for (default: the backend's address, as an IP SAN).
+    /// HTTPS: SNI and the name the certificate must be valid for (default: the address the probe connects to, as an
+    /// IP SAN: the VIP's for `target = "vip"`, as a client would check it, the backend's for `"direct"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
     /// HTTPS: PEM file of the CAs to trust instead of the system store.
@@ -112,6 +176,7 @@ impl Default for CheckSpec {
     fn default() -> Self {
         CheckSpec {
             kind: CheckKind::Tcp,
+            target: CheckTarget::Vip,
             port: None,
             path: None,
             expect_status: None,
@@ -257,9 +322,9 @@ impl CheckSpec {
         errors
     }
 
-    /// Where the probes go for `backend` of a VIP on `vip_port`.
-    pub fn target(&self, backend: IpAddr, vip_port: u16) -> SocketAddr {
-        SocketAddr::new(backend, self.port.unwrap_or(vip_port))
+    /// The port probed for a VIP on `vip_port`.
+    pub fn port_for(&self, vip_port: u16) -> u16 {
+        self.port.unwrap_or(vip_port)
     }
 
     pub fn interval(&self) -> Duration {
@@ -323,12 +388,20 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
+/// Rows from an lbd that predates VIP-path checks probed directly.
+fn direct_path() -> CheckTarget {
+    CheckTarget::Direct
+}
+
 /// One row of the queryable health table (`lbctl health`, metrics).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendHealth {
     pub key: HealthKey,
     pub kind: CheckKind,
+    /// Where the probes connect: the VIP's address and port (`path = "vip"`) or the backend's.
     pub target: SocketAddr,
+    #[serde(default = "direct_path")]
+    pub path: CheckTarget,
     pub up: bool,
     /// `up` flipped and the dataplane does not show it yet (the rings are being rebuilt, or that failed: lbd's log
     /// says why). Until then a backend said down still receives new flows.
@@ -354,11 +427,12 @@ pub struct BackendHealth {
 
 impl BackendHealth {
     /// A backend with no probe run yet, starting in state `up`.
-    pub fn new(key: HealthKey, kind: CheckKind, target: SocketAddr, up: bool) -> Self {
+    pub fn new(key: HealthKey, kind: CheckKind, endpoint: Endpoint, up: bool) -> Self {
         BackendHealth {
             key,
             kind,
-            target,
+            target: endpoint.addr,
+            path: endpoint.target(),
             up,
             pending: false,
             last_ok: None,
@@ -463,7 +537,7 @@ mod tests {
         let (listener, mut checker, mut rx, spec) = tcp_setup(200, 2);
         let target = listener.local_addr().unwrap();
         let k = key(target.port());
-        checker.set(k, target, spec, true);
+        checker.set(k, target.into(), spec, true);
         assert!(
             checker.is_up(&k),
             "starts up so a new daemon forwards at once"
@@ -505,7 +579,7 @@ mod tests {
         // Fifty VIPs with the same backend and check: one probe feeds them all.
         let keys: Vec<HealthKey> = (1..=50).map(key).collect();
         for k in &keys {
-            checker.set(*k, target, spec.clone(), true);
+            checker.set(*k, target.into(), spec.clone(), true);
         }
         assert_eq!(checker.probes(), 1);
         drop(listener);
@@ -522,14 +596,14 @@ mod tests {
     async fn http_status_must_match() {
         let ok = http_server(Some(200)).await;
         let broken = http_server(Some(503)).await;
-        http::probe(ok, "/healthz", 200, T, None)
+        http::probe(&ok.into(), "/healthz", 200, T, None)
             .await
             .expect("200 is healthy");
-        let err = http::probe(broken, "/healthz", 200, T, None)
+        let err = http::probe(&broken.into(), "/healthz", 200, T, None)
             .await
             .unwrap_err();
         assert!(err.reason.contains("status 503") && !err.local, "{err}");
-        http::probe(broken, "/", 503, T, None)
+        http::probe(&broken.into(), "/", 503, T, None)
             .await
             .expect("503 healthy when expected");
     }
@@ -538,7 +612,7 @@ mod tests {
     async fn http_check_times_out_on_a_silent_server() {
         let silent = http_server(None).await;
         let started = std::time::Instant::now();
-        let err = http::probe(silent, "/", 200, Duration::from_millis(150), None)
+        let err = http::probe(&silent.into(), "/", 200, Duration::from_millis(150), None)
             .await
             .unwrap_err();
         assert!(err.reason.contains("timed out") && !err.local, "{err}");
@@ -560,7 +634,7 @@ mod tests {
             fall: 1,
             ..CheckSpec::default()
         };
-        checker.set(key(broken.port()), broken, spec, true);
+        checker.set(key(broken.port()), broken.into(), spec, true);
         let down = next_event(&mut rx, Duration::from_secs(3)).await;
         assert!(!down.up && down.reason.contains("status 500"), "{down:?}");
     }
@@ -577,16 +651,20 @@ mod tests {
                 let _ = server.send_to(&reply, peer).await;
             }
         });
-        udp::probe(addr, b"ping", b"PONG", T)
+        udp::probe(&addr.into(), b"ping", b"PONG", T)
             .await
             .expect("prefix matches");
-        let err = udp::probe(addr, b"ping", b"NOPE", T).await.unwrap_err();
+        let err = udp::probe(&addr.into(), b"ping", b"NOPE", T)
+            .await
+            .unwrap_err();
         assert!(err.reason.contains("does not start with"), "{err}");
 
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let closed_addr = closed.local_addr().unwrap();
         drop(closed);
-        let err = udp::probe(closed_addr, b"ping", b"", T).await.unwrap_err();
+        let err = udp::probe(&closed_addr.into(), b"ping", b"", T)
+            .await
+            .unwrap_err();
         assert!(
             !err.local && (err.reason.contains("refused") || err.reason.contains("no reply")),
             "closed port fails: {err}"
@@ -622,7 +700,7 @@ mod tests {
         let started = std::time::Instant::now();
         let mut succeeded = 0;
         let err = loop {
-            match tcp::probe(target, Duration::from_millis(150)).await {
+            match tcp::probe(&target.into(), Duration::from_millis(150)).await {
                 Ok(()) => {
                     succeeded += 1;
                     assert!(succeeded < 16, "accept queue never filled");

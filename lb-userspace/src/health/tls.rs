@@ -302,7 +302,7 @@ mod tests {
         status: u16,
     ) -> Result<(), String> {
         let client = TlsClient::new(&settings, target.ip(), &TrustStores::default())?;
-        http::probe(target, "/healthz", status, T, Some(&client))
+        http::probe(&target.into(), "/healthz", status, T, Some(&client))
             .await
             .map_err(|e| e.reason)
     }
@@ -346,7 +346,7 @@ mod tests {
     async fn a_plain_http_check_fails_against_a_tls_server() {
         let pki = pki("plain");
         let target = https_server(&pki, 200).await;
-        assert!(http::probe(target, "/", 200, T, None).await.is_err());
+        assert!(http::probe(&target.into(), "/", 200, T, None).await.is_err());
     }
 
     #[tokio::test]
@@ -367,12 +367,12 @@ mod tests {
             vip: crate::control::api::parse_vip("198.18.0.10:443/tcp").unwrap(),
             backend: target.ip(),
         };
-        checker.set(key, target, spec("gw.test"), true);
+        checker.set(key, target.into(), spec("gw.test"), true);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let row = &checker.table()[0];
         assert!(row.up && row.last_ok == Some(true), "{row:?}");
 
-        checker.set(key, target, spec("wrong.test"), true);
+        checker.set(key, target.into(), spec("wrong.test"), true);
         let down = tokio::time::timeout(Duration::from_secs(3), rx.recv())
             .await
             .expect("a health event")

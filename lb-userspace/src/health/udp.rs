@@ -1,31 +1,17 @@
 //! UDP send/expect check (DNS-style): send a payload, healthy when a reply arrives within the timeout and starts
 //! with the expected bytes. A connected socket turns an ICMP port-unreachable into a fast failure.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-
-use super::ProbeError;
+use super::{Endpoint, ProbeError};
 
 pub async fn probe(
-    target: SocketAddr,
+    ep: &Endpoint,
     send: &[u8],
     expect: &[u8],
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let local: SocketAddr = if target.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    // Binding to an ephemeral port involves no backend: any failure there is this host's.
-    let sock = UdpSocket::bind(local)
-        .await
-        .map_err(|e| ProbeError::local(format!("bind: {e}")))?;
-    sock.connect(target)
-        .await
-        .map_err(|e| ProbeError::io("connect", &e))?;
+    let sock = super::socket::udp_connect(ep).await?;
     sock.send(send)
         .await
         .map_err(|e| ProbeError::io("send", &e))?;

@@ -287,7 +287,7 @@ impl Lbd {
         match self.call(&Request::Health) {
             Response::Health(rows) => rows
                 .iter()
-                .filter(|h| h.target.ip() == backend)
+                .filter(|h| h.key.backend == backend)
                 // A pending verdict is not in the rings yet: traffic still follows the old one.
                 .map(|h| h.up != h.pending)
                 .collect(),
@@ -300,7 +300,7 @@ impl Lbd {
         match self.call(&Request::Health) {
             Response::Health(rows) => rows
                 .iter()
-                .filter(|h| h.target.ip() == backend && h.kind != CheckKind::None)
+                .filter(|h| h.key.backend == backend && h.kind != CheckKind::None)
                 .all(|h| h.last_ok == Some(true)),
             other => panic!("Health: unexpected answer {other:?}"),
         }

@@ -129,7 +129,10 @@ pub struct LabBackend {
     pub host: LabHost,
     pub name: String,
     server: Option<ChildGuard>,
-    _decap: Dataplane,
+    /// lb_decap, attached while `Some`.
+    decap: Option<Dataplane>,
+    /// The balancers' encapsulation sources lb_decap accepts.
+    from: Vec<IpAddr>,
 }
 
 pub struct Lab {
@@ -273,8 +276,29 @@ impl LabBackend {
             name: format!("backend-{}", i + 1),
             host,
             server: None,
-            _decap: decap,
+            decap: Some(decap),
+            from: from.to_vec(),
         }
+    }
+
+    /// Detaches lb_decap (the program goes with its last descriptor): tunnelled packets reach the kernel, which has
+    /// no tunnel device here and discards them.
+    pub fn detach_decap(&mut self) {
+        assert!(
+            self.decap.take().is_some(),
+            "{}: lb_decap was not attached",
+            self.name
+        );
+    }
+
+    /// Attaches lb_decap again.
+    pub fn attach_decap(&mut self) {
+        assert!(
+            self.decap.is_none(),
+            "{}: lb_decap is attached already",
+            self.name
+        );
+        self.decap = Some(attach_decap(&self.host, &self.from));
     }
 
     /// Starts the servers (HTTP on :80 and HTTPS on :443 of every address, UDP on :53 of the VIPs and its own

@@ -19,7 +19,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 h.key.vip.to_string(),
                 h.key.backend.to_string(),
                 format!("{:?}", h.kind).to_lowercase(),
-                h.target.to_string(),
+                format!("{} ({})", h.target, h.path),
                 match (h.up, h.pending) {
                     (true, false) => "up",
                     (false, false) => "down",

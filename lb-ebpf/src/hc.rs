@@ -1,0 +1,145 @@
+//! `lb_hc`: health probes along the VIP path. lbd's checker marks each probe socket with the backend it is for
+//! (`lb_common::hc_mark`) and connects to the VIP; a policy rule routes marked packets out of lbd's probe interface,
+//! whose TC egress runs this program. It sends the packet to the backend the mark names the way `lb_xdp` sends a
+//! client's: the same outer header (`encap::outer_v4`/`outer_v6`, source `encap_src`) or, for an L2 DSR VIP, the
+//! packet as it is to the backend's MAC. So the probe only succeeds if the backend takes tunnelled (or
+//! MAC-addressed) traffic for the VIP and answers from it: decap attached, VIP on its loopback, route back.
+//!
+//! Unlike `lb_xdp`, the next hop's MAC comes from the kernel's neighbour table through `bpf_redirect_neigh`, which
+//! resolves a missing entry (ARP / ND) instead of dropping: probes are what keeps the balancer's neighbour entries
+//! for its backends fresh, for `lb_xdp`'s `bpf_fib_lookup` to find.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+    },
+    helpers::{bpf_fib_lookup, bpf_get_hash_recalc, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use lb_common::{FAMILY_V4, FAMILY_V6, hc_mark::ProbeMark};
+
+use crate::{
+    encap,
+    headers::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6},
+    maps::{LB_BACKENDS, LB_CONFIG},
+    verdict::{
+        HC_DROP_MALFORMED, HC_DROP_NO_BACKEND, HC_DROP_NO_ROUTE, HC_PASS_UNMARKED, HC_SENT, Verdict,
+    },
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Offset of the Ethernet type field.
+const ETH_PROTO_OFF: usize = 12;
+
+#[inline(always)]
+pub fn try_lb_hc(ctx: &TcContext) -> Result<Verdict, Verdict> {
+    let skb = ctx.skb.skb;
+    let Some(probe) = ProbeMark::decode(unsafe { (*skb).mark }) else {
+        return Ok(HC_PASS_UNMARKED);
+    };
+    let be = *LB_BACKENDS.get(probe.backend).ok_or(HC_DROP_NO_BACKEND)?;
+    if be.family != FAMILY_V4 && be.family != FAMILY_V6 {
+        return Err(HC_DROP_NO_BACKEND);
+    }
+    let cfg = LB_CONFIG.get(0).ok_or(HC_DROP_NO_BACKEND)?;
+    let proto: u16 = ctx.load(ETH_PROTO_OFF).map_err(|_| HC_DROP_MALFORMED)?;
+    let inner_family = if proto == ETH_P_IPV4 {
+        FAMILY_V4
+    } else if proto == ETH_P_IPV6 {
+        FAMILY_V6
+    } else {
+        return Err(HC_DROP_MALFORMED);
+    };
+    if probe.l2dsr {
+        // As lb_xdp: an L2 DSR backend takes the client's packet as it is, so only one of its family.
+        if be.family != inner_family {
+            return Err(HC_DROP_NO_BACKEND);
+        }
+    } else {
+        let inner_len = (ctx.len() as usize)
+            .checked_sub(ETH_HLEN)
+            .ok_or(HC_DROP_MALFORMED)?;
+        let outer = encap::overhead(be.family);
+        let flags = if be.family == FAMILY_V4 {
+            BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        } else {
+            BPF_F_ADJ_ROOM_ENCAP_L3_IPV6
+        };
+        // Room after the Ethernet header; the kernel marks the skb as encapsulated (and sets its protocol to the
+        // outer family), so checksum offload and segmentation still find the inner headers.
+        ctx.adjust_room(outer as i32, BPF_ADJ_ROOM_MAC, flags as u64)
+            .map_err(|_| HC_DROP_MALFORMED)?;
+        let stored = if be.family == FAMILY_V4 {
+            let h = encap::outer_v4(inner_len, inner_family, &be, cfg);
+            ctx.store(ETH_HLEN, &h, 0)
+                .and_then(|_| ctx.store(ETH_PROTO_OFF, &ETH_P_IPV4, 0))
+        } else {
+            // The kernel's hash of the probe's flow: one label per probe connection, as lb_xdp gives one per flow.
+            let label = unsafe { bpf_get_hash_recalc(skb) };
+            let h = encap::outer_v6(inner_len, inner_family, &be, cfg, label);
+            ctx.store(ETH_HLEN, &h, 0)
+                .and_then(|_| ctx.store(ETH_PROTO_OFF, &ETH_P_IPV6, 0))
+        };
+        stored.map_err(|_| HC_DROP_MALFORMED)?;
+    }
+    send(ctx, &be, cfg)
+}
+
+/// Routes towards the backend as `lb_xdp`'s `fib::next_hop` asks (the backend's address from the balancer's
+/// encapsulation source, as if arriving on this interface), then hands the frame to the egress interface with the
+/// next hop's MAC filled in by the neighbour table.
+#[inline(always)]
+fn send(
+    ctx: &TcContext,
+    be: &lb_common::Backend,
+    cfg: &lb_common::GlobalConfig,
+) -> Result<Verdict, Verdict> {
+    let skb = ctx.skb.skb;
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.ifindex = unsafe { (*skb).ifindex };
+    if be.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = cfg.encap_src_v4;
+        p.__bindgen_anon_4.ipv4_dst = be.addr[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = cfg.encap_src_v6;
+        p.__bindgen_anon_4.ipv6_dst = be.addr;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            skb as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    // An unresolved neighbour still names the interface and the next hop: bpf_redirect_neigh resolves it.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(HC_DROP_NO_ROUTE);
+    }
+    // The lookup left the next hop (the gateway, or the backend itself on link) in its destination field.
+    let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    if be.family == FAMILY_V4 {
+        nh.nh_family = AF_INET as u32;
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
+    } else {
+        nh.nh_family = AF_INET6 as u32;
+        nh.__bindgen_anon_1.ipv6_nh = unsafe { p.__bindgen_anon_4.ipv6_dst };
+    }
+    let action = unsafe {
+        bpf_redirect_neigh(
+            p.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    if action != TC_ACT_REDIRECT as i64 {
+        return Err(HC_DROP_NO_ROUTE);
+    }
+    Ok(HC_SENT)
+}

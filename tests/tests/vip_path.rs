@@ -1,0 +1,339 @@
+//! VIP-path health checks on the lab: a probe goes to the VIP's address, encapsulated (or MAC-rewritten) to its one
+//! backend by `lb_hc` exactly as `lb_xdp` sends a client's packet, so a backend that stopped serving the VIP fails
+//! it while a direct check of the same backend still passes. Real lbd, real programs, real backends; needs root.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use lb_tests::harness::netns::skip_unless_root;
+use lb_tests::harness::wait;
+use lb_tests::lab::daemon::Lbd;
+use lb_tests::lab::{self, Lab, LabOptions, traffic};
+use lb_userspace::control::api::{Request, Response};
+use lb_userspace::health::{BackendHealth, CheckTarget};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A second TCP VIP on port 80 of `VIP2_V4` (which every lab backend also holds on its loopback), with the lab's
+/// three backends, in `mode` and checked towards `target`.
+fn add_vip2(mode: &'static str, target: &'static str) -> impl FnOnce(&mut toml::Table) {
+    move |cfg| {
+        let vips = cfg["vip"].as_array_mut().expect("[[vip]]");
+        let mut v = toml::Table::new();
+        v.insert("address".into(), lab::VIP2_V4.to_string().into());
+        v.insert("port".into(), i64::from(lab::HTTP_PORT).into());
+        v.insert("protocol".into(), "tcp".into());
+        v.insert("mode".into(), mode.into());
+        let backends: Vec<toml::Value> = (0..3)
+            .map(|i| {
+                let mut b = toml::Table::new();
+                b.insert("address".into(), lab::backend_v4(i).to_string().into());
+                toml::Value::Table(b)
+            })
+            .collect();
+        v.insert("backends".into(), toml::Value::Array(backends));
+        let mut h = toml::Table::new();
+        for (k, n) in [
+            ("interval_ms", 300),
+            ("timeout_ms", 200),
+            ("rise", 2),
+            ("fall", 2),
+        ] {
+            h.insert(k.into(), toml::Value::Integer(n));
+        }
+        h.insert("target".into(), target.into());
+        v.insert("health".into(), toml::Value::Table(h));
+        vips.push(toml::Value::Table(v));
+    }
+}
+
+fn start(edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {
+    let lab = Lab::new(&LabOptions::default());
+    let cfg = lab.write_config("lbd.toml", edit);
+    let lbd = Lbd::start(&lab, &cfg);
+    for b in &lab.backends {
+        lbd.wait_backend_state(b.host.v4, true, LIMIT);
+        lbd.wait_backend_state(b.host.v6, true, LIMIT);
+    }
+    (lab, lbd)
+}
+
+fn rows(lbd: &Lbd) -> Vec<BackendHealth> {
+    match lbd.call(&Request::Health) {
+        Response::Health(rows) => rows,
+        other => panic!("health: {other:?}"),
+    }
+}
+
+/// The row of `backend` on the VIP `vip` (as lbctl names it: `198.19.0.10:80/tcp`).
+fn row(lbd: &Lbd, vip: &str, backend: IpAddr) -> BackendHealth {
+    rows(lbd)
+        .into_iter()
+        .find(|r| r.key.vip.to_string() == vip && r.key.backend == backend)
+        .unwrap_or_else(|| panic!("no health row for {backend} on {vip}"))
+}
+
+/// Waits until the row says `up` and the rings show it.
+fn wait_row(lbd: &Lbd, vip: &str, backend: IpAddr, up: bool, why: &str) {
+    wait::until(
+        &format!(
+            "{backend} on {vip} {} ({why})",
+            if up { "up" } else { "down" }
+        ),
+        LIMIT,
+        Duration::from_millis(100),
+        || {
+            let r = row(lbd, vip, backend);
+            if r.up == up && !r.pending {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+        |r| format!("last row {r:?}"),
+    );
+}
+
+fn counter(lbd: &Lbd, name: &str) -> u64 {
+    match lbd.call(&Request::Stats) {
+        Response::Stats(s) => s.counters.get(name).copied().unwrap_or(0),
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+/// Probes that completed since the row was read before (to tell a check that keeps passing from one that stalled).
+fn passes_on(lbd: &Lbd, vip: &str, backend: IpAddr) -> bool {
+    let before = row(lbd, vip, backend);
+    wait::until(
+        &format!("two more probes of {backend} on {vip}"),
+        LIMIT,
+        Duration::from_millis(100),
+        || {
+            let r = row(lbd, vip, backend);
+            if r.checks >= before.checks + 2 {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        },
+        |r| format!("last row {r:?}"),
+    )
+    .last_ok
+        == Some(true)
+}
+
+fn vip_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+#[test]
+fn a_backend_without_the_vip_on_its_loopback_fails_the_vip_path_check_while_a_direct_check_passes()
+{
+    if skip_unless_root(
+        "a_backend_without_the_vip_on_its_loopback_fails_the_vip_path_check_while_a_direct_check_passes",
+    ) {
+        return;
+    }
+    let (lab, lbd) = start(add_vip2("ipip", "direct"));
+    let (tcp4, udp4, http6, direct) = (
+        format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT),
+        format!("{}:{}/udp", lab::VIP_V4, lab::UDP_PORT),
+        format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT),
+        format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT),
+    );
+    let b = &lab.backends[1];
+    let (v4, v6) = (IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6));
+    // Where each row's probes go: the VIP for the default target, the backend for `direct`.
+    let r = row(&lbd, &tcp4, v4);
+    assert_eq!(
+        (r.path, r.target),
+        (
+            CheckTarget::Vip,
+            SocketAddr::new(IpAddr::V4(lab::VIP_V4), 80)
+        ),
+        "{r:?}"
+    );
+    let r = row(&lbd, &direct, v4);
+    assert_eq!(
+        (r.path, r.target),
+        (CheckTarget::Direct, SocketAddr::new(v4, 80)),
+        "{r:?}"
+    );
+    let sent = counter(&lbd, "hc_sent");
+    assert!(
+        sent > 0,
+        "lb_hc sent no probe packet while every VIP-path check passed"
+    );
+    assert_eq!(
+        counter(&lbd, "hc_drop_no_route") + counter(&lbd, "hc_drop_no_backend"),
+        0
+    );
+
+    for vip in [IpAddr::V4(lab::VIP_V4), IpAddr::V6(lab::VIP_V6)] {
+        b.host.ns.ip(&["addr", "del", &vip_cidr(vip), "dev", "lo"]);
+    }
+    wait_row(
+        &lbd,
+        &tcp4,
+        v4,
+        false,
+        "tcp over IPIP, VIP gone from its loopback",
+    );
+    wait_row(
+        &lbd,
+        &udp4,
+        v4,
+        false,
+        "udp over IPIP, VIP gone from its loopback",
+    );
+    wait_row(
+        &lbd,
+        &http6,
+        v6,
+        false,
+        "http over IP6IP6, VIP gone from its loopback",
+    );
+    assert!(
+        passes_on(&lbd, &direct, v4),
+        "the direct check of the same backend failed too: {:?}",
+        row(&lbd, &direct, v4)
+    );
+    let r = row(&lbd, &direct, v4);
+    assert!(
+        r.up && r.transitions == 0,
+        "the direct check flipped: {r:?}"
+    );
+    for other in [&lab.backends[0], &lab.backends[2]] {
+        assert!(
+            row(&lbd, &tcp4, IpAddr::V4(other.host.v4)).up,
+            "{} went down with it",
+            other.name
+        );
+    }
+    // The ring lost the backend: clients are served by the other two, none fails.
+    let t = traffic::http_burst(
+        &lab.client().ns,
+        SocketAddr::new(IpAddr::V4(lab::VIP_V4), 80),
+        200,
+        8,
+    );
+    assert_eq!(
+        t.failures, 0,
+        "with {} out of the ring: {:?}",
+        b.name, t.errors
+    );
+    assert!(
+        !t.per_backend.contains_key(&b.name),
+        "{} still got requests:\n{}",
+        b.name,
+        t.render()
+    );
+
+    for vip in [IpAddr::V4(lab::VIP_V4), IpAddr::V6(lab::VIP_V6)] {
+        b.host.ns.ip(&["addr", "add", &vip_cidr(vip), "dev", "lo"]);
+    }
+    wait_row(&lbd, &tcp4, v4, true, "VIP back on its loopback");
+    wait_row(&lbd, &udp4, v4, true, "VIP back on its loopback");
+    wait_row(&lbd, &http6, v6, true, "VIP back on its loopback");
+}
+
+#[test]
+fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
+    if skip_unless_root("a_backend_whose_decap_is_detached_fails_the_vip_path_check") {
+        return;
+    }
+    let (mut lab, lbd) = start(add_vip2("ipip", "direct"));
+    let tcp4 = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
+    let http6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT);
+    let direct = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT);
+    let (v4, v6) = (
+        IpAddr::V4(lab.backends[2].host.v4),
+        IpAddr::V6(lab.backends[2].host.v6),
+    );
+
+    lab.backends[2].detach_decap();
+    wait_row(&lbd, &tcp4, v4, false, "lb_decap detached");
+    wait_row(&lbd, &http6, v6, false, "lb_decap detached");
+    assert!(
+        passes_on(&lbd, &direct, v4),
+        "the direct check failed without lb_decap: {:?}",
+        row(&lbd, &direct, v4)
+    );
+
+    lab.backends[2].attach_decap();
+    wait_row(&lbd, &tcp4, v4, true, "lb_decap attached again");
+    wait_row(&lbd, &http6, v6, true, "lb_decap attached again");
+}
+
+#[test]
+fn l2dsr_vips_are_checked_along_their_path_too() {
+    if skip_unless_root("l2dsr_vips_are_checked_along_their_path_too") {
+        return;
+    }
+    // VIP2 (IPv4) and the lab's IPv6 VIP forward by MAC rewrite.
+    let (lab, lbd) = start(|cfg| {
+        add_vip2("l2dsr", "vip")(cfg);
+        for v in cfg["vip"].as_array_mut().expect("[[vip]]") {
+            if v["address"].as_str() == Some(&lab::VIP_V6.to_string()) {
+                v.as_table_mut()
+                    .expect("vip")
+                    .insert("mode".into(), "l2dsr".into());
+            }
+        }
+    });
+    let l2v4 = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT);
+    let l2v6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT);
+    let tcp4 = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
+    let b = &lab.backends[0];
+    let (v4, v6) = (IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6));
+    assert_eq!(row(&lbd, &l2v4, v4).path, CheckTarget::Vip);
+    let t = traffic::http_burst(
+        &lab.client().ns,
+        SocketAddr::new(IpAddr::V4(lab::VIP2_V4), 80),
+        60,
+        4,
+    );
+    assert_eq!(
+        t.failures, 0,
+        "the L2 DSR VIP does not serve: {:?}",
+        t.errors
+    );
+
+    // An L2 DSR probe is the client's packet to the backend's MAC, not a tunnel: it needs no lb_decap, while the
+    // IPIP VIP's probe of the same backend does.
+    let (mut lab, lbd) = (lab, lbd);
+    lab.backends[1].detach_decap();
+    let (v4_1, v6_1) = (
+        IpAddr::V4(lab.backends[1].host.v4),
+        IpAddr::V6(lab.backends[1].host.v6),
+    );
+    wait_row(&lbd, &tcp4, v4_1, false, "IPIP without lb_decap");
+    assert!(passes_on(&lbd, &l2v4, v4_1), "{:?}", row(&lbd, &l2v4, v4_1));
+    assert!(passes_on(&lbd, &l2v6, v6_1), "{:?}", row(&lbd, &l2v6, v6_1));
+    lab.backends[1].attach_decap();
+    wait_row(&lbd, &tcp4, v4_1, true, "lb_decap attached again");
+
+    let b = &lab.backends[0];
+    for vip in [IpAddr::V4(lab::VIP2_V4), IpAddr::V6(lab::VIP_V6)] {
+        b.host.ns.ip(&["addr", "del", &vip_cidr(vip), "dev", "lo"]);
+    }
+    wait_row(&lbd, &l2v4, v4, false, "L2 DSR, VIP gone from its loopback");
+    wait_row(
+        &lbd,
+        &l2v6,
+        v6,
+        false,
+        "L2 DSR over IPv6, VIP gone from its loopback",
+    );
+    // The IPIP VIP on the same backend does not depend on VIP2.
+    assert!(passes_on(&lbd, &tcp4, v4), "{:?}", row(&lbd, &tcp4, v4));
+
+    for vip in [IpAddr::V4(lab::VIP2_V4), IpAddr::V6(lab::VIP_V6)] {
+        b.host.ns.ip(&["addr", "add", &vip_cidr(vip), "dev", "lo"]);
+    }
+    wait_row(&lbd, &l2v4, v4, true, "VIP back on its loopback");
+    wait_row(&lbd, &l2v6, v6, true, "VIP back on its loopback");
+}
