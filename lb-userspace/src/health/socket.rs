@@ -21,6 +21,10 @@ pub async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, ProbeError> {
     .map_err(|e| ProbeError::local(format!("socket: {e}")))?;
     prepare(&socket, ep)?;
     if let Some(src) = ep.source {
+        // The port is chosen at connect, per destination, as for an unbound socket: a bind with port 0 would take
+        // a port no other socket on the host holds, and a few thousand probes in TIME_WAIT would exhaust them.
+        setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)
+            .map_err(|e| ProbeError::local(format!("IP_BIND_ADDRESS_NO_PORT: {e}")))?;
         socket
             .bind(SocketAddr::new(src, 0))
             .map_err(|e| ProbeError::local(format!("bind {src}: {e}")))?;

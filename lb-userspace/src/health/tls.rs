@@ -346,7 +346,11 @@ mod tests {
     async fn a_plain_http_check_fails_against_a_tls_server() {
         let pki = pki("plain");
         let target = https_server(&pki, 200).await;
-        assert!(http::probe(&target.into(), "/", 200, T, None).await.is_err());
+        assert!(
+            http::probe(&target.into(), "/", 200, T, None)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
