@@ -230,7 +230,7 @@ fn checked_config(b: &Bare, backends: &[u8]) -> PathBuf {
         .collect();
     b.write_config(&format!(
         "{}[[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {RING}\nbackends = [{}]\n\
-         health = {{ kind = \"tcp\", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }}\n",
+         health = {{ kind = \"tcp\", target = \"direct\", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }}\n",
         b.daemon_section(8, 32, RING),
         list.join(", ")
     ))

@@ -381,9 +381,8 @@ fn a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns() {
     let margin = 10.0;
 
     // lb2 alone loses its backends (its checks are dropped on the way out; what lb_xdp forwards never passes
-    // nftables), as in a partition between it and the backends.
-    let daddrs4: Vec<String> = (0..3).map(|i| backend_v4(i).to_string()).collect();
-    let daddrs6: Vec<String> = (0..3).map(|i| backend_v6(i).to_string()).collect();
+    // nftables), as in a partition between it and the backends. The checks go along the VIP path: to the VIP
+    // addresses, with lbd's probe mark, tunnelled by lb_hc after the output hook.
     let block = NftCounters::install(
         &lb2.host.ns,
         "inet",
@@ -391,10 +390,9 @@ fn a_vip_whose_backends_fail_on_one_balancer_is_withdrawn_there_and_returns() {
         &["blocked"],
         &format!(
             "chain out {{ type filter hook output priority 0;
-               ip daddr {{ {} }} tcp dport 80 counter name \"blocked\" drop
-               ip6 daddr {{ {} }} tcp dport 80 counter name \"blocked\" drop\n}}",
-            daddrs4.join(", "),
-            daddrs6.join(", ")
+               meta mark & {:#x} == {:#x} counter name \"blocked\" drop\n}}",
+            lb_common::hc_mark::HC_MARK_TAG_MASK,
+            lb_common::hc_mark::HC_MARK_TAG
         ),
     );
     let (lbd, router) = lab.wait_announcement(1, false, &[0, 2], SETTLE);

@@ -1,7 +1,8 @@
 //! Least privilege, on a real lbd in the lab: started with exactly the capabilities config/lbd.service grants, it
-//! loads and attaches, then keeps none of them (every thread, all five sets, read from /proc as an operator would),
-//! and still does every job of the running daemon: forwarding, a SIGHUP reload that adds a VIP, an lbctl drain and
-//! undrain, a health flip that rebuilds a ring, /metrics. Needs root; prints a skip reason otherwise.
+//! loads and attaches, then keeps only CAP_NET_RAW, for VIP-path probe marks (every thread, all five sets, read from
+//! /proc as an operator would), and still does every job of the running daemon: forwarding, a SIGHUP reload that
+//! adds a VIP, an lbctl drain and undrain, a health flip that rebuilds a ring, /metrics. Needs root; prints a skip
+//! reason otherwise.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -65,9 +66,9 @@ fn wait_until(lbd: &Lbd, what: &str, cond: impl Fn() -> bool) {
 }
 
 #[test]
-fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() {
+fn lbd_started_with_the_units_capabilities_keeps_only_cap_net_raw_and_still_does_its_jobs() {
     if skip_unless_root(
-        "lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs",
+        "lbd_started_with_the_units_capabilities_keeps_only_cap_net_raw_and_still_does_its_jobs",
     ) {
         return;
     }
@@ -160,9 +161,9 @@ fn lbd_started_with_the_units_capabilities_keeps_none_and_still_does_its_jobs() 
 
 /// What a restart under the unit does with capabilities, and what lbd does after dropping them with the pins: a
 /// restart on a changed `flow_table_size` upgrades the pinned maps (new maps, flows copied, program swapped: before
-/// the drop, with only the unit's capabilities, no CAP_SYS_ADMIN), the restarted lbd keeps none, the pin directory
+/// the drop, with only the unit's capabilities, no CAP_SYS_ADMIN), the restarted lbd keeps only CAP_NET_RAW, the pin directory
 /// stays locked against a second (fully privileged) lbd, and `lbctl shutdown --detach` removes the link and the
-/// maps with no capability left.
+/// maps with CAP_NET_RAW alone.
 #[test]
 fn an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities() {
     if skip_unless_root("an_upgrade_at_restart_then_a_detach_work_with_the_units_capabilities") {

@@ -103,6 +103,8 @@ fn with_vips(vips: Vec<String>) -> impl FnOnce(&mut toml::Table) {
     }
 }
 
+/// A TCP VIP with one backend, checked directly: these tests count probes at a listener on the backend's own
+/// address (VIP-path probes are one per VIP and backend, by design: see tests/vip_path.rs).
 fn tcp_vip(
     address: impl std::fmt::Display,
     port: u16,
@@ -111,7 +113,7 @@ fn tcp_vip(
 ) -> String {
     format!(
         "address = \"{address}\"\nport = {port}\nprotocol = \"tcp\"\nring_size = 251\n\
-         backends = [{{ address = \"{backend}\" }}]\nhealth = {{ {health} }}\n"
+         backends = [{{ address = \"{backend}\" }}]\nhealth = {{ target = \"direct\", {health} }}\n"
     )
 }
 

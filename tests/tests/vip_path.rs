@@ -87,10 +87,10 @@ fn wait_row(lbd: &Lbd, vip: &str, backend: IpAddr, up: bool, why: &str) {
             if r.up == up && !r.pending {
                 Ok(())
             } else {
-                Err(r)
+                Err(format!("{r:?}"))
             }
         },
-        |r| format!("last row {r:?}"),
+        |r| format!("last row {r}"),
     );
 }
 
@@ -113,10 +113,10 @@ fn passes_on(lbd: &Lbd, vip: &str, backend: IpAddr) -> bool {
             if r.checks >= before.checks + 2 {
                 Ok(r)
             } else {
-                Err(r)
+                Err(format!("{r:?}"))
             }
         },
-        |r| format!("last row {r:?}"),
+        |r| format!("last row {r}"),
     )
     .last_ok
         == Some(true)

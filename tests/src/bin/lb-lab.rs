@@ -260,6 +260,44 @@ fn demo(requests: usize, interrupt: &Interrupt) -> bool {
         traffic::http_burst(&lab.client().ns, vip, requests, 16).render()
     );
 
+    let lost = format!("{}/32", lab::VIP_V4);
+    if !step(
+        interrupt,
+        &format!(
+            "Removing {} from backend-3's loopback: its server still answers on {}, but the health checks go along \
+             the VIP path (to the VIP, tunnelled to backend-3 by lb_hc), so they fail and take it out of the ring",
+            lab::VIP_V4,
+            lab::backend_v4(2)
+        ),
+    ) {
+        return false;
+    }
+    lab.backends[2]
+        .host
+        .ns
+        .ip(&["addr", "del", &lost, "dev", "lo"]);
+    let took = lbd.wait_backend_state(
+        lab::backend_v4(2),
+        false,
+        std::time::Duration::from_secs(20),
+    );
+    println!("  backend-3 marked down after {:.1} s", took.as_secs_f64());
+    print!("{}", lbd.lbctl(&["health"]));
+    print!(
+        "{}",
+        traffic::http_burst(&lab.client().ns, vip, requests / 2, 16).render()
+    );
+    lab.backends[2]
+        .host
+        .ns
+        .ip(&["addr", "add", &lost, "dev", "lo"]);
+    let took = lbd.wait_backend_state(lab::backend_v4(2), true, std::time::Duration::from_secs(20));
+    println!(
+        "  {} back on backend-3's loopback: marked up after {:.1} s",
+        lab::VIP_V4,
+        took.as_secs_f64()
+    );
+
     if !step(
         interrupt,
         "Tearing down (lbctl shutdown --detach, namespaces deleted)",

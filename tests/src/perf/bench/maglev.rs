@@ -155,8 +155,8 @@ const BACKEND_PREFIX: &str = "198.18.128.0/17";
 const CHECK_PORT: u16 = 7070;
 
 /// The lbd config: `opts.vips` VIPs with `opts.backends_per_vip` backends each, one of them shared by all; no health
-/// checks unless `checked` (so RSS is the state, not probe traffic), else a TCP check on [`CHECK_PORT`] that takes
-/// a backend down at its first failure.
+/// checks unless `checked` (so RSS is the state, not probe traffic), else a direct TCP check on [`CHECK_PORT`] (the
+/// backends are local addresses, not hosts serving the VIPs) that takes a backend down at its first failure.
 fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str, checked: bool) -> String {
     let s = sizes(opts);
     let mut c = format!(
@@ -167,7 +167,7 @@ fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str, checked: bool
     );
     let health = if checked {
         format!(
-            "{{ kind = \"tcp\", port = {CHECK_PORT}, interval_ms = 1000, timeout_ms = 500, rise = 1, fall = 1 }}"
+            "{{ kind = \"tcp\", target = \"direct\", port = {CHECK_PORT}, interval_ms = 1000, timeout_ms = 500, rise = 1, fall = 1 }}"
         )
     } else {
         "{ kind = \"none\" }".to_string()
