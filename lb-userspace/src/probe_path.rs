@@ -3,14 +3,14 @@
 //! ```text
 //!  probe socket (SO_MARK = hc_mark, bound to encap_src) ── connect(VIP:port)
 //!    └─ ip rule  fwmark 0x4c000000/0xfe000000 lookup 19528   (pref 100, IPv4 and IPv6)
-//!         table 19528: default dev lbhc0  |  unreachable default metric 4294967295
+//!         table 19528: default dev lbhc0  |  blackhole default metric 4294967295
 //!           └─ lbhc0 (ifb, no ARP)  ── TC egress: lb_hc ── encapsulated, redirected to the backend's interface
 //! ```
 //! An interface of its own, because a route out of a real one would have the kernel resolve the VIP with ARP/ND on
 //! that link and hold the packet until it gives up. `lbhc0` is an IFB device: it needs no neighbour (IFF_NOARP), its
 //! TC egress hook sees the packet first, and its driver discards anything a TC action did not redirect, so nothing
 //! leaves by it if `lb_hc` is missing. (A dummy device would do the same, but kernels built without CONFIG_DUMMY, as
-//! this project's CI kernel is, still have IFB, which tc's ingress shaping needs.) The unreachable fallback keeps a marked probe from leaking to the main table (and
+//! this project's CI kernel is, still have IFB, which tc's ingress shaping needs.) The blackhole fallback keeps a marked probe from leaking to the main table (and
 //! from there to whatever serves the VIP) when `lbhc0` is gone: such a probe fails on this host, counted as unknown.
 //!
 //! Everything here is idempotent (a restarted lbd finds it in place) and lbd's alone: `remove` takes exactly it away.
@@ -48,7 +48,7 @@ pub fn setup(prog: &mut SchedClassifier) -> Result<()> {
     let ifindex = ensure_link().context("creating the probe interface")?;
     for family in FAMILIES {
         route(family, ifindex).with_context(|| format!("the probe route (family {family})"))?;
-        unreachable_fallback(family)
+        blackhole_fallback(family)
             .with_context(|| format!("the probe table's fallback (family {family})"))?;
         rule(family, libc::RTM_NEWRULE)
             .with_context(|| format!("the probe rule (family {family})"))?;
@@ -83,7 +83,7 @@ pub fn remove() -> Result<()> {
     for family in FAMILIES {
         gone_ok(rule(family, libc::RTM_DELRULE))
             .with_context(|| format!("removing the probe rule (family {family})"))?;
-        gone_ok(delete_unreachable(family))
+        gone_ok(delete_blackhole(family))
             .with_context(|| format!("removing the probe table's fallback (family {family})"))?;
     }
     if let Some(ifindex) = ifindex(INTERFACE) {
@@ -180,28 +180,29 @@ fn route(family: u8, ifindex: u32) -> io::Result<()> {
     Netlink::open()?.request(libc::RTM_NEWROUTE, flags as u16, &body, |_| {})
 }
 
-fn unreachable_body(family: u8) -> Vec<u8> {
-    let mut body = rtmsg(family, libc::RT_SCOPE_UNIVERSE, libc::RTN_UNREACHABLE);
+fn blackhole_body(family: u8) -> Vec<u8> {
+    let mut body = rtmsg(family, libc::RT_SCOPE_UNIVERSE, libc::RTN_BLACKHOLE);
     attr(&mut body, libc::RTA_PRIORITY, &u32::MAX.to_ne_bytes());
     body
 }
 
-/// `unreachable default metric 4294967295 table 19528`.
-fn unreachable_fallback(family: u8) -> io::Result<()> {
+/// `blackhole default metric 4294967295 table 19528`: a connect through it fails with EINVAL, which no answer from
+/// the network ever gives (unreachable routes give EHOSTUNREACH / ENETUNREACH, as ICMP errors from a backend do).
+fn blackhole_fallback(family: u8) -> io::Result<()> {
     let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
     Netlink::open()?.request(
         libc::RTM_NEWROUTE,
         flags as u16,
-        &unreachable_body(family),
+        &blackhole_body(family),
         |_| {},
     )
 }
 
-fn delete_unreachable(family: u8) -> io::Result<()> {
+fn delete_blackhole(family: u8) -> io::Result<()> {
     Netlink::open()?.request(
         libc::RTM_DELROUTE,
         (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-        &unreachable_body(family),
+        &blackhole_body(family),
         |_| {},
     )
 }

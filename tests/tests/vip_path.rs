@@ -47,6 +47,27 @@ fn add_vip2(mode: &'static str, target: &'static str) -> impl FnOnce(&mut toml::
     }
 }
 
+/// A TCP VIP on `VIP2_V4:443` whose backends are the lab backends' IPv6 addresses: IPv4 in IPv6 (every lab backend
+/// serves HTTPS on all its addresses, so a TCP check there passes).
+fn add_vip2_4in6(cfg: &mut toml::Table) {
+    let v: toml::Table = format!(
+        "address = \"{}\"\nport = {}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
+         backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         health = {{ kind = \"tcp\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n",
+        lab::VIP2_V4,
+        lab::HTTPS_PORT,
+        lab::backend_v6(0),
+        lab::backend_v6(1),
+        lab::backend_v6(2)
+    )
+    .parse()
+    .expect("a VIP table");
+    cfg["vip"]
+        .as_array_mut()
+        .expect("[[vip]]")
+        .push(toml::Value::Table(v));
+}
+
 fn start(edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {
     let lab = Lab::new(&LabOptions::default());
     let cfg = lab.write_config("lbd.toml", edit);
@@ -245,18 +266,25 @@ fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
     if skip_unless_root("a_backend_whose_decap_is_detached_fails_the_vip_path_check") {
         return;
     }
-    let (mut lab, lbd) = start(add_vip2("ipip", "direct"));
+    let (mut lab, lbd) = start(|cfg| {
+        add_vip2("ipip", "direct")(cfg);
+        add_vip2_4in6(cfg);
+    });
     let tcp4 = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
     let http6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT);
+    let mixed = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTPS_PORT);
     let direct = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT);
     let (v4, v6) = (
         IpAddr::V4(lab.backends[2].host.v4),
         IpAddr::V6(lab.backends[2].host.v6),
     );
+    // IPv4 probes in IPv6 tunnels reach the backends (start waited for every row of their IPv6 addresses).
+    assert!(row(&lbd, &mixed, v6).up);
 
     lab.backends[2].detach_decap();
     wait_row(&lbd, &tcp4, v4, false, "lb_decap detached");
     wait_row(&lbd, &http6, v6, false, "lb_decap detached");
+    wait_row(&lbd, &mixed, v6, false, "lb_decap detached, IPv4 in IPv6");
     assert!(
         passes_on(&lbd, &direct, v4),
         "the direct check failed without lb_decap: {:?}",
@@ -266,6 +294,45 @@ fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
     lab.backends[2].attach_decap();
     wait_row(&lbd, &tcp4, v4, true, "lb_decap attached again");
     wait_row(&lbd, &http6, v6, true, "lb_decap attached again");
+    wait_row(&lbd, &mixed, v6, true, "lb_decap attached again");
+}
+
+/// Without lbd's probe interface a marked probe meets the probe table's `blackhole` fallback, never the main
+/// table: it fails on this host, counted as unknown, and no backend leaves its ring.
+#[test]
+fn a_deleted_probe_interface_makes_probes_unknown_not_backends_down() {
+    if skip_unless_root("a_deleted_probe_interface_makes_probes_unknown_not_backends_down") {
+        return;
+    }
+    let (lab, lbd) = start(|_| {});
+    let flips = |rows: &[BackendHealth]| rows.iter().map(|r| r.transitions).sum::<u64>();
+    let before = flips(&rows(&lbd));
+    lab.balancer
+        .ns
+        .ip(&["link", "del", lb_userspace::probe_path::INTERFACE]);
+    let unknown = wait::until(
+        "every VIP-path row to count unknown probes",
+        LIMIT,
+        Duration::from_millis(100),
+        || {
+            let rows = rows(&lbd);
+            if rows
+                .iter()
+                .all(|r| r.unknown >= 3 && r.last_reason.contains("probe route is missing"))
+            {
+                Ok(rows)
+            } else {
+                Err(format!("{rows:#?}"))
+            }
+        },
+        |rows| rows,
+    );
+    assert_eq!(
+        flips(&unknown),
+        before,
+        "a backend flipped without the probe interface: {unknown:#?}"
+    );
+    assert!(unknown.iter().all(|r| r.up), "{unknown:#?}");
 }
 
 #[test]

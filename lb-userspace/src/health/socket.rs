@@ -71,11 +71,10 @@ fn prepare(socket: &impl AsFd, ep: &Endpoint) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// A failed connect. For a VIP-path probe "network unreachable" means the probe route is missing (lbd's probe
-/// interface was deleted, so its policy table has only the unreachable fallback): this host's fault, not the
-/// backend's.
+/// A failed connect. For a VIP-path probe EINVAL means the probe route is missing: lbd's probe interface was
+/// deleted, so its policy table has only the blackhole fallback. That is this host's fault, not the backend's.
 fn connect_error(ep: &Endpoint, e: &io::Error) -> ProbeError {
-    if ep.mark.is_some() && e.raw_os_error() == Some(libc::ENETUNREACH) {
+    if ep.mark.is_some() && e.raw_os_error() == Some(libc::EINVAL) {
         return ProbeError::local(format!(
             "connect: {e} (the VIP-path probe route is missing: is lbd's probe interface {} up?)",
             crate::probe_path::INTERFACE
