@@ -100,11 +100,6 @@ pub fn remove() -> Result<()> {
     Ok(())
 }
 
-/// Whether the probe interface exists (for status and tests).
-pub fn present() -> bool {
-    ifindex(INTERFACE).is_some()
-}
-
 fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
