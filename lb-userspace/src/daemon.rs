@@ -60,6 +60,9 @@ pub struct Daemon {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
+    /// Why lbd's VIP-path probe route could not be set up at start (`None`: it was). Capabilities are gone by the
+    /// time a reload or an edit asks for VIP-path checks, so it cannot be set up later.
+    probe_path_error: Option<String>,
 }
 
 fn global_config(c: &Config) -> GlobalConfig {
@@ -133,6 +136,7 @@ impl Daemon {
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_error: None,
+            probe_path_error: None,
         };
         let adopted = matches!(plan, Plan::Adopt | Plan::Resume);
         if let Some(old) = &old {
@@ -157,6 +161,24 @@ impl Daemon {
             daemon
                 .pins
                 .rename(&daemon.pins.staging_dir(), &daemon.pins.ready_dir())?;
+        }
+        // Before the swap: a start refused here leaves the interface as it was.
+        match probe_path::setup(daemon.dp.classifier(programs::HC)?) {
+            Ok(()) => {}
+            // Without it a VIP-path probe would leave by the main table, towards whatever serves the VIP: refuse
+            // to run such checks rather than run them wrong. A config with direct checks only does not need it.
+            Err(e) if daemon.config.uses_vip_path_checks() => {
+                return Err(e.context(
+                    "VIP-path health checks (health.target = \"vip\", the default) need it",
+                ));
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "no VIP-path probe route; the config checks directly only"
+                );
+                daemon.probe_path_error = Some(format!("{e:#}"));
+            }
         }
         // The swap: from here on the pinned link runs the program of these maps.
         daemon.attachment = attach::attach_pinned(
@@ -198,20 +220,6 @@ impl Daemon {
                 sysctl,
                 "forwarding is disabled: VIP packets will be dropped (drop_no_route) until it is set to 1"
             );
-        }
-        match probe_path::setup(daemon.dp.classifier(programs::HC)?) {
-            Ok(()) => {}
-            // Without it a VIP-path probe would leave by the main table, towards whatever serves the VIP: refuse
-            // to run such checks rather than run them wrong. A config with direct checks only does not need it.
-            Err(e) if daemon.config.uses_vip_path_checks() => {
-                return Err(e.context(
-                    "VIP-path health checks (health.target = \"vip\", the default) need it",
-                ));
-            }
-            Err(e) => warn!(
-                error = format!("{e:#}"),
-                "no VIP-path probe route; the config checks directly only"
-            ),
         }
         info!(vips = daemon.state.vips.len(), attachment = %daemon.attachment, "lbd running");
         Ok(daemon)
@@ -437,6 +445,15 @@ impl Daemon {
         }
         if a.sizes != b.sizes {
             fixed.push(format!("daemon map sizes ({:?} -> {:?})", a.sizes, b.sizes));
+        }
+        if let Some(why) = &self.probe_path_error
+            && config.uses_vip_path_checks()
+        {
+            // Marked probes without the rule would leave by the main table, towards whatever serves the VIP.
+            bail!(
+                "health.target = \"vip\" (the default) needs lbd's probe route, which could not be set up at start \
+                 ({why}): use target = \"direct\", or fix that and restart lbd"
+            );
         }
         if !fixed.is_empty() {
             bail!(

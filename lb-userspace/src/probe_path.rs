@@ -18,12 +18,12 @@
 use std::ffi::CString;
 use std::io;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType, tc};
 use lb_common::hc_mark::{HC_MARK_TAG, HC_MARK_TAG_MASK};
 use tracing::{info, warn};
 
-use crate::netlink::{Netlink, attr};
+use crate::netlink::{Netlink, attr, attrs};
 
 /// lbd's probe interface (an IFB device in lbd's network namespace).
 pub const INTERFACE: &str = "lbhc0";
@@ -120,6 +120,14 @@ fn ensure_link() -> Result<u32> {
             })?;
     }
     let index = ifindex(INTERFACE).with_context(|| format!("{INTERFACE} vanished"))?;
+    // An interface of that name that is not lbd's (another kind) is left alone: lbd would route into it.
+    match link_kind(index).with_context(|| format!("reading {INTERFACE}'s kind"))? {
+        Some(kind) if kind == "ifb" => {}
+        other => bail!(
+            "{INTERFACE} exists and is not an IFB device (kind {other:?}): it is not lbd's probe interface; \
+             rename or remove it"
+        ),
+    }
     let up = libc::IFF_UP as u32;
     Netlink::open()?
         .request(
@@ -130,6 +138,34 @@ fn ensure_link() -> Result<u32> {
         )
         .with_context(|| format!("setting {INTERFACE} up"))?;
     Ok(index)
+}
+
+/// The `kind` of link `index` (`ifb`, `veth`, ...; `None` for a device without one, like a physical NIC).
+fn link_kind(index: u32) -> io::Result<Option<String>> {
+    let mut body = ifinfomsg(index, 0, 0);
+    body.truncate(IFINFOMSG_LEN);
+    let mut kind = None;
+    Netlink::open()?.request(
+        libc::RTM_GETLINK,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        &body,
+        |msg| {
+            let Some(link_attrs) = msg.get(IFINFOMSG_LEN..) else {
+                return;
+            };
+            for (ty, data) in attrs(link_attrs) {
+                if ty == libc::IFLA_LINKINFO {
+                    for (ty, data) in attrs(data) {
+                        if ty == libc::IFLA_INFO_KIND {
+                            let name = data.split(|&b| b == 0).next().unwrap_or_default();
+                            kind = Some(String::from_utf8_lossy(name).into_owned());
+                        }
+                    }
+                }
+            }
+        },
+    )?;
+    Ok(kind)
 }
 
 /// `struct ifinfomsg` for interface `index`, with `flags` changed under `change`.

@@ -404,3 +404,53 @@ fn l2dsr_vips_are_checked_along_their_path_too() {
     wait_row(&lbd, &l2v4, v4, true, "VIP back on its loopback");
     wait_row(&lbd, &l2v6, v6, true, "VIP back on its loopback");
 }
+
+/// An interface called `lbhc0` that lbd did not make (here a veth) is not lbd's to route probes into: lbd refuses to
+/// start, says why, and leaves the host as it was (no rule, no program on the balancer's interface).
+#[test]
+fn a_foreign_interface_named_like_the_probe_interface_is_refused() {
+    if skip_unless_root("a_foreign_interface_named_like_the_probe_interface_is_refused") {
+        return;
+    }
+    let lab = Lab::new(&LabOptions::default());
+    let ns = &lab.balancer.ns;
+    let name = lb_userspace::probe_path::INTERFACE;
+    ns.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lbhc-peer",
+    ]);
+    let cfg = lab.write_config("lbd.toml", |_| {});
+    let lbd = lb_tests::lab::target_binary("lbd");
+    let out = ns
+        .nsenter_command(&[
+            lbd.to_str().expect("utf-8"),
+            "--config",
+            cfg.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run lbd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is not an IFB device"),
+        "lbd started beside a foreign {name}: {:?}\n{stderr}",
+        out.status
+    );
+    let link = ns.ip(&["-d", "link", "show", name]);
+    assert!(link.contains("veth"), "{name} was changed: {link}");
+    let rules = ns.ip(&["rule", "show"]);
+    assert!(
+        !rules.contains("lookup 19528"),
+        "a probe rule was added: {rules}"
+    );
+    let eth0 = ns.ip(&["link", "show", lab::HOST_IF]);
+    assert!(
+        !eth0.contains("xdp"),
+        "lb_xdp was attached by an lbd that refused to start: {eth0}"
+    );
+}
