@@ -80,11 +80,25 @@ pub fn pinned(dir: &Path) -> Result<BTreeMap<&'static str, Shape>> {
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
-                map_flags: info.map_flags(),
+                map_flags: info.map_flags() & !kernel_added_flags(map_type as u32),
             },
         );
     }
     Ok(out)
+}
+
+/// Flags the kernel sets on a map of `map_type` whatever its creator asked: a devmap's values are devices, so the
+/// kernel makes it read-only to programs. They say nothing about the build that made the map; compared, every
+/// restart would take a devmap for another build's and upgrade instead of adopting.
+fn kernel_added_flags(map_type: u32) -> u32 {
+    use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
+    if map_type == bpf_map_type::BPF_MAP_TYPE_DEVMAP as u32
+        || map_type == bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH as u32
+    {
+        BPF_F_RDONLY_PROG
+    } else {
+        0
+    }
 }
 
 /// What to do with the pin directory.

@@ -1,5 +1,5 @@
 //! The real object in the real kernel, from this package alone: every program passes the verifier, the kernel
-//! creates each map with the configured number of entries, unusable sizes are refused before anything is created,
+//! creates each map with the configured number of entries, maps it pinned are adopted as they are, unusable sizes are refused before anything is created,
 //! and a packet through `lb_xdp` is counted. Needs root (BPF); without it the kernel tests say why and return.
 //! Every forwarding path is checked byte for byte by the fixture and differential tests of the `lb-tests` package
 //! (tests/tests/).
@@ -10,6 +10,7 @@ use aya::maps::MapInfo;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Counter, XDP_PASS, maps, programs};
 use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
+use lb_userspace::layout::{self, Plan};
 
 fn small() -> LoadOptions {
     LoadOptions {
@@ -123,6 +124,53 @@ fn the_kernel_creates_each_map_with_the_configured_entries() {
             .unwrap_or_else(|e| panic!("{map}: no pinned map in {}: {e}", pins.0.display()));
         assert_eq!(info.max_entries(), want, "{map}: entries in the kernel");
     }
+}
+
+/// Maps this build made are adopted as they are at the next start, not replaced: the kernel adds flags of its own to
+/// some (a devmap is made read-only to programs), and taking those for another build's would upgrade, copying every
+/// flow, at every restart.
+#[test]
+fn maps_this_build_pinned_are_adopted_as_they_are() {
+    if !is_root() {
+        return;
+    }
+    let pins = PinDir::new("objadopt");
+    let dir = lb_userspace::pins::PinDir::open(&pins.0).expect("open the pin dir");
+    let sizes = small().sizes;
+    assert_eq!(
+        layout::plan(&dir, &sizes).expect("plan"),
+        Plan::Fresh,
+        "nothing pinned yet"
+    );
+    let _dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(dir.maps_dir()),
+        ..small()
+    })
+    .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
+    assert_eq!(layout::plan(&dir, &sizes).expect("plan"), Plan::Adopt);
+    // Another size is still seen.
+    let bigger = MapSizes {
+        flow_table_size: 128,
+        ..sizes
+    };
+    assert!(
+        matches!(layout::plan(&dir, &bigger).expect("plan"), Plan::Upgrade { ref why, .. } if why.contains("LB_FLOWS")),
+        "a flow table of another size must be carried over"
+    );
+    // An upgrade killed after its new maps were complete is finished by the next start, which compares them the
+    // same way: a devmap's kernel flag there made every such start refuse.
+    let _ready = Dataplane::load(&LoadOptions {
+        pin_dir: Some(dir.ready_dir()),
+        ..small()
+    })
+    .unwrap_or_else(|e| panic!("loading the object: {e:?}"));
+    assert_eq!(layout::plan(&dir, &sizes).expect("plan"), Plan::Resume);
+    let err =
+        layout::plan(&dir, &bigger).expect_err("an unfinished upgrade of other sizes was accepted");
+    assert!(
+        format!("{err:#}").contains("unfinished upgrade"),
+        "the refusal does not say why: {err:#}"
+    );
 }
 
 #[test]

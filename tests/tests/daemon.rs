@@ -382,9 +382,11 @@ fn a_reload_that_fails_to_apply_changes_nothing() {
 
 /// A config big enough that applying it takes a while: `vips` (indices into 198.19.7.x) of ring size
 /// [`BIG_RING`], each with six backends starting at 198.18.2.(1 + `shift`).
+#[derive(Clone)]
 struct Big {
     vips: std::ops::Range<u8>,
     shift: u8,
+    flow_table: u32,
 }
 
 const BIG_RING: u32 = 16381;
@@ -401,7 +403,10 @@ impl Big {
     }
 
     fn write(&self, b: &Bare) -> PathBuf {
-        let mut text = b.daemon_section(32, 256, BIG_RING);
+        let mut text = b.daemon_section(32, 256, BIG_RING).replace(
+            "flow_table_size = 1024\n",
+            &format!("flow_table_size = {}\n", self.flow_table),
+        );
         for i in self.vips.clone() {
             let list: Vec<String> = self
                 .backends(i)
@@ -543,10 +548,12 @@ fn sigkill_at_random_points_of_large_applies_then_a_restart_converges() {
         Big {
             vips: 1..13,
             shift: 0,
+            flow_table: 1024,
         },
         Big {
             vips: 7..19,
             shift: 3,
+            flow_table: 1024,
         },
     ];
 
@@ -578,6 +585,55 @@ fn sigkill_at_random_points_of_large_applies_then_a_restart_converges() {
         lbd = b.start(&path);
         target.assert_programmed(&b, &what);
         assert!(b.xdp_attached(), "{what}: lb_xdp not attached");
+    }
+    // Every start after the first found maps of its own sizes: each adopted them. An upgrade here would copy every
+    // flow at every restart and open the kill windows of an upgrade for nothing.
+    let log = b.log_text();
+    assert!(
+        !log.contains("upgrading the pinned maps"),
+        "a restart with unchanged sizes upgraded instead of adopting; log:\n{log}"
+    );
+
+    // Now every start changes the flow table's size: an upgrade (new maps beside the old, the swap, the old
+    // unpinned), killed anywhere in it, then finished or redone by the next start.
+    for round in 20..30 {
+        let target = Big {
+            flow_table: if round % 2 == 0 { 2048 } else { 1024 },
+            ..configs[round % 2].clone()
+        };
+        let delay = apply_time.mul_f64(2.0 * rng.random::<f64>());
+        let path = target.write(&b);
+        kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+        wait_exit(&mut lbd, "SIGKILL");
+        lbd = b.spawn(&path);
+        std::thread::sleep(delay);
+        kill(&lbd, nix::sys::signal::Signal::SIGKILL);
+        wait_exit(&mut lbd, "SIGKILL");
+        let what = format!("round {round} (killed {delay:?} into an upgrade)");
+        lbd = b.start(&path);
+        target.assert_programmed(&b, &what);
+        assert!(b.xdp_attached(), "{what}: lb_xdp not attached");
+        assert_eq!(
+            pinned::capacity(b.pins.path(), lb_common::maps::FLOWS),
+            target.flow_table,
+            "{what}: the flow table's size"
+        );
+        let mut dirs: Vec<String> = std::fs::read_dir(b.pins.path())
+            .expect("read the pin dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("maps-"))
+            .collect();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            [lb_userspace::pins::maps_dir(b.pins.path())
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned()],
+            "{what}: maps directories left behind"
+        );
     }
     drop(lbd);
 }
