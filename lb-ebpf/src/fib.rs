@@ -16,8 +16,32 @@ use crate::{
     verdict::{DROP_NO_ROUTE, TX, Verdict, redirect},
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// The FIB question for backend `be` (see [`next_hop`]), as if the packet had arrived on `ifindex`. `lb_hc` asks
+/// the same one, so a probe leaves as a client's packet would.
+#[inline(always)]
+pub fn question(ifindex: u32, be: &Backend, cfg: &GlobalConfig) -> FibParams {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.ifindex = ifindex;
+    if be.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = cfg.encap_src_v4;
+        p.__bindgen_anon_4.ipv4_dst = be.addr[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = cfg.encap_src_v6;
+        p.__bindgen_anon_4.ipv6_dst = be.addr;
+    }
+    p
+}
+
+/// `bpf_fib_lookup` for the program context `ctx` (an `xdp_md` or a `__sk_buff`); the answer is written into `p`.
+#[inline(always)]
+pub fn lookup(ctx: *mut core::ffi::c_void, p: &mut FibParams) -> i64 {
+    unsafe { bpf_fib_lookup(ctx, p, core::mem::size_of::<FibParams>() as i32, 0) }
+}
 
 /// The cached or freshly looked-up next hop towards backend `id`.
 ///
@@ -45,25 +69,8 @@ pub fn next_hop(
         }
         return Ok(unsafe { *c });
     }
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if be.family == FAMILY_V4 {
-        p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = cfg.encap_src_v4;
-        p.__bindgen_anon_4.ipv4_dst = be.addr[0];
-    } else {
-        p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = cfg.encap_src_v6;
-        p.__bindgen_anon_4.ipv6_dst = be.addr;
-    }
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let mut p = question(unsafe { (*ctx.ctx).ingress_ifindex }, be, cfg);
+    let rc = lookup(ctx.ctx as *mut _, &mut p);
     let (nh, result) = if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         let nh = NextHop {
             smac: p.smac,

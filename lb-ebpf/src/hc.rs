@@ -21,15 +21,16 @@ use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        bpf_redir_neigh,
     },
-    helpers::{bpf_fib_lookup, bpf_get_hash_recalc, bpf_redirect_neigh},
+    helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
 use lb_common::{FAMILY_V4, FAMILY_V6, hc_mark::ProbeMark};
 
 use crate::{
     encap,
+    fib::{self, AF_INET, AF_INET6},
     headers::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6},
     maps::{LB_BACKENDS, LB_CONFIG},
     verdict::{
@@ -37,8 +38,6 @@ use crate::{
     },
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 /// Offset of the Ethernet type field.
 const ETH_PROTO_OFF: usize = 12;
 
@@ -107,25 +106,8 @@ fn send(
     l2dsr: bool,
 ) -> Result<Verdict, Verdict> {
     let skb = ctx.skb.skb;
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.ifindex = unsafe { (*skb).ifindex };
-    if be.family == FAMILY_V4 {
-        p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = cfg.encap_src_v4;
-        p.__bindgen_anon_4.ipv4_dst = be.addr[0];
-    } else {
-        p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = cfg.encap_src_v6;
-        p.__bindgen_anon_4.ipv6_dst = be.addr;
-    }
-    let rc = unsafe {
-        bpf_fib_lookup(
-            skb as *mut _,
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let mut p = fib::question(unsafe { (*skb).ifindex }, be, cfg);
+    let rc = fib::lookup(skb as *mut _, &mut p);
     // An unresolved neighbour still names the interface and the next hop: bpf_redirect_neigh resolves it.
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Err(HC_DROP_NO_ROUTE);
