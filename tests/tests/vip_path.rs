@@ -454,3 +454,76 @@ fn a_foreign_interface_named_like_the_probe_interface_is_refused() {
         "lb_xdp was attached by an lbd that refused to start: {eth0}"
     );
 }
+
+/// Every VIP of the lab config checked towards `target`.
+fn every_check_towards(target: &'static str) -> impl Fn(&mut toml::Table) {
+    move |cfg| {
+        for v in cfg["vip"].as_array_mut().expect("[[vip]]") {
+            let v = v.as_table_mut().expect("a VIP table");
+            let h = v
+                .entry("health")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            h.as_table_mut()
+                .expect("a health table")
+                .insert("target".into(), target.into());
+        }
+    }
+}
+
+/// Where the probe route cannot be made (a foreign `lbhc0`), a config that checks directly only still runs, and a
+/// reload asking for VIP-path checks is refused with the reason, the running checks kept as they were: marked probes
+/// without the rule would leave by the main table, towards whatever serves the VIP.
+#[test]
+fn without_the_probe_path_a_reload_asking_for_vip_path_checks_is_refused() {
+    if skip_unless_root("without_the_probe_path_a_reload_asking_for_vip_path_checks_is_refused") {
+        return;
+    }
+    let lab = Lab::new(&LabOptions::default());
+    let ns = &lab.balancer.ns;
+    let name = lb_userspace::probe_path::INTERFACE;
+    ns.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lbhc-peer",
+    ]);
+    let cfg = lab.write_config("lbd.toml", every_check_towards("direct"));
+    let lbd = Lbd::start(&lab, &cfg);
+    lbd.wait_all_backends_up(&lab, LIMIT);
+    assert!(
+        lbd.log_text().contains("no VIP-path probe route"),
+        "lbd did not say why it runs without the probe path:\n{}",
+        lbd.log_text()
+    );
+    let before = rows(&lbd);
+    assert!(
+        before.iter().all(|r| r.path == CheckTarget::Direct),
+        "a check runs along the VIP path without the probe route: {before:?}"
+    );
+
+    lab.write_config("lbd.toml", every_check_towards("vip"));
+    match lbd.call(&Request::Reload) {
+        Response::Error { message } => assert!(
+            message.contains("probe route") && message.contains("is not an IFB device"),
+            "the refusal does not say why: {message}"
+        ),
+        other => {
+            panic!("a reload asking for VIP-path checks without the probe route answered {other:?}")
+        }
+    }
+    let after = rows(&lbd);
+    assert!(
+        after.iter().all(|r| r.path == CheckTarget::Direct && r.up),
+        "the refused reload changed the checks: {after:?}"
+    );
+    assert_eq!(
+        after.iter().map(|r| &r.key).collect::<Vec<_>>(),
+        before.iter().map(|r| &r.key).collect::<Vec<_>>(),
+        "the refused reload changed which backends are checked"
+    );
+    assert_eq!(counter(&lbd, "hc_sent"), 0, "lb_hc sent probes");
+}
