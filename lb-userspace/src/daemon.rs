@@ -11,7 +11,7 @@
 //! Every change is all or nothing: when a reload or an edit fails part-way, the maps are written back to the state
 //! before it, and the daemon's view with them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -28,9 +28,10 @@ use crate::config::{AnnounceConfig, Config, Mode, VipAddr};
 use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
 use crate::health::{CheckKind, HealthKey};
 use crate::layout::{self, Plan};
+use crate::maglev;
 use crate::pins::PinDir;
 use crate::probe_path;
-use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, Ring, diff};
+use crate::state::{BackendKey, DesiredState, DesiredVip, Diff, Ids, Ring, RingInput, diff};
 use crate::upgrade::{self, FlowCopy, OldState};
 
 pub struct Daemon {
@@ -604,25 +605,54 @@ impl Daemon {
     }
 
     /// Builds and atomically installs a VIP's ring, then refreshes the fragment-only entries that mirror it.
-    /// The rings of `keys` for the current health, built on every CPU: a Maglev build of a 65,537-entry table takes
-    /// about a millisecond, and a backend that serves a hundred VIPs needs a hundred of them when it fails.
+    /// The rings of `keys` for the current health. A Maglev build of a 65,537-entry table takes a few milliseconds,
+    /// and a backend that serves a hundred VIPs needs a hundred of them when it fails; VIPs with the same backends
+    /// and weights share one build (their tables differ only in ids), and the distinct builds run on every CPU.
     fn build_rings(&self, keys: &[VipAddr]) -> BTreeMap<VipAddr, Ring> {
-        let (state, down) = (&self.state, &self.down);
-        let build = move |k: &VipAddr| (*k, state.vips[k].ring(|a| !down.contains(&(*k, a))));
+        let inputs: Vec<(VipAddr, RingInput)> = keys
+            .iter()
+            .map(|k| {
+                let input = self.state.vips[k].ring_input(|a| !self.down.contains(&(*k, a)));
+                (*k, input)
+            })
+            .collect();
+        let mut distinct: Vec<&maglev::Turns> = Vec::new();
+        let mut which: HashMap<&maglev::Turns, usize> = HashMap::new();
+        let of: Vec<usize> = inputs
+            .iter()
+            .map(|(_, i)| {
+                *which.entry(&i.turns).or_insert_with(|| {
+                    distinct.push(&i.turns);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if keys.len() < 2 || threads < 2 {
-            return keys.iter().map(build).collect();
-        }
-        std::thread::scope(|s| {
-            let workers: Vec<_> = keys
-                .chunks(keys.len().div_ceil(threads))
-                .map(|part| s.spawn(move || part.iter().map(build).collect::<Vec<_>>()))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a ring build panicked"))
-                .collect()
-        })
+        let built: Vec<Vec<u32>> = if distinct.len() < 2 || threads < 2 {
+            distinct.iter().map(|t| t.build()).collect()
+        } else {
+            std::thread::scope(|s| {
+                let workers: Vec<_> = distinct
+                    .chunks(distinct.len().div_ceil(threads))
+                    .map(|part| s.spawn(move || part.iter().map(|t| t.build()).collect::<Vec<_>>()))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("a ring build panicked"))
+                    .collect()
+            })
+        };
+        inputs
+            .iter()
+            .zip(of)
+            .map(|((k, input), b)| {
+                let ring = Ring {
+                    table: maglev::resolve(&built[b], &input.ids),
+                    panic: input.panic,
+                };
+                (*k, ring)
+            })
+            .collect()
     }
 
     /// Rewrites the entries of `k`'s failing backends (active or not depends on panic mode).

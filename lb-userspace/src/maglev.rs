@@ -15,7 +15,57 @@ use lb_common::{BACKEND_ID_NONE, BackendId};
 /// still terminates and fills every slot). Backends with weight 0 get no entry; with no weighted backend every entry
 /// is [`BACKEND_ID_NONE`].
 pub fn build(backends: &[(BackendId, u32, &str)], m: u32) -> Vec<BackendId> {
-    build_with(backends, m, true)
+    let (turns, ids) = Turns::of(backends, m);
+    resolve(&turns.build(), &ids)
+}
+
+/// What a table is made of once the backend ids are set aside: `m` and each backend's weight and name, in turn
+/// order. Ids only break ties between equal names, so two VIPs with equal `Turns` get tables equal slot for slot,
+/// each with its own ids: when a backend that serves a hundred VIPs with the same backends fails, one build serves
+/// all hundred (see `Daemon::build_rings`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Turns {
+    m: u32,
+    members: Vec<(u32, String)>,
+}
+
+impl Turns {
+    /// The turns of `backends` and their ids in the same order.
+    pub fn of(backends: &[(BackendId, u32, &str)], m: u32) -> (Turns, Vec<BackendId>) {
+        let mut order: Vec<&(BackendId, u32, &str)> = backends.iter().collect();
+        // Turn order decides ties, so fix it independently of how the caller listed the backends.
+        order.sort_by(|a, b| a.2.cmp(b.2).then(a.0.cmp(&b.0)));
+        let turns = Turns {
+            m,
+            members: order.iter().map(|b| (b.1, b.2.to_string())).collect(),
+        };
+        (turns, order.iter().map(|b| b.0).collect())
+    }
+
+    /// The table with each entry naming a member by its position plus one (0: no backend), for [`resolve`].
+    pub fn build(&self) -> Vec<u32> {
+        let positional: Vec<(BackendId, u32, &str)> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, (w, n))| (i as u32 + 1, *w, n.as_str()))
+            .collect();
+        build_with(&positional, self.m, true)
+    }
+}
+
+/// A table built by [`Turns::build`] with the ids [`Turns::of`] returned for a VIP.
+pub fn resolve(positions: &[u32], ids: &[BackendId]) -> Vec<BackendId> {
+    positions
+        .iter()
+        .map(|&p| {
+            if p == 0 {
+                BACKEND_ID_NONE
+            } else {
+                ids[p as usize - 1]
+            }
+        })
+        .collect()
 }
 
 /// [`build`], with or without the [`EndGame`] (the tests compare both).
@@ -330,6 +380,37 @@ mod tests {
         let a = build(&bs, 251);
         bs.reverse();
         assert_eq!(a, build(&bs, 251));
+    }
+
+    /// Two VIPs with the same backends (names and weights) but their own ids, listed in other orders, share one
+    /// build: each resolved table is the one `build` gives that VIP. Another weight is another build.
+    #[test]
+    fn vips_with_the_same_backends_share_one_build() {
+        let names = names(20);
+        let mut a: Vec<(BackendId, u32, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32 + 1, 1 + i as u32 % 3, n.as_str()))
+            .collect();
+        a[4].1 = 0;
+        // The same backends under ids of another VIP, in another order.
+        let b: Vec<(BackendId, u32, &str)> = a
+            .iter()
+            .rev()
+            .map(|&(id, w, n)| (id * 7 + 100, w, n))
+            .collect();
+        let (ta, ida) = Turns::of(&a, 1009);
+        let (tb, idb) = Turns::of(&b, 1009);
+        assert_eq!(ta, tb, "equal backends must give equal turns");
+        let shared = ta.build();
+        assert_eq!(resolve(&shared, &ida), build_with(&a, 1009, true));
+        assert_eq!(resolve(&shared, &idb), build_with(&b, 1009, true));
+        assert_ne!(resolve(&shared, &ida), resolve(&shared, &idb));
+
+        let mut c = a.clone();
+        c[0].1 += 1;
+        assert_ne!(Turns::of(&c, 1009).0, ta, "another weight, same turns");
+        assert_ne!(Turns::of(&a, 1013).0, ta, "another size, same turns");
     }
 
     /// Pinned: a change here reshuffles every fleet's flows on upgrade, so it must be deliberate.

@@ -133,6 +133,15 @@ impl DesiredVip {
     /// The Maglev table for the backends `is_up` accepts (a down backend, like a drained one, gets no entry), unless
     /// their share of the weight is below the VIP's panic threshold: then for every backend that is not drained.
     pub fn ring(&self, is_up: impl Fn(IpAddr) -> bool) -> Ring {
+        let input = self.ring_input(is_up);
+        Ring {
+            table: maglev::resolve(&input.turns.build(), &input.ids),
+            panic: input.panic,
+        }
+    }
+
+    /// What [`DesiredVip::ring`] builds, before it is built (VIPs with equal turns share a build).
+    pub fn ring_input(&self, is_up: impl Fn(IpAddr) -> bool) -> RingInput {
         let total: u64 = self.backends.values().map(|b| b.weight as u64).sum();
         let healthy: u64 = self
             .backends
@@ -156,11 +165,18 @@ impl DesiredVip {
             .iter()
             .map(|(id, w, n)| (*id, *w, n.as_str()))
             .collect();
-        Ring {
-            table: maglev::build(&input, self.ring_size),
-            panic,
-        }
+        let (turns, ids) = maglev::Turns::of(&input, self.ring_size);
+        RingInput { turns, ids, panic }
     }
+}
+
+/// A VIP's ring before the Maglev build: the turns (shared by VIPs with the same backends and weights), this VIP's
+/// ids in turn order, and whether health is ignored.
+#[derive(Debug, Clone)]
+pub struct RingInput {
+    pub turns: maglev::Turns,
+    pub ids: Vec<BackendId>,
+    pub panic: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
