@@ -17,10 +17,13 @@ pub const PASS: &str = "lb_pass";
 pub const EMPTY: &str = "lb_empty";
 /// Benchmark floor: parse Ethernet + IPv4, swap MACs, `XDP_TX` (lab object).
 pub const FLOOR: &str = "lb_floor";
+/// Benchmark floor of an IPIP balancer: parse Ethernet + IPv4, push a fixed outer IPv4 header, `XDP_TX` (lab
+/// object).
+pub const ENCAP_FLOOR: &str = "lb_encap_floor";
 /// Load-test packet generator, run with BPF_PROG_TEST_RUN in live-frames mode (lab object).
 pub const LOADGEN: &str = "lb_loadgen";
 /// Every program of the lab object.
-pub const LAB: &[&str] = &[PASS, EMPTY, FLOOR, LOADGEN];
+pub const LAB: &[&str] = &[PASS, EMPTY, FLOOR, ENCAP_FLOOR, LOADGEN];
 
 /// `lb_loadgen`'s frame counter (`PerCpuArray<u32>`, one entry), the lab object's only map.
 pub const LOADGEN_SEQ: &str = "LB_LOADGEN_SEQ";

@@ -22,8 +22,15 @@ fn dataplane_bench_one_round_takes_every_path() {
             "established_v4",
             "new_flow_v4",
             "established_v6",
-            "l2dsr_v4"
+            "l2dsr_v4",
+            "established_v4_20k",
+            "established_v4_200k",
+            "established_v6_20k"
         ]
+    );
+    assert!(
+        r.encap_floor_ns.is_finite() && r.encap_floor_timer_ns > 0.0,
+        "the encapsulation floor was not measured"
     );
     let warm: Vec<&str> = r.warm.iter().map(|(name, _)| *name).collect();
     assert_eq!(warm, ["floor", "non_vip", "l2dsr_v4"]);

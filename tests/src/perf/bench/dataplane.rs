@@ -34,6 +34,9 @@ pub struct Options {
     pub flows: usize,
     /// Runs per call of the warm measurement.
     pub warm_repeat: u32,
+    /// Flows of the cold established rows (`established_v4_20k`, `established_v6_20k`; `established_v4_200k`):
+    /// the table is filled with them, then each is seen once, in shuffled order, across the rounds.
+    pub cold_flows: [usize; 2],
 }
 
 impl Options {
@@ -43,6 +46,7 @@ impl Options {
         rounds: 5,
         flows: 1_000,
         warm_repeat: 100_000,
+        cold_flows: [20_000, 200_000],
     };
     /// One short round through every path and its checks, for the test suite: the figures mean nothing.
     pub const SMOKE: Options = Options {
@@ -50,16 +54,20 @@ impl Options {
         rounds: 1,
         flows: 50,
         warm_repeat: 1_000,
+        cold_flows: [200, 2_000],
     };
 }
 
 pub struct Report {
     pub empty_ns: f64,
     pub floor_ns: f64,
+    /// `lb_encap_floor`: parse, a fixed IPIP header, `XDP_TX` (the least any IPIP balancer does).
+    pub encap_floor_ns: f64,
     /// (path, in-program ns per packet, median test-timer ns per call).
     pub paths: Vec<(&'static str, f64, f64)>,
     pub empty_timer_ns: f64,
     pub floor_timer_ns: f64,
+    pub encap_floor_timer_ns: f64,
     /// Warm figures (one packet, `repeat` runs in one call, caches hot) for the paths whose rewrite leaves the
     /// packet on the same path (nothing, or only MACs): (path, in-program ns per run minus the empty program's).
     pub warm: Vec<(&'static str, f64)>,
@@ -270,8 +278,10 @@ fn net_median(item: &[f64], empty: &[f64]) -> f64 {
 
 pub fn run(opts: &Options) -> Report {
     let (runs, flows, warm_repeat) = (opts.runs, opts.flows, opts.warm_repeat);
+    // Room for every flow the rows make (the cold rows' 220k, 20k more of IPv6, the cycled and new ones) with no
+    // eviction: an evicted flow would be a miss, which the proof refuses.
     let sizes = MapSizes {
-        flow_table_size: 1 << 18,
+        flow_table_size: 1 << 19,
         ..SIZES
     };
     let mut rig = Rig::with_sizes("bench", sizes);
@@ -313,6 +323,8 @@ pub fn run(opts: &Options) -> Report {
     };
     let est4 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4), TCP_ACK);
     let est6 = |i: usize| pkt(client6(i), sport(i), IpAddr::V6(VIP6), TCP_ACK);
+    // Clients of their own for the 200k row (past the 20k row's), same VIP.
+    let est4_large = |i: usize| est4(i + 200_000);
     let l2 = |i: usize| pkt(client4(i), sport(i), IpAddr::V4(VIP4B), TCP_ACK);
     // The run-time statistics are on while this descriptor is open, and only then.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
@@ -324,6 +336,33 @@ pub fn run(opts: &Options) -> Report {
     ] {
         let warm: Vec<Vec<u8>> = (0..flows).map(make).collect();
         time_runs(&mut rig, what, programs::LB, &warm, lb_common::XDP_TX);
+    }
+    // Cold rows: flows of their own (clients from index 100,000 on, apart from the cycled ones), each in the table
+    // before it is measured, then seen once in shuffled order: a flow's entry is not in any cache when its packet
+    // comes, as with real traffic over a large table.
+    let [small, large] = opts.cold_flows;
+    let mut cold_rows = Vec::new();
+    for (seed, (make, n)) in [
+        (&est4 as &dyn Fn(usize) -> Vec<u8>, small),
+        (&est4_large, large),
+        (&est6, small),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let fill: Vec<Vec<u8>> = (0..n).map(|i| make(100_000 + i)).collect();
+        time_runs(
+            &mut rig,
+            "cold fill",
+            programs::LB,
+            &fill,
+            lb_common::XDP_TX,
+        );
+        let mut pass = fill;
+        pass.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed as u64));
+        cold_rows.push(pass);
     }
     let new4: Vec<Vec<u8>> = (0..runs)
         .map(|i| pkt(client4(i + 7 * flows), sport(i), IpAddr::V4(VIP4), TCP_SYN))
@@ -356,6 +395,13 @@ pub fn run(opts: &Options) -> Report {
             verdict: tx,
             proof: None,
         },
+        Item {
+            name: "encap_floor",
+            prog: programs::ENCAP_FLOOR,
+            frames: &non_vip,
+            verdict: tx,
+            proof: None,
+        },
         lb("non_vip", &non_vip, pass, Counter::PassNotVip, None, false),
         lb(
             "established_v4",
@@ -375,12 +421,37 @@ pub fn run(opts: &Options) -> Report {
             false,
         ),
         lb("l2dsr_v4", &l2_frames, tx, Counter::Tx, Some(2), false),
+        lb(
+            "established_v4_20k",
+            &cold_rows[0],
+            tx,
+            Counter::Tx,
+            Some(0),
+            false,
+        ),
+        lb(
+            "established_v4_200k",
+            &cold_rows[1],
+            tx,
+            Counter::Tx,
+            Some(0),
+            false,
+        ),
+        lb(
+            "established_v6_20k",
+            &cold_rows[2],
+            tx,
+            Counter::Tx,
+            Some(1),
+            false,
+        ),
     ];
     let mut measured = interleaved(&mut rig, &items, opts.rounds);
     let empty_rounds = measured[0].0.clone();
     let mut timer_median = |i: usize| median(&mut measured[i].1);
-    let (empty_timer, floor_timer) = (timer_median(0), timer_median(1));
-    let paths: Vec<(&'static str, f64, f64)> = (2..items.len())
+    let (empty_timer, floor_timer, encap_floor_timer) =
+        (timer_median(0), timer_median(1), timer_median(2));
+    let paths: Vec<(&'static str, f64, f64)> = (3..items.len())
         .map(|i| {
             (
                 items[i].name,
@@ -390,6 +461,7 @@ pub fn run(opts: &Options) -> Report {
         })
         .collect();
     let floor = net_median(&measured[1].0, &empty_rounds);
+    let encap_floor = net_median(&measured[2].0, &empty_rounds);
     let empty = median(&mut measured[0].0.clone());
 
     // Warm: the same packet again and again. The L2 DSR packet's rewrite (MACs only) keeps it on its path, so the
@@ -427,9 +499,11 @@ pub fn run(opts: &Options) -> Report {
     Report {
         empty_ns: empty,
         floor_ns: floor,
+        encap_floor_ns: encap_floor,
         paths,
         empty_timer_ns: empty_timer,
         floor_timer_ns: floor_timer,
+        encap_floor_timer_ns: encap_floor_timer,
         warm,
     }
 }
