@@ -29,7 +29,7 @@ pub const IPV6_HDR_LEN: usize = 40;
 /// The layout of the pinned maps: bumped whenever a map's key or value layout, or the meaning of an entry, changes,
 /// so that a daemon never adopts maps another build laid out differently. Pins live in `maps-v<LAYOUT_VERSION>/`
 /// under the pin directory; layout 1 is the maps pinned directly in it by builds before this stamp.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Backend id 0 means "unset": a ring entry of 0 has no backend, and id 0 is never allocated.
 pub const BACKEND_ID_NONE: u32 = 0;

@@ -69,6 +69,20 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub backend_id: BackendId,
+    /// The flow's [`crate::hash::flow_hash`], from which an IPv6 outer header takes its flow label: kept here so an
+    /// established packet hashes nothing (the entry's element is as large with it as without: values are rounded
+    /// up to 8 bytes in the kernel's hash maps).
+    pub hash: u32,
+}
+
+impl FlowState {
+    /// The entry of `key` when it goes to `backend_id`: what the program inserts, and what userspace writes.
+    pub const fn new(key: &FlowKey, backend_id: BackendId) -> FlowState {
+        FlowState {
+            backend_id,
+            hash: crate::hash::flow_hash(key),
+        }
+    }
 }
 
 /// `LB_CONFIG[0]`: settings of the whole dataplane.
@@ -146,7 +160,7 @@ const _: () = {
     assert!(core::mem::size_of::<VipMeta>() == 16);
     assert!(core::mem::size_of::<Backend>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowState>() == 4);
+    assert!(core::mem::size_of::<FlowState>() == 8);
     assert!(core::mem::size_of::<GlobalConfig>() == 40);
     assert!(core::mem::size_of::<VipStats>() == 32);
     assert!(core::mem::size_of::<BackendStats>() == 16);

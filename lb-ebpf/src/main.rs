@@ -107,14 +107,7 @@ fn fragment(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
     let hash = flow_hash(&key);
     let cfg = config()?;
     let picked = select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-    forward(
-        ctx,
-        l3,
-        &meta,
-        cfg,
-        Chosen::of(picked, FlowHash::known(&key, hash)),
-        len,
-    )
+    forward(ctx, l3, &meta, cfg, Chosen::of(picked, hash), len)
 }
 
 /// Step 4: echo requests to a VIP address are answered, too-big errors about a VIP flow steered.
@@ -145,7 +138,7 @@ fn too_big(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
     let hash = flow_hash(&key);
     let pinned = match hash3 {
         false => match conntrack::lookup(&q.flow, &meta) {
-            Lookup::Hit(id, be) => Some((id, be)),
+            Lookup::Hit(id, be, _) => Some((id, be)),
             _ => None,
         },
         true => None,
@@ -154,14 +147,7 @@ fn too_big(ctx: &XdpContext, l3: &L3) -> Result<Verdict, Verdict> {
         Some(p) => p,
         None => select::ring_pick(&meta, cfg, hash).ok_or(DROP_NO_BACKEND)?,
     };
-    forward(
-        ctx,
-        l3,
-        &meta,
-        cfg,
-        Chosen::of(picked, FlowHash::known(&key, hash)),
-        len,
-    )
+    forward(ctx, l3, &meta, cfg, Chosen::of(picked, hash), len)
 }
 
 /// Steps 5 to 8 for TCP and UDP.
@@ -198,25 +184,24 @@ fn l4_header(ctx: &XdpContext, l3: &L3) -> Result<bool, Verdict> {
     Ok(flags == TCP_SYN)
 }
 
-/// Step 7: the backend of a TCP/UDP packet, with its flow hash when one was computed (an established flow needs
-/// none unless it is encapsulated in IPv6, for the flow label: `forward` computes it then).
+/// Step 7: the backend of a TCP/UDP packet, with the flow's hash (for an IPv6 outer header's label): computed for a
+/// new flow, read from the flow's entry for an established one, which so hashes nothing.
 #[inline(always)]
-fn choose_backend<'a>(
-    key: &'a FlowKey,
+fn choose_backend(
+    key: &FlowKey,
     meta: &VipMeta,
     cfg: &GlobalConfig,
     new_connection: bool,
     vip_counters: &VipCounters,
-) -> Result<Chosen<'a>, Verdict> {
-    let chosen = |picked, hash| Chosen::of(picked, FlowHash { key, hash });
+) -> Result<Chosen, Verdict> {
     if meta.flags & VIP_F_FRAG_HASH3 != 0 {
         let hash = flow_hash(&key.three_tuple());
         let picked = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
-        return Ok(chosen(picked, Some(hash)));
+        return Ok(Chosen::of(picked, hash));
     }
     if !new_connection {
         match conntrack::lookup(key, meta) {
-            Lookup::Hit(id, be) => return Ok(chosen((id, be), None)),
+            Lookup::Hit(id, be, hash) => return Ok(Chosen::of((id, be), hash)),
             Lookup::Miss => vip_counters.lru_miss(),
             Lookup::Unusable => {}
         }
@@ -224,49 +209,25 @@ fn choose_backend<'a>(
     let hash = flow_hash(key);
     let (id, be) = select::ring_pick(meta, cfg, hash).ok_or(DROP_NO_BACKEND)?;
     if rate::take(RateLimit::NewFlows, cfg.new_flow_cap) {
-        conntrack::insert(key, id);
+        conntrack::insert(key, id, hash);
         vip_counters.new_flow();
     } else {
         stats::count(Counter::NewFlowCapped);
     }
-    Ok(chosen((id, be), Some(hash)))
+    Ok(Chosen::of((id, be), hash))
 }
 
 /// The backend a packet goes to: its id, its entry, and the flow's hash (for an IPv6 outer header's label).
-struct Chosen<'a> {
+struct Chosen {
     id: BackendId,
     be: Backend,
-    hash: FlowHash<'a>,
+    hash: u32,
 }
 
-impl<'a> Chosen<'a> {
+impl Chosen {
     #[inline(always)]
-    fn of((id, be): (BackendId, Backend), hash: FlowHash<'a>) -> Self {
+    fn of((id, be): (BackendId, Backend), hash: u32) -> Self {
         Chosen { id, be, hash }
-    }
-}
-
-/// A flow's hash, or the key to compute it from when it is first needed.
-struct FlowHash<'a> {
-    key: &'a FlowKey,
-    hash: Option<u32>,
-}
-
-impl<'a> FlowHash<'a> {
-    #[inline(always)]
-    fn known(key: &'a FlowKey, hash: u32) -> Self {
-        FlowHash {
-            key,
-            hash: Some(hash),
-        }
-    }
-
-    #[inline(always)]
-    fn get(&self) -> u32 {
-        match self.hash {
-            Some(h) => h,
-            None => flow_hash(self.key),
-        }
     }
 }
 
@@ -297,12 +258,7 @@ fn forward(
         return Err(icmp::over_mtu(ctx, l3, cfg, overhead));
     }
     let nh = fib::next_hop(ctx, id, be, cfg)?;
-    let label = if be.family == FAMILY_V4 {
-        0
-    } else {
-        hash.get()
-    };
-    encap::encapsulate(ctx, l3.off, inner_len, l3.family, be, cfg, &nh, label)?;
+    encap::encapsulate(ctx, l3.off, inner_len, l3.family, be, cfg, &nh, hash)?;
     Ok(fib::emit(ctx, &nh))
 }
 

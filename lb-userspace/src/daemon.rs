@@ -155,7 +155,7 @@ impl Daemon {
         if let Plan::Upgrade { from, .. } = &plan {
             let from_dir = daemon.pins.layout_dir(*from);
             let copied = daemon.carry_flows(&from_dir, *from, FlowCopy::All)?;
-            if *from == LAYOUT_VERSION {
+            if upgrade::stats_carry_over(*from) {
                 upgrade::copy_stats(&from_dir, &mut daemon.dp)?;
             }
             info!(flows = copied, "carried the established flows over");

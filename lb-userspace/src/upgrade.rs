@@ -3,8 +3,9 @@
 //! where their layout allows).
 //!
 //! Layouts this build reads: 1, the maps pinned directly in the pin directory by builds before the layout stamp
-//! (a backend entry without its owner, a flow entry with a VIP id beside the backend); and
-//! [`LAYOUT_VERSION`] itself.
+//! (a backend entry without its owner, a flow entry with a VIP id beside the backend); 2 (a flow entry holding only
+//! its backend, without the flow's hash); and [`LAYOUT_VERSION`] itself. A flow carried over from an older layout
+//! gets the hash the program would have computed for it, so its IPv6 flow label does not change.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,7 +24,7 @@ use crate::dataplane::Dataplane;
 use crate::service::VipAddr;
 
 /// The layouts this build can read.
-pub const KNOWN_LAYOUTS: &[u32] = &[1, LAYOUT_VERSION];
+pub const KNOWN_LAYOUTS: &[u32] = &[1, 2, LAYOUT_VERSION];
 
 /// Layout 1's entries that differ from today's.
 mod v1 {
@@ -49,6 +50,23 @@ mod v1 {
     unsafe impl aya::Pod for Backend {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowState {}
+}
+
+/// Layout 2's entries that differ from today's (its backend entries are today's).
+mod v2 {
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct FlowState {
+        pub backend_id: u32,
+    }
+
+    // SAFETY: repr(C), Copy, one u32 (layout 2's definition).
+    unsafe impl aya::Pod for FlowState {}
+}
+
+/// Whether the counters and stats of maps of `layout` mean what this build's do (same indices, same values).
+pub fn stats_carry_over(layout: u32) -> bool {
+    layout >= 2
 }
 
 /// A backend as pinned maps describe it.
@@ -165,21 +183,16 @@ pub fn copy_flows(
     keep: impl Fn(BackendId) -> bool,
 ) -> Result<usize> {
     let capacity = dp.sizes().flow_table_size as usize;
-    let flows: Vec<(FlowKey, BackendId)> = if layout == 1 {
-        let m: HashMap<MapData, FlowKey, v1::FlowState> =
-            HashMap::try_from(Map::LruHashMap(open(dir, maps::FLOWS)?))
-                .context("layout 1 LB_FLOWS")?;
-        m.iter()
-            .filter_map(Result::ok)
+    let flows: Vec<(FlowKey, BackendId)> = match layout {
+        1 => read_flows::<v1::FlowState>(dir)?
             .map(|(k, s)| (k, s.backend_id))
-            .collect()
-    } else {
-        let m: HashMap<MapData, FlowKey, FlowState> =
-            HashMap::try_from(Map::LruHashMap(open(dir, maps::FLOWS)?)).context("LB_FLOWS")?;
-        m.iter()
-            .filter_map(Result::ok)
+            .collect(),
+        2 => read_flows::<v2::FlowState>(dir)?
             .map(|(k, s)| (k, s.backend_id))
-            .collect()
+            .collect(),
+        _ => read_flows::<FlowState>(dir)?
+            .map(|(k, s)| (k, s.backend_id))
+            .collect(),
     };
     if how == FlowCopy::All && flows.len() > capacity {
         warn!(
@@ -193,7 +206,8 @@ pub fn copy_flows(
         if !keep(backend_id) {
             continue;
         }
-        let state = FlowState { backend_id };
+        // What the program writes: the same hash, so the flow keeps its IPv6 flow label.
+        let state = FlowState::new(&key, backend_id);
         let written = match how {
             FlowCopy::All => dp.insert_flow(&key, &state).map(|()| true)?,
             FlowCopy::Missing => dp.insert_flow_if_absent(&key, &state)?,
@@ -265,6 +279,14 @@ fn backends(dir: &Path, layout: u32) -> Result<BTreeMap<BackendId, OldBackend>> 
         }
     }
     Ok(out)
+}
+
+/// The entries of the flow table pinned in `dir`, with values of `V` (one layout's flow entry).
+fn read_flows<V: aya::Pod>(dir: &Path) -> Result<impl Iterator<Item = (FlowKey, V)>> {
+    let m: HashMap<MapData, FlowKey, V> =
+        HashMap::try_from(Map::LruHashMap(open(dir, maps::FLOWS)?)).context("LB_FLOWS")?;
+    let entries: Vec<(FlowKey, V)> = m.iter().filter_map(Result::ok).collect();
+    Ok(entries.into_iter())
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData> {

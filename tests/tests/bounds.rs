@@ -307,9 +307,7 @@ fn fill_flows(lab: &Lab, lbd: &Lbd, n: u32) {
             80,
             lb_common::IPPROTO_TCP,
         );
-        let state = FlowState {
-            backend_id: ids[i as usize % ids.len()],
-        };
+        let state = FlowState::new(&key, ids[i as usize % ids.len()]);
         flows.insert(key, state, 0).expect("insert a flow");
     }
 }

@@ -168,7 +168,7 @@ fn steering() {
 
     // Pinned to an inactive backend: re-picked from the ring, entry overwritten.
     let mut s = Setup::new(vec![vip(v4(VIP4), 80, IPPROTO_TCP, 1, 0, &[3; 7])]);
-    s.flows.push((k, FlowState { backend_id: 2 }));
+    s.flows.push((k, FlowState::new(&k, 2)));
     s.set_backend(
         2,
         Backend {
@@ -189,7 +189,7 @@ fn steering() {
 
     // Pinned to an active backend not in the ring: stays.
     let mut s = Setup::new(vec![vip(v4(VIP4), 80, IPPROTO_TCP, 1, 0, &[3; 7])]);
-    s.flows.push((k, FlowState { backend_id: 6 }));
+    s.flows.push((k, FlowState::new(&k, 6)));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -247,6 +247,28 @@ fn steering() {
             encap_out(4, h6, &s6.bytes()),
         )
         .flow(key_of(&s6), Some(4)),
+    ));
+    // An established flow's label is its entry's hash, not a hash of the packet: the program hashes nothing on an
+    // established packet. (An entry lbd or the program wrote holds the flow's hash; this one is set apart on
+    // purpose, so a recomputed label would show.)
+    let a6 = tcp6(40001, 443, TCP_ACK);
+    let mut s = Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[5; 7])]);
+    s.flows.push((
+        key_of(&a6),
+        FlowState {
+            backend_id: 4,
+            hash: 0xabcde,
+        },
+    ));
+    cases.push(Case::one(
+        s,
+        Pkt::tx(
+            "established IPv6 flow: label from the entry",
+            frame(&l2in(), &a6.bytes()),
+            4,
+            encap_out(4, 0xabcde, &a6.bytes()),
+        )
+        .flow(key_of(&a6), Some(4)),
     ));
     cases.push(Case::one(
         Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[10; 7])]),
@@ -655,7 +677,7 @@ fn steering() {
         2,
         "backend 2 belongs to the other service"
     );
-    s.flows.push((k, FlowState { backend_id: 2 }));
+    s.flows.push((k, FlowState::new(&k, 2)));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -692,7 +714,7 @@ fn steering() {
         ("SYN|ACK keeps the flow's backend", TCP_SYN | TCP_ACK),
     ] {
         let mut s = Setup::new(vec![web_with(&[2; 7])]);
-        s.flows.push((k, FlowState { backend_id: 1 }));
+        s.flows.push((k, FlowState::new(&k, 1)));
         let p = tcp4(40000, VIP4, 80, flags);
         cases.push(Case::one(
             s,
@@ -1262,7 +1284,7 @@ fn icmp_too_big_steering() {
     let h = flow_hash(&k);
 
     let mut s = Setup::new(vec![web_with(&[1; 7])]);
-    s.flows.push((k, FlowState { backend_id: 2 }));
+    s.flows.push((k, FlowState::new(&k, 2)));
     cases.push(Case::one(
         s,
         Pkt::tx(
@@ -1286,7 +1308,7 @@ fn icmp_too_big_steering() {
         .flow(k, None),
     ));
     let mut s = Setup::new(vec![web_with(&[3; 7])]);
-    s.flows.push((k, FlowState { backend_id: 2 }));
+    s.flows.push((k, FlowState::new(&k, 2)));
     s.backends.retain(|(id, _)| *id != 2);
     cases.push(Case::one(
         s,
@@ -1332,7 +1354,7 @@ fn icmp_too_big_steering() {
         .bytes();
     let ptb = icmp6_too_big("fd00:9::9".parse().unwrap(), VIP6, 1400, &reply6).bytes();
     let mut s = Setup::new(vec![vip(v6(VIP6), 443, IPPROTO_TCP, 3, 0, &[5; 7])]);
-    s.flows.push((k6, FlowState { backend_id: 4 }));
+    s.flows.push((k6, FlowState::new(&k6, 4)));
     cases.push(Case::one(
         s,
         Pkt::tx(

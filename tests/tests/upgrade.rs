@@ -1,5 +1,5 @@
 //! Upgrades of the pinned state with traffic flowing: lbd restarted with a bigger flow table, and lbd finding the
-//! maps of an older layout (layout 1, rewritten from the running maps by `harness::legacy_layout`). Either way it
+//! maps of an older layout (layouts 1 and 2, rewritten from the running maps by `harness::legacy_layout`). Either way it
 //! must build new maps beside the old ones, carry the established flows over, swap the program in one step and
 //! remove the old pins, and no request may fail.
 //!
@@ -211,4 +211,43 @@ fn maps_of_an_older_layout_are_carried_over_without_losing_a_flow() {
             .is_dir(),
         "no maps-v{LAYOUT_VERSION} after the upgrade"
     );
+}
+
+/// Layout 2's flow entries hold no hash: carried over, each gets the flow's hash, the one the program would have
+/// computed, so an established flow keeps its IPv6 flow label across the upgrade.
+#[test]
+fn maps_of_layout_2_are_carried_over_with_each_flows_hash() {
+    if skip_unless_root("maps_of_layout_2_are_carried_over_with_each_flows_hash") {
+        return;
+    }
+    let lab = lab_with_spare(LAB_FLOW_TABLE);
+    upgrade_under_traffic(&lab, |lbd| {
+        lbd.kill9();
+        let flows = legacy_layout::rewrite_as_layout_2(lab.pin_dir.path());
+        println!("pins rewritten as layout 2 with {flows} flows");
+        lbd.restart();
+        assert!(
+            lbd.log_text().contains("(layout 2)"),
+            "lbd did not see layout 2; log:\n{}",
+            lbd.log_text()
+        );
+    });
+    assert!(
+        !lab.pin_dir.path().join("maps-v2").exists(),
+        "layout 2 pins left behind"
+    );
+    let table: aya::maps::HashMap<_, FlowKey, lb_common::FlowState> = aya::maps::HashMap::try_from(
+        aya::maps::Map::LruHashMap(pinned::open_map(lab.pin_dir.path(), maps::FLOWS)),
+    )
+    .expect("LB_FLOWS");
+    let entries: Vec<(FlowKey, lb_common::FlowState)> =
+        table.iter().filter_map(Result::ok).collect();
+    assert!(!entries.is_empty(), "no flow in the new table");
+    for (k, s) in &entries {
+        assert_eq!(
+            s.hash,
+            lb_common::hash::flow_hash(k),
+            "flow {k:?} carried over without its hash"
+        );
+    }
 }

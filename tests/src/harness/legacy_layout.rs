@@ -1,6 +1,7 @@
-//! Turns a running balancer's pins into what a build of layout 1 (before the layout stamp) would have left: the
-//! maps pinned directly in the pin directory, a backend entry without its owner (20 bytes), a flow entry naming its
-//! VIP beside the backend (8 bytes). The program keeps running on its own maps (it holds them; only their pins
+//! Turns a running balancer's pins into what a build of an older layout would have left. Layout 1 (before the layout
+//! stamp): the maps pinned directly in the pin directory, a backend entry without its owner (20 bytes), a flow entry
+//! naming its VIP beside the backend (8 bytes). Layout 2: `maps-v2/`, a flow entry holding only its backend (4
+//! bytes), every other map as today's. The program keeps running on its own maps (it holds them; only their pins
 //! go), exactly as a layout-1 program would keep running until an upgraded lbd swaps it. The bytes are written
 //! here from the layout-1 definitions, not through lbd's reader, so a mistake in that reader shows.
 
@@ -19,6 +20,60 @@ use lb_common::{Backend, BackendId, FlowKey, FlowState, VIP_F_FRAG_ONLY, VipKey,
 type V1Backend = [u8; 20];
 /// Layout 1's `LB_FLOWS` value: backend id, then the VIP id.
 type V1Flow = [u8; 8];
+
+/// Layout 2's `LB_FLOWS` value: the backend id alone.
+type V2Flow = u32;
+
+/// Rewrites the maps of layout [`lb_common::LAYOUT_VERSION`] under `pins` as layout 2's: the flow table in 4-byte
+/// entries, every other map pinned again under `maps-v2/` as it is. Returns how many flows were written.
+pub fn rewrite_as_layout_2(pins: &Path) -> usize {
+    let from = lb_userspace::pins::maps_dir(pins);
+    let to = pins.join("maps-v2");
+    std::fs::create_dir(&to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    let open = |name: &str| {
+        let path = from.join(name);
+        MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    };
+    for name in maps::ALL.iter().filter(|&&n| n != maps::FLOWS) {
+        open(name)
+            .pin(to.join(name))
+            .unwrap_or_else(|e| panic!("pin {name} under {}: {e}", to.display()));
+    }
+    let flows: Vec<(FlowKey, FlowState)> =
+        HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(open(maps::FLOWS)))
+            .expect("LB_FLOWS")
+            .iter()
+            .filter_map(Result::ok)
+            .collect();
+    let entries = MapInfo::from_pin(from.join(maps::FLOWS))
+        .unwrap_or_else(|e| panic!("LB_FLOWS: {e}"))
+        .max_entries();
+    let mut v2_flows: HashMap<_, FlowKey, V2Flow> =
+        HashMap::try_from(Map::LruHashMap(pinned::create(
+            &to.join(maps::FLOWS),
+            BPF_MAP_TYPE_LRU_HASH,
+            size_of::<FlowKey>(),
+            size_of::<V2Flow>(),
+            entries,
+        )))
+        .expect("layout 2 LB_FLOWS");
+    for (k, s) in &flows {
+        v2_flows
+            .insert(k, s.backend_id, 0)
+            .expect("write layout 2 LB_FLOWS");
+    }
+    unpin_all(&from);
+    flows.len()
+}
+
+/// Unpins every map in `dir` and removes it (the maps live on while a program holds them).
+fn unpin_all(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read the maps directory") {
+        let path = entry.expect("dir entry").path();
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("unpin {}: {e}", path.display()));
+    }
+    std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+}
 
 /// Rewrites the maps of layout [`lb_common::LAYOUT_VERSION`] under `pins` as layout 1's, then unpins the originals.
 /// Returns how many flows were written.
@@ -122,10 +177,6 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
         v1_flows.insert(k, v, 0).expect("write layout 1 LB_FLOWS");
     }
 
-    for entry in std::fs::read_dir(&from).expect("read the maps directory") {
-        let path = entry.expect("dir entry").path();
-        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("unpin {}: {e}", path.display()));
-    }
-    std::fs::remove_dir(&from).unwrap_or_else(|e| panic!("rmdir {}: {e}", from.display()));
+    unpin_all(&from);
     flows.len()
 }

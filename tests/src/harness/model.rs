@@ -461,7 +461,8 @@ impl ModelState {
                 },
             ));
             match used {
-                Some(id) => (id, hash),
+                // "An established flow's outer flow label comes from its entry's hash."
+                Some(id) => (id, entry.flatten().map_or(hash, |e| e.hash)),
                 None => {
                     // "A miss (not an unusable entry) counts `lru_misses`."
                     if entry == Some(None) {
@@ -472,7 +473,13 @@ impl ModelState {
                         return with_lookup(o, lookup);
                     };
                     if self.take(RateLimit::NewFlows, self.config.new_flow_cap) {
-                        self.flows.insert(key, FlowState { backend_id: id });
+                        self.flows.insert(
+                            key,
+                            FlowState {
+                                backend_id: id,
+                                hash,
+                            },
+                        );
                         self.vip_stats.entry(meta.vip_id).or_default().new_flows += 1;
                     } else {
                         info.push(Counter::NewFlowCapped);
