@@ -471,16 +471,17 @@ mod tests {
     }
 
     #[test]
-    fn thousand_backends_build_fast() {
+    fn thousand_backends_fill_the_table() {
         let names = names(1000);
         let bs = equal(&names);
         let start = std::time::Instant::now();
         let table = build(&bs, M);
         let took = start.elapsed();
+        // Printed, not asserted: speed is `cargo xtask bench maglev`'s figure (a shared machine makes any bound here
+        // either loose enough to mean nothing or a flaky test).
         println!("1000 backends, M={M}: {took:?}");
         assert_eq!(table.len(), M as usize);
-        // The release-mode bound (5 ms) is checked by the benchmark; a debug test build is ~20x slower.
-        assert!(took.as_millis() < 500, "took {took:?}");
+        assert_eq!(counts(&table).len(), 1000, "a backend got no entry");
     }
 
     #[test]
