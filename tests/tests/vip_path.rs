@@ -68,6 +68,26 @@ fn add_vip2_4in6(cfg: &mut toml::Table) {
         .push(toml::Value::Table(v));
 }
 
+/// A TCP VIP on `[VIP_V6]:443` whose backends are the lab backends' IPv4 addresses: IPv6 in IPv4.
+fn add_vip6_6in4(cfg: &mut toml::Table) {
+    let v: toml::Table = format!(
+        "address = \"{}\"\nport = {}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
+         backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         health = {{ kind = \"tcp\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n",
+        lab::VIP_V6,
+        lab::HTTPS_PORT,
+        lab::backend_v4(0),
+        lab::backend_v4(1),
+        lab::backend_v4(2)
+    )
+    .parse()
+    .expect("a VIP table");
+    cfg["vip"]
+        .as_array_mut()
+        .expect("[[vip]]")
+        .push(toml::Value::Table(v));
+}
+
 fn start(edit: impl FnOnce(&mut toml::Table)) -> (Lab, Lbd) {
     let lab = Lab::new(&LabOptions::default());
     let cfg = lab.write_config("lbd.toml", edit);
@@ -183,6 +203,14 @@ fn a_backend_without_the_vip_on_its_loopback_fails_the_vip_path_check_while_a_di
         (CheckTarget::Direct, SocketAddr::new(v4, 80)),
         "{r:?}"
     );
+    // /metrics says the same, per row.
+    let metrics = lbd.metrics();
+    for (vip, target) in [(&tcp4, "vip"), (&direct, "direct")] {
+        let line = format!(
+            "lb_backend_health_check_info{{vip=\"{vip}\",backend=\"{v4}\",kind=\"tcp\",target=\"{target}\"}} 1"
+        );
+        assert!(metrics.lines().any(|l| l == line), "/metrics lacks {line}");
+    }
     let sent = counter(&lbd, "hc_sent");
     assert!(
         sent > 0,
@@ -269,22 +297,27 @@ fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
     let (mut lab, lbd) = start(|cfg| {
         add_vip2("ipip", "direct")(cfg);
         add_vip2_4in6(cfg);
+        add_vip6_6in4(cfg);
     });
     let tcp4 = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
     let http6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT);
     let mixed = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTPS_PORT);
+    let mixed6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTPS_PORT);
     let direct = format!("{}:{}/tcp", lab::VIP2_V4, lab::HTTP_PORT);
     let (v4, v6) = (
         IpAddr::V4(lab.backends[2].host.v4),
         IpAddr::V6(lab.backends[2].host.v6),
     );
-    // IPv4 probes in IPv6 tunnels reach the backends (start waited for every row of their IPv6 addresses).
+    // IPv4 probes in IPv6 tunnels and IPv6 probes in IPv4 tunnels reach the backends (start waited for every row
+    // of their addresses).
     assert!(row(&lbd, &mixed, v6).up);
+    assert!(row(&lbd, &mixed6, v4).up);
 
     lab.backends[2].detach_decap();
     wait_row(&lbd, &tcp4, v4, false, "lb_decap detached");
     wait_row(&lbd, &http6, v6, false, "lb_decap detached");
     wait_row(&lbd, &mixed, v6, false, "lb_decap detached, IPv4 in IPv6");
+    wait_row(&lbd, &mixed6, v4, false, "lb_decap detached, IPv6 in IPv4");
     assert!(
         passes_on(&lbd, &direct, v4),
         "the direct check failed without lb_decap: {:?}",
@@ -295,6 +328,7 @@ fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
     wait_row(&lbd, &tcp4, v4, true, "lb_decap attached again");
     wait_row(&lbd, &http6, v6, true, "lb_decap attached again");
     wait_row(&lbd, &mixed, v6, true, "lb_decap attached again");
+    wait_row(&lbd, &mixed6, v4, true, "lb_decap attached again");
 }
 
 /// Without lbd's probe interface a marked probe meets the probe table's `blackhole` fallback, never the main
