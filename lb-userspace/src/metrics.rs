@@ -89,6 +89,15 @@ struct CheckLabels {
     result: String,
 }
 
+/// What a backend's check is: an info metric (always 1), so the series of the other families keep their labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckInfoLabels {
+    vip: String,
+    backend: String,
+    kind: String,
+    target: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
@@ -223,11 +232,25 @@ pub fn render(snap: &Snapshot) -> String {
         "Duration of a backend's latest health probe",
         latency.clone(),
     );
+    let info = Family::<CheckInfoLabels, Gauge>::default();
+    registry.register(
+        "backend_health_check_info",
+        "A backend's check (always 1): its kind, and its target (vip: probes go to the VIP along the client path, \
+         encapsulated to this backend; direct: to the backend's own address)",
+        info.clone(),
+    );
     for h in &snap.health {
         let l = BackendLabels {
             vip: h.key.vip.to_string(),
             backend: h.key.backend.to_string(),
         };
+        info.get_or_create(&CheckInfoLabels {
+            vip: l.vip.clone(),
+            backend: l.backend.clone(),
+            kind: h.kind.name().into(),
+            target: h.path.name().into(),
+        })
+        .set(1);
         up.get_or_create(&l).set(i64::from(h.up));
         transitions.get_or_create(&l).inc_by(h.transitions);
         for (result, n) in [
@@ -568,6 +591,7 @@ mod tests {
             r#"lb_backend_bytes_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1400"#,
             r#"lb_backend_up{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
             r#"lb_backend_health_transitions_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1"} 1"#,
+            r#"lb_backend_health_check_info{vip="198.18.0.10:80/tcp",backend="198.18.1.1",kind="tcp",target="direct"} 1"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="ok"} 4"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="failed"} 1"#,
             r#"lb_backend_health_checks_total{vip="198.18.0.10:80/tcp",backend="198.18.1.1",result="unknown"} 1"#,
