@@ -5,7 +5,7 @@
 
 use crate::{
     consts::{FAMILY_V4, VIP_FILTER_WORDS},
-    types::{AddrWords, FlowKey},
+    types::{AddrWords, FlowKey, FlowState},
 };
 
 /// Fixed seed: the same flow must map to the same backend on every balancer of a fleet (ECMP may move a flow
@@ -58,6 +58,17 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     h = mix(h, (key.sport as u32) | ((key.dport as u32) << 16));
     h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
     finish(h, len)
+}
+
+impl FlowState {
+    /// The entry of `key` when it goes to `backend_id`, with the flow's hash: what the program inserts, and what
+    /// userspace writes.
+    pub const fn new(key: &FlowKey, backend_id: crate::BackendId) -> FlowState {
+        FlowState {
+            backend_id,
+            hash: flow_hash(key),
+        }
+    }
 }
 
 /// The `LB_VIP_FILTER` bit of an address (`0..VIP_FILTER_WORDS * 64`): the four words folded (an IPv4 address has

@@ -75,16 +75,6 @@ pub struct FlowState {
     pub hash: u32,
 }
 
-impl FlowState {
-    /// The entry of `key` when it goes to `backend_id`: what the program inserts, and what userspace writes.
-    pub const fn new(key: &FlowKey, backend_id: BackendId) -> FlowState {
-        FlowState {
-            backend_id,
-            hash: crate::hash::flow_hash(key),
-        }
-    }
-}
-
 /// `LB_CONFIG[0]`: settings of the whole dataplane.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

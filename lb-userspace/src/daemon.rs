@@ -23,6 +23,7 @@ use lb_common::{
 };
 use tracing::{debug, info, warn};
 
+use crate::announce::{self, VipHealth};
 use crate::attach::{self, Attachment};
 use crate::config::{AnnounceConfig, Config, Mode, VipAddr};
 use crate::dataplane::{Dataplane, FlowTable, LoadOptions};
@@ -396,6 +397,25 @@ impl Daemon {
             l2dsr: mode == Mode::L2dsr,
         }
         .encode()
+    }
+
+    /// Each VIP's serving backends as the daemon sees them (up and weighted: the members of its ring), for the
+    /// announcement policy.
+    pub fn vip_health(&self) -> Vec<VipHealth> {
+        self.state
+            .vips
+            .iter()
+            .map(|(k, v)| VipHealth {
+                vip: *k,
+                serving: v
+                    .backends
+                    .iter()
+                    .filter(|(addr, b)| b.weight > 0 && self.is_up(k, **addr))
+                    .count() as u32,
+                backends: v.backends.len() as u32,
+                min_healthy: v.config.min_healthy,
+            })
+            .collect()
     }
 
     pub fn is_up(&self, vip: &VipAddr, backend: IpAddr) -> bool {
@@ -811,7 +831,7 @@ struct Snapshot {
 /// stops forwarding.
 pub fn detach_all(interface: &str, pin_dir: &Path, announce: &AnnounceConfig) -> Result<()> {
     let pins = PinDir::open(pin_dir)?;
-    crate::announce::withdraw(announce)?;
+    announce::withdraw(announce)?;
     detach_pins(&pins, interface)
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::{info, warn};
 
-use crate::announce::{self, Announcer};
+use crate::announce::Announcer;
 use crate::config::VipAddr;
 use crate::daemon::Daemon;
 use crate::health::{CheckKind, CheckTarget, Checker, Endpoint, HealthKey};
@@ -54,7 +54,7 @@ impl Shared {
     pub fn sync_announcements(&self, daemon: &Daemon) {
         let mut a = self.announcer.lock().expect("announcer lock");
         a.reconfigure(&daemon.config().announce);
-        a.sync(Instant::now(), &announce::vip_health(daemon));
+        a.sync(Instant::now(), &daemon.vip_health());
     }
 
     /// Every VIP's table digest (see `digest`), read from the live rings when one was rebuilt since the last call.

@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::AnnounceConfig;
-use crate::daemon::Daemon;
 pub use policy::{AddressState, VipHealth};
 use policy::{Policy, Standing};
 use routes::RouteTable;
@@ -344,24 +343,6 @@ pub fn withdraw(config: &AnnounceConfig) -> anyhow::Result<usize> {
     })?;
     info!(withdrawn = n, "every announcement withdrawn");
     Ok(n)
-}
-
-/// Each VIP's serving backends as the daemon sees them: up and weighted, the members of its ring.
-pub fn vip_health(d: &Daemon) -> Vec<VipHealth> {
-    d.state()
-        .vips
-        .iter()
-        .map(|(k, v)| VipHealth {
-            vip: *k,
-            serving: v
-                .backends
-                .iter()
-                .filter(|(addr, b)| b.weight > 0 && d.is_up(k, **addr))
-                .count() as u32,
-            backends: v.backends.len() as u32,
-            min_healthy: v.config.min_healthy,
-        })
-        .collect()
 }
 
 fn table_of(c: &AnnounceConfig) -> RouteTable {
