@@ -47,38 +47,17 @@ fn add_vip2(mode: &'static str, target: &'static str) -> impl FnOnce(&mut toml::
     }
 }
 
-/// A TCP VIP on `VIP2_V4:443` whose backends are the lab backends' IPv6 addresses: IPv4 in IPv6 (every lab backend
-/// serves HTTPS on all its addresses, so a TCP check there passes).
-fn add_vip2_4in6(cfg: &mut toml::Table) {
+/// A TCP VIP on `vip:443` whose backends are the lab's three backends at `backend(i)`, tunnelled across families
+/// (every lab backend serves HTTPS on all its addresses, so a TCP check there passes).
+fn add_cross_family_vip(cfg: &mut toml::Table, vip: IpAddr, backend: fn(usize) -> IpAddr) {
     let v: toml::Table = format!(
-        "address = \"{}\"\nport = {}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
+        "address = \"{vip}\"\nport = {}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
          backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
          health = {{ kind = \"tcp\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n",
-        lab::VIP2_V4,
         lab::HTTPS_PORT,
-        lab::backend_v6(0),
-        lab::backend_v6(1),
-        lab::backend_v6(2)
-    )
-    .parse()
-    .expect("a VIP table");
-    cfg["vip"]
-        .as_array_mut()
-        .expect("[[vip]]")
-        .push(toml::Value::Table(v));
-}
-
-/// A TCP VIP on `[VIP_V6]:443` whose backends are the lab backends' IPv4 addresses: IPv6 in IPv4.
-fn add_vip6_6in4(cfg: &mut toml::Table) {
-    let v: toml::Table = format!(
-        "address = \"{}\"\nport = {}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
-         backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
-         health = {{ kind = \"tcp\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n",
-        lab::VIP_V6,
-        lab::HTTPS_PORT,
-        lab::backend_v4(0),
-        lab::backend_v4(1),
-        lab::backend_v4(2)
+        backend(0),
+        backend(1),
+        backend(2)
     )
     .parse()
     .expect("a VIP table");
@@ -296,8 +275,13 @@ fn a_backend_whose_decap_is_detached_fails_the_vip_path_check() {
     }
     let (mut lab, lbd) = start(|cfg| {
         add_vip2("ipip", "direct")(cfg);
-        add_vip2_4in6(cfg);
-        add_vip6_6in4(cfg);
+        // IPv4 in IPv6, and IPv6 in IPv4.
+        add_cross_family_vip(cfg, IpAddr::V4(lab::VIP2_V4), |i| {
+            IpAddr::V6(lab::backend_v6(i))
+        });
+        add_cross_family_vip(cfg, IpAddr::V6(lab::VIP_V6), |i| {
+            IpAddr::V4(lab::backend_v4(i))
+        });
     });
     let tcp4 = format!("{}:{}/tcp", lab::VIP_V4, lab::HTTP_PORT);
     let http6 = format!("[{}]:{}/tcp", lab::VIP_V6, lab::HTTP_PORT);

@@ -39,24 +39,11 @@ pub fn rewrite_as_layout_2(pins: &Path) -> usize {
             .pin(to.join(name))
             .unwrap_or_else(|e| panic!("pin {name} under {}: {e}", to.display()));
     }
-    let flows: Vec<(FlowKey, FlowState)> =
-        HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(open(maps::FLOWS)))
-            .expect("LB_FLOWS")
-            .iter()
-            .filter_map(Result::ok)
-            .collect();
+    let flows = flow_entries(open(maps::FLOWS));
     let entries = MapInfo::from_pin(from.join(maps::FLOWS))
         .unwrap_or_else(|e| panic!("LB_FLOWS: {e}"))
         .max_entries();
-    let mut v2_flows: HashMap<_, FlowKey, V2Flow> =
-        HashMap::try_from(Map::LruHashMap(pinned::create(
-            &to.join(maps::FLOWS),
-            BPF_MAP_TYPE_LRU_HASH,
-            size_of::<FlowKey>(),
-            size_of::<V2Flow>(),
-            entries,
-        )))
-        .expect("layout 2 LB_FLOWS");
+    let mut v2_flows = flow_table::<V2Flow>(&to.join(maps::FLOWS), entries);
     for (k, s) in &flows {
         v2_flows
             .insert(k, s.backend_id, 0)
@@ -64,6 +51,27 @@ pub fn rewrite_as_layout_2(pins: &Path) -> usize {
     }
     unpin_all(&from);
     flows.len()
+}
+
+/// Every entry of this layout's flow table.
+fn flow_entries(map: MapData) -> Vec<(FlowKey, FlowState)> {
+    HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(map))
+        .expect("LB_FLOWS")
+        .iter()
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// A new flow table pinned at `path` whose values are an older layout's `V`.
+fn flow_table<V: aya::Pod>(path: &Path, entries: u32) -> HashMap<MapData, FlowKey, V> {
+    HashMap::try_from(Map::LruHashMap(pinned::create(
+        path,
+        BPF_MAP_TYPE_LRU_HASH,
+        size_of::<FlowKey>(),
+        size_of::<V>(),
+        entries,
+    )))
+    .unwrap_or_else(|e| panic!("an older layout's LB_FLOWS at {}: {e}", path.display()))
 }
 
 /// Unpins every map in `dir` and removes it (the maps live on while a program holds them).
@@ -154,21 +162,8 @@ pub fn rewrite_as_layout_1(pins: &Path) -> usize {
             .expect("write layout 1 LB_BACKENDS");
     }
 
-    let flows: Vec<(FlowKey, FlowState)> =
-        HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(open(maps::FLOWS)))
-            .expect("LB_FLOWS")
-            .iter()
-            .filter_map(Result::ok)
-            .collect();
-    let mut v1_flows: HashMap<_, FlowKey, V1Flow> =
-        HashMap::try_from(Map::LruHashMap(pinned::create(
-            &pins.join(maps::FLOWS),
-            BPF_MAP_TYPE_LRU_HASH,
-            size_of::<FlowKey>(),
-            size_of::<V1Flow>(),
-            entries(maps::FLOWS),
-        )))
-        .expect("layout 1 LB_FLOWS");
+    let flows = flow_entries(open(maps::FLOWS));
+    let mut v1_flows = flow_table::<V1Flow>(&pins.join(maps::FLOWS), entries(maps::FLOWS));
     for (k, s) in &flows {
         let mut v = [0u8; 8];
         v[..4].copy_from_slice(&s.backend_id.to_ne_bytes());
