@@ -624,7 +624,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Builds and atomically installs a VIP's ring, then refreshes the fragment-only entries that mirror it.
     /// The rings of `keys` for the current health. A Maglev build of a 65,537-entry table takes a few milliseconds,
     /// and a backend that serves a hundred VIPs needs a hundred of them when it fails; VIPs with the same backends
     /// and weights share one build (their tables differ only in ids), and the distinct builds run on every CPU.
