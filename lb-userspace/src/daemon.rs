@@ -784,6 +784,16 @@ impl Daemon {
             self.dp
                 .set_backend(*id, &self.backend_entry(vip, *backend))?;
         }
+        let handed_over = self.hand_over(&going_down)?;
+        // Rings first: a flow re-picking after the flag clears must not find the backend in a ring.
+        let (now, after_build): (Vec<_>, Vec<_>) = going_down
+            .iter()
+            .partition(|(vip, _, _)| handed_over.contains(vip));
+        for &(vip, backend, id) in now {
+            self.dp
+                .set_backend(id, &self.backend_entry(&vip, backend))?;
+            info!(%vip, %backend, up = false, "backend health changed; its ring entries handed to the next ones");
+        }
         let vips: Vec<VipAddr> = coming_up
             .iter()
             .chain(&going_down)
@@ -794,10 +804,9 @@ impl Daemon {
         for (vip, ring) in self.build_rings(&vips) {
             self.install_built(&vip, ring)?;
         }
-        // Rings first: a flow re-picking after the flag clears must not find the backend in a ring.
-        for (vip, backend, id) in &going_down {
+        for &(vip, backend, id) in after_build {
             self.dp
-                .set_backend(*id, &self.backend_entry(vip, *backend))?;
+                .set_backend(id, &self.backend_entry(&vip, backend))?;
         }
         for (vip, backend, _) in &coming_up {
             info!(%vip, %backend, up = true, "backend health changed; ring rebuilt");
@@ -806,6 +815,40 @@ impl Daemon {
             info!(%vip, %backend, up = false, "backend health changed; ring rebuilt");
         }
         Ok(())
+    }
+
+    /// Takes the failed backends out of their VIPs' active rings without a Maglev build: each of their entries goes
+    /// to its heir, the backend of the next entry (`maglev::heir`). A build takes milliseconds per VIP, so a backend
+    /// that serves a hundred VIPs would receive new flows for a few hundred of them; the hand-over takes one pass
+    /// over each ring, and the Maglev tables replace these when built. VIPs whose rings ignore health (panic mode,
+    /// before or after) wait for the build. Returns the VIPs handed over.
+    fn hand_over(
+        &mut self,
+        going_down: &[(VipAddr, IpAddr, BackendId)],
+    ) -> Result<BTreeSet<VipAddr>> {
+        let mut gone: BTreeMap<VipAddr, Vec<BackendId>> = BTreeMap::new();
+        for (vip, _, id) in going_down {
+            gone.entry(*vip).or_default().push(*id);
+        }
+        let mut done = BTreeSet::new();
+        for (vip, ids) in gone {
+            if self.panicking.contains(&vip)
+                || self.state.vips[&vip].panics(|a| self.is_up(&vip, a))
+            {
+                continue;
+            }
+            let Some(meta) = self.metas.get(&vip) else {
+                continue;
+            };
+            let handed = self
+                .dp
+                .hand_over(meta, &ids)
+                .with_context(|| format!("handing over ring entries of {vip}"))?;
+            if handed.is_some() {
+                done.insert(vip);
+            }
+        }
+        Ok(done)
     }
 
     /// Removes the program's link and lbd's map pins (the pin directory too when nothing else is left in it): the

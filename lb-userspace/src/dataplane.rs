@@ -512,6 +512,17 @@ impl Dataplane {
         Ok(new_meta)
     }
 
+    /// Hands the entries of the `gone` backends in a VIP's active ring to their heirs, in place
+    /// ([`RingMap::hand_over`]): how many changed, or `None` when no backend stays.
+    pub fn hand_over(&mut self, meta: &VipMeta, gone: &[BackendId]) -> Result<Option<usize>> {
+        self.check_ring_meta(meta)?;
+        self.ring.hand_over(
+            meta.ring_slot * self.sizes.max_ring_size,
+            meta.ring_size,
+            gone,
+        )
+    }
+
     /// The active ring of a VIP (`meta.ring_size` entries of slot `meta.ring_slot`).
     pub fn read_ring(&self, meta: &VipMeta) -> Result<Vec<BackendId>> {
         self.check_ring_meta(meta)?;

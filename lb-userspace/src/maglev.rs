@@ -68,6 +68,33 @@ pub fn resolve(positions: &[u32], ids: &[BackendId]) -> Vec<BackendId> {
         .collect()
 }
 
+/// Who takes entry `i` of a `len`-entry table (entry `j` is `at(j)`) over when the backends in `gone` fail: the
+/// backend of the next entry, wrapping, that is set and not gone; `None` when no such entry is left. Entries are
+/// interleaved across backends, so the next entry's owner is drawn in proportion to the shares and a failed
+/// backend's load spreads as a rebuild would spread it, in the time of one pass over the table instead of a Maglev
+/// build (see `Daemon::hand_over`).
+pub fn heir(
+    at: impl Fn(usize) -> BackendId,
+    len: usize,
+    i: usize,
+    gone: &[BackendId],
+) -> Option<BackendId> {
+    (1..=len)
+        .map(|d| at((i + d) % len))
+        .find(|&id| id != BACKEND_ID_NONE && !gone.contains(&id))
+}
+
+/// `table` with every entry of a `gone` backend handed to its [`heir`]; `None` when there is none.
+pub fn without(table: &[BackendId], gone: &[BackendId]) -> Option<Vec<BackendId>> {
+    let mut out = table.to_vec();
+    for (i, o) in out.iter_mut().enumerate() {
+        if gone.contains(o) {
+            *o = heir(|j| table[j], table.len(), i, gone)?;
+        }
+    }
+    Some(out)
+}
+
 /// [`build`], with or without the [`EndGame`] (the tests compare both).
 fn build_with(backends: &[(BackendId, u32, &str)], m: u32, endgame: bool) -> Vec<BackendId> {
     let m_usize = m as usize;
@@ -454,6 +481,62 @@ mod tests {
                 "n={n}: removing moved {frac:.4}, minimal {minimal:.4}"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_backends_entries_go_to_the_next_kept_entry_and_spread_like_the_shares() {
+        let names = names(10);
+        let mut bs = equal(&names);
+        // Unequal shares, so "like the shares" is not "equal".
+        bs[0].1 = 300;
+        let table = build(&bs, M);
+        let gone = bs[5].0;
+        let out = without(&table, &[gone]).expect("nine backends stay");
+        for i in 0..table.len() {
+            if table[i] != gone {
+                assert_eq!(out[i], table[i], "entry {i} was not the failed backend's");
+            } else {
+                let next = (1..table.len())
+                    .map(|d| table[(i + d) % table.len()])
+                    .find(|&id| id != gone)
+                    .unwrap();
+                assert_eq!(out[i], next, "entry {i}");
+            }
+        }
+        // Each kept backend gains about its share of the freed entries.
+        let (before, after) = (counts(&table), counts(&out));
+        let freed = before[&gone] as f64;
+        let kept_weight: u32 = bs.iter().filter(|b| b.0 != gone).map(|b| b.1).sum();
+        for b in bs.iter().filter(|b| b.0 != gone) {
+            let gained = (after[&b.0] - before[&b.0]) as f64;
+            let expected = freed * b.1 as f64 / kept_weight as f64;
+            assert!(
+                (gained - expected).abs() < expected * 0.3 + 10.0,
+                "backend {} gained {gained} of {freed} freed entries, its share is {expected:.0}",
+                b.0
+            );
+        }
+        // Several at once, the last entry among them (the hand-over wraps around the end).
+        let last = *table.last().unwrap();
+        let out = without(&table, &[gone, last]).unwrap();
+        assert!(!out.contains(&gone) && !out.contains(&last));
+        let first_kept = table.iter().find(|&&id| id != gone && id != last).unwrap();
+        assert_eq!(out[table.len() - 1], *first_kept);
+    }
+
+    #[test]
+    fn without_every_backend_there_is_nothing_to_hand_over() {
+        let names = names(2);
+        let bs = equal(&names);
+        let table = build(&bs, 13);
+        assert_eq!(without(&table, &[1, 2]), None);
+        assert_eq!(heir(|j| table[j], table.len(), 0, &[1, 2]), None);
+        // Nothing of theirs to hand over is no reason to fail.
+        assert_eq!(
+            without(&[BACKEND_ID_NONE; 5], &[1]),
+            Some(vec![BACKEND_ID_NONE; 5])
+        );
+        assert_eq!(without(&table, &[]), Some(table.clone()));
     }
 
     #[test]

@@ -3,15 +3,20 @@
 //! health changes that touch every VIP of a large config switch their rings in milliseconds.
 //!
 //! The kernel lays an array's values out `round_up(value_size, 8)` bytes apart, so a 4-byte backend id occupies the
-//! first half of an 8-byte cell whose second half nobody reads. Writes go only to a VIP's inactive slot;
+//! first half of an 8-byte cell whose second half nobody reads. Tables are written to a VIP's inactive slot;
 //! the program reads the active one, and the slot switch is a map update (a syscall, so every store before it is
-//! visible to the program once it sees the new slot).
+//! visible to the program once it sees the new slot). One change goes to the active slot instead: a failed
+//! backend's entries handed over ([`RingMap::hand_over`]), entry by entry, where a packet reading either value is
+//! served (the failed backend stays active until its entries are gone).
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, ensure};
-use lb_common::BackendId;
+use lb_common::{BACKEND_ID_NONE, BackendId};
 use memmap2::{MmapMut, MmapOptions};
+
+use crate::maglev;
 
 /// Bytes between two entries of an array map whose values are 4 bytes.
 const CELL: usize = 8;
@@ -73,7 +78,40 @@ impl RingMap {
         }
         // The caller's next step publishes these stores with a map update; keep the compiler from sinking them
         // past it.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         Ok(changed)
+    }
+
+    /// Hands every entry of a `gone` backend among the `len` entries from `first` to its heir ([`maglev::heir`]),
+    /// in place: one pass to find them, then one atomic store each. Returns how many entries changed, or `None`
+    /// (nothing written) when no entry stays to take them.
+    pub fn hand_over(&mut self, first: u32, len: u32, gone: &[BackendId]) -> Result<Option<usize>> {
+        let range = self.cells(first, len)?;
+        let cells = &self.view[range.clone()];
+        let at = |i: usize| {
+            let c = &cells[i * CELL..i * CELL + 4];
+            BackendId::from_ne_bytes([c[0], c[1], c[2], c[3]])
+        };
+        // The whole table is read (memory-bound: about 0.15 ms for 65,537 entries here); the heirs are few.
+        let mut heirs = Vec::new();
+        for i in 0..len as usize {
+            let id = at(i);
+            if id != BACKEND_ID_NONE && gone.contains(&id) {
+                match maglev::heir(at, len as usize, i, gone) {
+                    Some(h) => heirs.push((i, h)),
+                    None => return Ok(None),
+                }
+            }
+        }
+        let base = self.view[range].as_mut_ptr();
+        for &(i, h) in &heirs {
+            // SAFETY: cell `i` lies inside the range checked above, and cells start 8-byte aligned in a page-aligned
+            // mapping, so this is an aligned u32; the program reads it concurrently, hence one atomic store.
+            unsafe { AtomicU32::from_ptr(base.add(i * CELL).cast::<u32>()) }
+                .store(h, Ordering::Relaxed);
+        }
+        // The caller then clears the backend's active flag with a map update, after which no packet may read it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(Some(heirs.len()))
     }
 }

@@ -140,8 +140,8 @@ impl DesiredVip {
         }
     }
 
-    /// What [`DesiredVip::ring`] builds, before it is built (VIPs with equal turns share a build).
-    pub fn ring_input(&self, is_up: impl Fn(IpAddr) -> bool) -> RingInput {
+    /// Whether less than the panic threshold's share of the weight is healthy (the ring then ignores health).
+    pub fn panics(&self, is_up: impl Fn(IpAddr) -> bool) -> bool {
         let total: u64 = self.backends.values().map(|b| b.weight as u64).sum();
         let healthy: u64 = self
             .backends
@@ -149,7 +149,12 @@ impl DesiredVip {
             .filter(|(addr, _)| is_up(**addr))
             .map(|(_, b)| b.weight as u64)
             .sum();
-        let panic = total > 0 && healthy * 100 < total * self.config.panic_threshold as u64;
+        total > 0 && healthy * 100 < total * self.config.panic_threshold as u64
+    }
+
+    /// What [`DesiredVip::ring`] builds, before it is built (VIPs with equal turns share a build).
+    pub fn ring_input(&self, is_up: impl Fn(IpAddr) -> bool) -> RingInput {
+        let panic = self.panics(&is_up);
         let names: Vec<(BackendId, u32, String)> = self
             .backends
             .iter()

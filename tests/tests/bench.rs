@@ -57,4 +57,11 @@ fn maglev_bench_one_round_measures_every_figure() {
         "down_to_ring_ms was not measured: {:?}",
         r.notes
     );
+    // The hand-over comes before the build, in the same batch.
+    assert!(
+        r.down_to_maglev_ms >= r.down_to_ring_ms,
+        "down_to_maglev_ms {:?} before down_to_ring_ms {:?}",
+        r.down_to_maglev_ms,
+        r.down_to_ring_ms
+    );
 }

@@ -317,6 +317,70 @@ fn a_restart_keeps_down_backends_down_and_clears_stale_ones() {
 }
 
 #[test]
+fn a_failed_backend_is_handed_over_at_once_and_the_maglev_table_follows() {
+    if skip_unless_root("a_failed_backend_is_handed_over_at_once_and_the_maglev_table_follows") {
+        return;
+    }
+    let b = Bare::new("lbdhand");
+    for o in [11, 12, 13] {
+        b.peer.add_addr("eth0", &format!("198.18.0.{o}/24"));
+    }
+    let listener = b
+        .peer
+        .run(|| TcpListener::bind("0.0.0.0:80").expect("listen on the peer"));
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let mut lbd = b.start(&checked_config(&b, &[11, 12, 13]));
+    let id = |o: u8| backend_id(&b, &format!("198.18.0.{o}")).expect("programmed");
+    let ip = |o: u8| format!("198.18.0.{o}").parse::<IpAddr>().unwrap();
+    b.wait_for(&mut lbd, "all three backends up and in the ring", || {
+        ring_members(&b) == BTreeSet::from([id(11), id(12), id(13)])
+            && health_rows(&b).values().all(|up| *up)
+    });
+    let before = b.ring(&b.vip_meta(VIP).expect("VIP programmed"));
+
+    b.peer.ip(&["addr", "del", "198.18.0.12/24", "dev", "eth0"]);
+    b.wait_for(&mut lbd, ".12 down and out of the ring", || {
+        ring_members(&b) == BTreeSet::from([id(11), id(13)])
+            && health_rows(&b).get(&ip(12)) == Some(&false)
+    });
+    // The active ring is the Maglev table of the two that stay...
+    let meta = b.vip_meta(VIP).expect("VIP programmed");
+    let names = [ip(11).to_string(), ip(13).to_string()];
+    let exact =
+        lb_userspace::maglev::build(&[(id(11), 100, &names[0]), (id(13), 100, &names[1])], RING);
+    assert_eq!(
+        b.ring(&meta),
+        exact,
+        "the final ring is not the Maglev table"
+    );
+    // ... and the other slot holds what served before it: the old table with .12's entries handed to the next ones.
+    let spare = VipMeta {
+        ring_slot: meta.ring_slot ^ 1,
+        ..meta
+    };
+    let handed = lb_userspace::maglev::without(&before, &[id(12)]).expect("two stay");
+    assert_eq!(
+        b.ring(&spare),
+        handed,
+        "the ring before the rebuild was not the hand-over of the old one"
+    );
+    let log = b.log_text();
+    let at = |what: &str| {
+        log.lines()
+            .position(|l| l.contains(what) && l.contains("198.18.0.12") && l.contains("up=false"))
+            .unwrap_or_else(|| panic!("no {what:?} line for .12 in the log:\n{log}"))
+    };
+    assert!(
+        at("ring entries handed") < at("ring rebuilt"),
+        "the hand-over was not logged before the rebuild:\n{log}"
+    );
+}
+
+#[test]
 fn a_reload_that_fails_to_apply_changes_nothing() {
     if skip_unless_root("a_reload_that_fails_to_apply_changes_nothing") {
         return;

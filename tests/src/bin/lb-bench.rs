@@ -48,6 +48,7 @@ fn maglev(json: bool) {
             "map_bytes": r.map_bytes,
             "lbd_rss_bytes": r.lbd_rss_bytes,
             "down_to_ring_ms": r.down_to_ring_ms,
+            "down_to_maglev_ms": r.down_to_maglev_ms,
         });
         println!("{obj}");
         return;
@@ -69,11 +70,16 @@ fn maglev(json: bool) {
         ),
         None => println!("  lbd RSS:                   not measured (see above)"),
     }
-    match r.down_to_ring_ms {
-        Some(ms) => println!(
-            "  a shared backend's failed check to every ring switched: {ms:.1} ms (down_to_ring_ms)"
-        ),
-        None => println!("  down_to_ring_ms:           not measured (see above)"),
+    match (r.down_to_ring_ms, r.down_to_maglev_ms) {
+        (Some(ring), Some(maglev)) => {
+            println!(
+                "  a shared backend's failed check to every ring rid of it: {ring:.1} ms (down_to_ring_ms)"
+            );
+            println!(
+                "  ... to every VIP's rebuilt Maglev table:                {maglev:.1} ms (down_to_maglev_ms)"
+            );
+        }
+        _ => println!("  down_to_ring_ms:           not measured (see above)"),
     }
 }
 

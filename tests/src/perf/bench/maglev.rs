@@ -1,6 +1,7 @@
 //! `bench maglev`: Maglev build time, the kernel memory of the maps for 100 VIPs x 100 backends, the RSS of a real
 //! lbd serving that config, and how long that lbd takes from a failed check of a backend every VIP shares to every
-//! VIP's ring switched (`down_to_ring_ms`; the full run, see [`Options`]).
+//! VIP's ring rid of it (`down_to_ring_ms`: lbd hands its entries over first) and to every VIP's exact Maglev table
+//! installed (`down_to_maglev_ms`; the full run, see [`Options`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -51,10 +52,18 @@ pub struct Report {
     pub map_bytes: u64,
     /// None when lbd could not be measured; the reason is in `notes`.
     pub lbd_rss_bytes: Option<u64>,
-    /// From the log line of the failed check to the last VIP's ring switched, by lbd's own clock; None when not
-    /// measured (see `notes`).
+    /// From the log line of the failed check to the last VIP's ring without the failed backend (its entries handed
+    /// over), by lbd's own clock; None when not measured (see `notes`).
     pub down_to_ring_ms: Option<f64>,
+    /// The same to the last VIP's rebuilt Maglev table.
+    pub down_to_maglev_ms: Option<f64>,
     pub notes: Vec<String>,
+}
+
+/// A failed check of the shared backend to the last ring rid of it, and to the last Maglev table rebuilt.
+struct DownTo {
+    ring_ms: f64,
+    maglev_ms: f64,
 }
 
 pub fn run(opts: &Options) -> Report {
@@ -64,7 +73,7 @@ pub fn run(opts: &Options) -> Report {
     }
     let map_bytes = map_bytes(opts);
     let mut notes = Vec::new();
-    let (lbd_rss_bytes, down_to_ring_ms) = match lbd_figures(opts) {
+    let (lbd_rss_bytes, down_to) = match lbd_figures(opts) {
         Ok(r) => r,
         Err(e) => {
             notes.push(format!("lbd not measured: {e}"));
@@ -75,7 +84,8 @@ pub fn run(opts: &Options) -> Report {
         build_ms,
         map_bytes,
         lbd_rss_bytes,
-        down_to_ring_ms,
+        down_to_ring_ms: down_to.as_ref().map(|d| d.ring_ms),
+        down_to_maglev_ms: down_to.as_ref().map(|d| d.maglev_ms),
         notes,
     }
 }
@@ -184,8 +194,8 @@ fn config(opts: &Options, ifname: &str, pin_dir: &str, sock: &str, checked: bool
 }
 
 /// A real lbd with the config of `opts`: its RSS once it serves every VIP without checks, then, reloaded with checks,
-/// `down_to_ring_ms` when the shared backend starts refusing connections.
-fn lbd_figures(opts: &Options) -> Result<(Option<u64>, Option<f64>), String> {
+/// `down_to_ring_ms` and `down_to_maglev_ms` when the shared backend starts refusing connections.
+fn lbd_figures(opts: &Options) -> Result<(Option<u64>, Option<DownTo>), String> {
     let lbd = std::panic::catch_unwind(|| target_binary("lbd"))
         .map_err(|_| "lbd binary not built".to_string())?;
     let pid = std::process::id();
@@ -238,14 +248,14 @@ fn lbd_figures(opts: &Options) -> Result<(Option<u64>, Option<f64>), String> {
 }
 
 /// Reloads lbd with checks on, waits until every backend passes, makes the shared one refuse connections and reads
-/// from lbd's log the time from its failed check to the last of the VIPs' rings switched.
+/// from lbd's log the times from its failed check to the last of the VIPs' rings rid of it, and rebuilt.
 fn down_to_ring(
     ns: &NetNs,
     child: &mut ChildGuard,
     sock: &Path,
     opts: &Options,
     log: &Path,
-) -> Result<f64, String> {
+) -> Result<DownTo, String> {
     let listener = ns
         .run(|| std::net::TcpListener::bind(("0.0.0.0", CHECK_PORT)))
         .map_err(|e| format!("listening for the checks: {e}"))?;
@@ -318,17 +328,21 @@ fn down_to_ring(
             .filter(|l| l.contains("backend down") && l.contains(SHARED_BACKEND))
             .filter_map(|l| timestamp(l))
             .reduce(f64::min);
-        let switched: Vec<f64> = lines
-            .iter()
-            .filter(|l| {
-                l.contains("ring rebuilt") && l.contains(SHARED_BACKEND) && l.contains("up=false")
-            })
-            .filter_map(|l| timestamp(l))
-            .collect();
+        let logged = |what: &str| -> Vec<f64> {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.contains(what) && l.contains(SHARED_BACKEND) && l.contains("up=false")
+                })
+                .filter_map(|l| timestamp(l))
+                .collect()
+        };
+        let (handed, rebuilt) = (logged("ring entries handed"), logged("ring rebuilt"));
         if let Some(first) = failed
-            && switched.len() == vips
+            && handed.len() == vips
+            && rebuilt.len() == vips
         {
-            let last = switched.iter().copied().fold(f64::MIN, f64::max);
+            let last = |t: &[f64]| t.iter().copied().fold(f64::MIN, f64::max);
             // Where the time went: lbd logs each batch's work and its wait for the daemon's lock.
             let applied: Vec<&str> = lines
                 .iter()
@@ -341,12 +355,17 @@ fn down_to_ring(
                 applied.len(),
                 applied.join("\n")
             );
-            return Ok((last - first) * 1e3);
+            return Ok(DownTo {
+                ring_ms: (last(&handed) - first) * 1e3,
+                maglev_ms: (last(&rebuilt) - first) * 1e3,
+            });
         }
         if !child.alive() || Instant::now() > deadline {
             return Err(format!(
-                "lbd logged {} of {vips} rings switched for {SHARED_BACKEND} within 30 s (failed check logged: {})",
-                switched.len(),
+                "lbd logged, for {SHARED_BACKEND} within 30 s, {} of {vips} rings handed over and {} rebuilt (failed \
+                 check logged: {})",
+                handed.len(),
+                rebuilt.len(),
                 failed.is_some()
             ));
         }
