@@ -57,6 +57,12 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
                 run.requests > 0 && run.req_per_s > 0.0 && run.p99_ms >= run.p50_ms,
                 "wrk {name} {mode}: {run:?}"
             );
+            // The backends (nginx for the three balancers on the one-host lab) were measured: a figure of 0 would
+            // mean the requests went to some other server.
+            assert!(
+                name == "ecmp" || run.busiest_backend_cpu.is_some_and(|c| c > 0.0),
+                "wrk {name} {mode}: the backends' CPU was not measured: {run:?}"
+            );
             // Through lb_xdp a failed connect, write or timeout, or a non-2xx answer, is a fault of the balancer.
             assert!(
                 !["xdp", "ecmp"].contains(&name) || run.errors == 0,

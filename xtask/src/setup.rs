@@ -14,13 +14,14 @@ const RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust
 /// Tools the tests and the lab call: `ip` (netns, veth, neigh), `sysctl`, `nsenter`/`mount`/`setpriv`, `ethtool` (the
 /// lab's clients checksum in software), `ss`, `strace` (what lbd calls, against the unit's SystemCallFilter).
 const RUNTIME_PACKAGES: &[&str] = &["iproute2", "procps", "util-linux", "ethtool", "strace"];
-/// What `cargo xtask loadtest` (and its smoke test in the suite) runs: trafgen, wrk, iperf3, HAProxy, nft, and the
-/// font its PNG chart is drawn with.
+/// What `cargo xtask loadtest` (and its smoke test in the suite) runs: trafgen, wrk, iperf3, HAProxy, nginx (the
+/// backends of the wrk phase), nft, and the font its PNG chart is drawn with.
 const LOADTEST_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "wrk",
     "iperf3",
     "haproxy",
+    "nginx",
     "nftables",
     "fonts-dejavu-core",
 ];

@@ -227,7 +227,7 @@ impl EcmpLab {
             })
             .collect();
         for b in &mut backends {
-            b.start_server(&pki);
+            b.start_server(&pki, HTTP_PORT);
         }
 
         let mut pass = LabPrograms::load().expect("load the lab object for lb_pass");

@@ -218,7 +218,12 @@ impl Lab {
 
     /// Starts backend `i`'s servers and waits until they accept connections.
     pub fn start_server(&mut self, i: usize) {
-        self.backends[i].start_server(&self.pki);
+        self.backends[i].start_server(&self.pki, HTTP_PORT);
+    }
+
+    /// Starts backend `i`'s servers with HTTP on `http_port` instead of the VIPs' port (another server takes that).
+    pub fn start_server_on(&mut self, i: usize, http_port: u16) {
+        self.backends[i].start_server(&self.pki, http_port);
     }
 
     /// Stops backend `i`'s servers (the process is killed: new connections are refused, open ones reset).
@@ -301,9 +306,9 @@ impl LabBackend {
         self.decap = Some(attach_decap(&self.host, &self.from));
     }
 
-    /// Starts the servers (HTTP on :80 and HTTPS on :443 of every address, UDP on :53 of the VIPs and its own
-    /// addresses) and waits until they accept connections.
-    pub fn start_server(&mut self, pki: &LabPki) {
+    /// Starts the servers (HTTP on `http_port` and HTTPS on :443 of every address, UDP on :53 of the VIPs and its
+    /// own addresses) and waits until they accept connections.
+    pub fn start_server(&mut self, pki: &LabPki, http_port: u16) {
         let exe = lab_binary();
         assert!(self.server.is_none(), "{} is already serving", self.name);
         // UDP sockets are bound to exact addresses so each reply leaves from the address the request went to:
@@ -317,14 +322,14 @@ impl LabBackend {
         .iter()
         .map(|ip| std::net::SocketAddr::new(*ip, UDP_PORT).to_string())
         .collect();
-        let (http_port, https_port) = (HTTP_PORT.to_string(), HTTPS_PORT.to_string());
+        let (http, https_port) = (http_port.to_string(), HTTPS_PORT.to_string());
         let mut argv = vec![
             exe.to_str().expect("utf-8 path"),
             "serve",
             "--name",
             &self.name,
             "--http-port",
-            &http_port,
+            &http,
             "--https-port",
             &https_port,
             "--tls-cert",
@@ -338,7 +343,7 @@ impl LabBackend {
         let mut cmd = self.host.ns.command(&argv);
         cmd.stdin(Stdio::null());
         self.server = Some(ChildGuard::spawn(cmd, &format!("{} server", self.name)));
-        let addr = std::net::SocketAddr::new(IpAddr::V4(self.host.v4), HTTP_PORT);
+        let addr = std::net::SocketAddr::new(IpAddr::V4(self.host.v4), http_port);
         self.host.ns.run(|| {
             wait::until_true(
                 &format!("the server on {addr} to accept"),

@@ -36,7 +36,7 @@ pub fn wrk_row(seconds: f64) -> Result<WrkBalancer> {
             "{} x (lbd + lb_xdp) behind a router with ECMP over their BGP routes (one more hop)",
             lab.balancers.len()
         ),
-        keepalive: requests::wrk(client, Mode::KeepAlive, seconds, &cpu)?,
-        new_conn: requests::wrk(client, Mode::NewConnection, seconds, &cpu)?,
+        keepalive: requests::wrk(client, Mode::KeepAlive, seconds, &cpu, &[])?,
+        new_conn: requests::wrk(client, Mode::NewConnection, seconds, &cpu, &[])?,
     })
 }

@@ -194,6 +194,7 @@ pub fn require_tools() -> Result<()> {
         ("wrk", "wrk"),
         ("iperf3", "iperf3"),
         ("haproxy", "haproxy"),
+        ("nginx", "nginx"),
         ("nft", "nftables"),
     ];
     let missing: Vec<String> = tools

@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod ecmp;
 pub mod measure;
+pub mod nginx;
 pub mod pps;
 pub mod report;
 pub mod requests;
@@ -73,7 +74,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     // The programs' own ns/packet come from the kernel's run-time statistics, on while this fd lives.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     opts.say("loadtest: building the lab (client, balancer, 3 backends)");
-    let lab = Lab::new(&LabOptions::default());
+    let mut lab = Lab::new(&LabOptions::default());
     let iperf_vips = throughput::vip_entries(&lab);
     let cfg = lab.write_config("loadtest.toml", |c| loadtest_config(c, iperf_vips));
     let mut r = Results {
@@ -88,7 +89,7 @@ pub fn run(opts: &Options) -> Result<Results> {
 
     let t = Instant::now();
     opts.say("loadtest: phase 2/3, requests (wrk through lb_xdp, HAProxy, nftables)");
-    wrk_phase(&lab, &cfg, opts, &mut r)?;
+    wrk_phase(&mut lab, &cfg, opts, &mut r)?;
     r.phase_seconds.wrk = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -191,7 +192,13 @@ fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
 /// accept queues and threads, HAProxy's first connections, empty flow tables).
 pub(crate) const WARM_UP_REQUESTS: usize = 300;
 
-fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBalancer> {
+fn wrk_pair(
+    lab: &Lab,
+    secs: f64,
+    what: &str,
+    cpu: BalancerCpu,
+    backends: &[u32],
+) -> Result<WrkBalancer> {
     let vip = SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT);
     let warm = traffic::http_burst(&lab.client().ns, vip, WARM_UP_REQUESTS, 16);
     anyhow::ensure!(
@@ -201,12 +208,26 @@ fn wrk_pair(lab: &Lab, secs: f64, what: &str, cpu: BalancerCpu) -> Result<WrkBal
     );
     Ok(WrkBalancer {
         what: what.into(),
-        keepalive: requests::wrk(&lab.client().ns, Mode::KeepAlive, secs, &cpu)?,
-        new_conn: requests::wrk(&lab.client().ns, Mode::NewConnection, secs, &cpu)?,
+        keepalive: requests::wrk(&lab.client().ns, Mode::KeepAlive, secs, &cpu, backends)?,
+        new_conn: requests::wrk(&lab.client().ns, Mode::NewConnection, secs, &cpu, backends)?,
     })
 }
 
-fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
+fn wrk_phase(lab: &mut Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<()> {
+    let nginx = nginx::Nginx::start(lab)?;
+    let result = wrk_balancers(lab, cfg, opts, r, &nginx.pids());
+    nginx.stop(lab);
+    result
+}
+
+/// The three balancers in turn in front of the same backends (`backends`: their server processes).
+fn wrk_balancers(
+    lab: &Lab,
+    cfg: &Path,
+    opts: &Options,
+    r: &mut Results,
+    backends: &[u32],
+) -> Result<()> {
     let secs = opts.run_seconds;
     let lbd = start_lbd(lab, cfg);
     let prog = measure::xdp_prog_id(&lab.balancer.ns, lab::HOST_IF)?;
@@ -215,6 +236,7 @@ fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
         secs,
         "lbd + lb_xdp: Maglev, IPIP, direct server return",
         BalancerCpu::XdpPrograms(vec![prog]),
+        backends,
     )?;
     stop_lbd(lab, lbd)?;
 
@@ -224,6 +246,7 @@ fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
         secs,
         "HAProxy, TCP mode, round robin, 2 threads",
         BalancerCpu::Process(hap.pid()),
+        backends,
     )?;
     drop(hap);
 
@@ -233,6 +256,7 @@ fn wrk_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
         secs,
         "nftables DNAT (jhash of client address and port) + masquerade",
         BalancerCpu::None,
+        backends,
     )?;
     drop(nat);
 
@@ -270,9 +294,10 @@ fn notes(r: &mut Results) {
             .into(),
     );
     r.notes.push(
-        "Backends run the project's small test HTTP server (tiny_http, 4 threads); with keep-alive it may limit all \
-         three balancers alike. wrk's read errors in new-connection mode are the server closing as asked and are \
-         not counted as errors."
+        "Backends of the wrk runs are nginx, one process (one thread) per backend; \"busiest backend CPU\" is the \
+         busiest one's CPU time over the run's wall time, so near 100% a backend, not the balancer, limited the \
+         run. The ecmp row's backends run the lab's own test server (tiny_http, 4 threads). wrk's read errors in \
+         new-connection mode are the server closing as asked and are not counted as errors."
             .into(),
     );
     r.notes.push(

@@ -172,9 +172,24 @@ fn wrk_section(out: &mut String, wrk: &WrkPhase) {
     for (name, b) in &balancers {
         let _ = writeln!(out, "- **{name}**: {}", text(&b.what));
     }
+    out.push_str("\n**Keep-alive, the headline:** ");
+    let headline: Vec<String> = balancers[..3]
+        .iter()
+        .map(|(name, b)| {
+            let k = &b.keepalive;
+            format!(
+                "{name} {} req/s at {} µs of balancer CPU per request (p99 {} ms)",
+                num(k.req_per_s),
+                opt(k.balancer_cpu_us_per_req),
+                num(k.p99_ms)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "{}.", headline.join("; "));
     out.push_str(
         "\nBalancer CPU is the balancer's own time where it can be attributed; lab CPU is the whole machine's busy \
-         time (client, balancer, backends), comparable across balancers.\n\n",
+         time (client, balancer, backends), comparable across balancers. Busiest backend: its server's CPU time \
+         over the run's wall time (one thread each: near 100% the backends limited the run).\n\n",
     );
     let modes: [(&str, RunOf); 2] = [
         ("keep-alive", |b| &b.keepalive),
@@ -195,6 +210,8 @@ fn wrk_section(out: &mut String, wrk: &WrkPhase) {
                 run.errors.to_string(),
                 opt(run.balancer_cpu_us_per_req),
                 num(run.lab_cpu_us_per_req),
+                run.busiest_backend_cpu
+                    .map_or_else(|| NA.into(), |c| fixed(c * 100.0, 0)),
                 times(ratio(run.req_per_s, baseline)),
             ]);
         }
@@ -211,6 +228,7 @@ fn wrk_section(out: &mut String, wrk: &WrkPhase) {
             "errors",
             "balancer CPU µs/req",
             "lab CPU µs/req",
+            "busiest backend CPU %",
             "req/s vs xdp",
         ],
         2,
@@ -371,6 +389,7 @@ mod tests {
     }
 
     fn wrk(req_per_s: f64, p50: f64, p99: f64, errors: u64, cpu: Option<f64>, lab: f64) -> WrkRun {
+        let busiest_backend_cpu = (req_per_s > 50_000.0).then_some(0.62);
         WrkRun {
             connections: 64,
             seconds: 10.0,
@@ -381,6 +400,7 @@ mod tests {
             errors,
             balancer_cpu_us_per_req: cpu,
             lab_cpu_us_per_req: lab,
+            busiest_backend_cpu,
         }
     }
 
@@ -485,6 +505,7 @@ mod tests {
             "errors",
             "balancer CPU µs/req",
             "lab CPU µs/req",
+            "busiest backend CPU %",
             "req/s vs xdp",
             "flows",
             "Gbit/s",
@@ -531,10 +552,19 @@ mod tests {
         let ha = row(&md, "| keep-alive | haproxy |");
         assert_eq!(
             ha,
-            "| keep-alive | haproxy | 64 | 61200 | 1.00 | 4.40 | 0 | 11.8 | 55.0 | 0.62x |"
+            "| keep-alive | haproxy | 64 | 61200 | 1.00 | 4.40 | 0 | 11.8 | 55.0 | 62 | 0.62x |"
         );
         assert!(
-            row(&md, "| new conn per request | nftables |").contains("| 1 | n/a | 150 | 0.85x |")
+            md.contains(
+                "**Keep-alive, the headline:** xdp 98500 req/s at 0.210 µs of balancer CPU per request (p99 2.90 ms); \
+                 haproxy 61200 req/s at 11.8 µs of balancer CPU per request (p99 4.40 ms); nftables 90100 req/s at \
+                 n/a µs of balancer CPU per request (p99 3.20 ms)."
+            ),
+            "{md}"
+        );
+        assert!(
+            row(&md, "| new conn per request | nftables |")
+                .contains("| 1 | n/a | 150 | n/a | 0.85x |")
         );
 
         assert_eq!(

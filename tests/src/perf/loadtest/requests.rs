@@ -43,8 +43,15 @@ fn vip_url() -> String {
     )
 }
 
-/// One wrk run from `client` against the VIP; `seconds` is rounded up to whole seconds (wrk's unit).
-pub fn wrk(client: &NetNs, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Result<WrkRun> {
+/// One wrk run from `client` against the VIP; `seconds` is rounded up to whole seconds (wrk's unit). `backends`:
+/// the backends' server processes, whose CPU time is read around the run.
+pub fn wrk(
+    client: &NetNs,
+    mode: Mode,
+    seconds: f64,
+    cpu: &BalancerCpu,
+    backends: &[u32],
+) -> Result<WrkRun> {
     let secs = seconds.ceil().max(1.0) as u64;
     let threads = format!("-t{THREADS}");
     let conns = format!("-c{CONNECTIONS}");
@@ -75,12 +82,21 @@ pub fn wrk(client: &NetNs, mode: Mode, seconds: f64, cpu: &BalancerCpu) -> Resul
         BalancerCpu::Process(pid) => process_cpu_seconds(*pid),
         _ => None,
     };
+    let backends0: Vec<Option<f64>> = backends.iter().map(|&p| process_cpu_seconds(p)).collect();
     let busy0 = machine_busy_seconds();
+    let started = Instant::now();
     let out = run_bounded(client.command(&argv), "wrk", Duration::from_secs(secs + 15))?;
+    let wall = started.elapsed().as_secs_f64();
     let busy1 = machine_busy_seconds();
+    let busiest = backends
+        .iter()
+        .zip(&backends0)
+        .filter_map(|(&p, c0)| Some((process_cpu_seconds(p)? - (*c0)?) / wall))
+        .reduce(f64::max);
     let text = check(&out, "wrk")?;
     let mut run = parse_wrk(&text).with_context(|| format!("parsing wrk's output:\n{text}"))?;
     run.connections = CONNECTIONS;
+    run.busiest_backend_cpu = busiest;
     let reqs = run.requests.max(1) as f64;
     run.lab_cpu_us_per_req = (busy1 - busy0) * 1e6 / reqs;
     run.balancer_cpu_us_per_req = match cpu {

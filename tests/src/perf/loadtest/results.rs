@@ -122,6 +122,10 @@ pub struct WrkRun {
     pub balancer_cpu_us_per_req: Option<f64>,
     /// Busy CPU µs per request of the whole machine (client, balancer, backends): comparable across balancers.
     pub lab_cpu_us_per_req: f64,
+    /// The busiest backend server's CPU time over the run's wall time (each serves on one thread, so near 1.0 it
+    /// was saturated and limited the run); None where the servers' processes were not measured.
+    #[serde(default)]
+    pub busiest_backend_cpu: Option<f64>,
 }
 
 /// TCP throughput with iperf3 through the balancer, and the same without it (client straight to a backend).
