@@ -15,7 +15,7 @@ mod loadgen;
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
 use lb_common::{IPPROTO_IPIP, XDP_DROP, XDP_PASS, XDP_TX, csum};
 
-use crate::headers::{ETH_HLEN, ETH_P_IPV4, EthHdr, IP_DF, Ipv4Hdr, ptr_at};
+use crate::headers::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IP_DF, Ipv4Hdr, Ipv6Hdr, ptr_at};
 
 /// A bare `XDP_PASS` for veth peers that receive native `XDP_TX`/`XDP_REDIRECT` frames.
 #[xdp]
@@ -35,7 +35,8 @@ pub fn lb_loadgen(ctx: XdpContext) -> u32 {
     loadgen::try_lb_loadgen(&ctx).unwrap_or(XDP_DROP)
 }
 
-/// Benchmark floor: the least a forwarding program does (parse Ethernet + IPv4, swap MACs, `XDP_TX`).
+/// Benchmark floor: the least a forwarding program does (parse Ethernet + the IPv4 or IPv6 header, swap MACs,
+/// `XDP_TX`); the floor of both families' packet-rate rows.
 #[xdp]
 pub fn lb_floor(ctx: XdpContext) -> u32 {
     try_lb_floor(&ctx).unwrap_or(XDP_PASS)
@@ -44,10 +45,14 @@ pub fn lb_floor(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_floor(ctx: &XdpContext) -> Option<u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    if unsafe { (*eth).proto } != ETH_P_IPV4 {
+    let proto = unsafe { (*eth).proto };
+    if proto == ETH_P_IPV4 {
+        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    } else if proto == ETH_P_IPV6 {
+        ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    } else {
         return None;
     }
-    ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
     Some(XDP_TX)
 }

@@ -33,6 +33,7 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
     for (name, run) in [
         ("floor_trafgen_syn", &r.pps.floor_trafgen_syn),
         ("floor_live_syn", &r.pps.floor_live_syn),
+        ("floor_trafgen_syn_v6", &r.pps.floor_trafgen_syn_v6),
     ] {
         assert!(
             run.loss < 0.5,
@@ -121,12 +122,14 @@ fn quick_loadtest_measures_every_phase_and_writes_the_report() {
 /// the file use, each with a number where a figure belongs. Reading the file back through `Results` cannot see a
 /// renamed key: both sides would change together.
 fn assert_documented_keys(json: &serde_json::Value) {
-    const PPS_RUNS: [&str; 5] = [
+    const PPS_RUNS: [&str; 7] = [
         "trafgen_syn",
         "trafgen_udp",
         "live_syn",
+        "trafgen_syn_v6",
         "floor_trafgen_syn",
         "floor_live_syn",
+        "floor_trafgen_syn_v6",
     ];
     const PPS_FIGURES: [&str; 6] = [
         "seconds",

@@ -179,11 +179,13 @@ fn pps_phase(lab: &Lab, cfg: &Path, opts: &Options, r: &mut Results) -> Result<(
     r.pps.trafgen_syn = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
     r.pps.trafgen_udp = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Udp, secs)?;
     r.pps.live_syn = live.run(lab, &sinks, "lb_xdp", Traffic::Syn, secs)?;
+    r.pps.trafgen_syn_v6 = pps::trafgen(lab, &sinks, "lb_xdp", Traffic::Syn6, secs)?;
     stop_lbd(lab, lbd)?;
 
     let floor = Floor::attach(lab)?;
     r.pps.floor_trafgen_syn = pps::trafgen(lab, &sinks, "lb_floor", Traffic::Syn, secs)?;
     r.pps.floor_live_syn = live.run(lab, &sinks, "lb_floor", Traffic::Syn, secs)?;
+    r.pps.floor_trafgen_syn_v6 = pps::trafgen(lab, &sinks, "lb_floor", Traffic::Syn6, secs)?;
     drop(floor);
     Ok(())
 }

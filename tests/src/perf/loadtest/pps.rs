@@ -4,11 +4,11 @@
 //! `lb_xdp` under lbd, then through `lb_floor` attached at the same interface, so the program's cost per packet
 //! stands next to the least a forwarding XDP program costs, measured on the same traffic in the same run.
 //!
-//! Generated packets come from 198.18.1.0/24, an address range no lab host owns: every host that may receive them
+//! Generated packets come from 198.18.1.0/24 (IPv6: fd00:18:1::/64), address ranges no lab host owns: every host that may receive them
 //! (backends after `lb_xdp`, the client for `lb_floor`'s reflections) drops them in an nftables ingress rule with a
 //! counter, so they never load a network stack and each delivery is counted once.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::harness::lab_programs::LabPrograms;
@@ -26,12 +26,16 @@ use crate::lab::{self, HOST_IF, Lab};
 /// Source of every generated packet (outside the lab's segment, see the module doc).
 const GEN_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const GEN_SRC_NET: &str = "198.18.1.0/24";
+const GEN_SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, 1);
+const GEN_SRC_NET_V6: &str = "fd00:18:1::/64";
 const SINK_TABLE: &str = "lbt_sink";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Traffic {
     Syn,
     Udp,
+    /// TCP SYN to the IPv6 VIP (IPv6 in IPv6 to the backends).
+    Syn6,
 }
 
 impl Traffic {
@@ -39,14 +43,15 @@ impl Traffic {
         match self {
             Traffic::Syn => "tcp-syn",
             Traffic::Udp => "udp",
+            Traffic::Syn6 => "tcp6-syn",
         }
     }
     fn target(self) -> SocketAddr {
-        let port = match self {
-            Traffic::Syn => lab::HTTP_PORT,
-            Traffic::Udp => lab::UDP_PORT,
-        };
-        SocketAddr::new(IpAddr::V4(lab::VIP_V4), port)
+        match self {
+            Traffic::Syn => SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::HTTP_PORT),
+            Traffic::Udp => SocketAddr::new(IpAddr::V4(lab::VIP_V4), lab::UDP_PORT),
+            Traffic::Syn6 => SocketAddr::new(IpAddr::V6(lab::VIP_V6), lab::HTTP_PORT),
+        }
     }
 }
 
@@ -59,7 +64,8 @@ impl<'a> Sinks<'a> {
     pub fn install(hosts: Vec<&'a NetNs>) -> Sinks<'a> {
         let rules = format!(
             "table netdev {SINK_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"{HOST_IF}\" \
-             priority -500; policy accept;\n    ip saddr {GEN_SRC_NET} counter drop\n  }}\n}}\n"
+             priority -500; policy accept;\n    ip saddr {GEN_SRC_NET} counter drop\n    \
+             ip6 saddr {GEN_SRC_NET_V6} counter drop\n  }}\n}}\n"
         );
         let sinks = Sinks { hosts };
         for ns in &sinks.hosts {
@@ -184,7 +190,7 @@ pub fn trafgen(
 ) -> Result<PpsRun> {
     let client = lab.client();
     let l4 = match traffic {
-        Traffic::Syn => format!(
+        Traffic::Syn | Traffic::Syn6 => format!(
             "tcp(sp=dinc({}, {}), dp={}, syn, seq=drnd())",
             LOADGEN_PORT_BASE,
             u32::from(LOADGEN_PORT_BASE) + LOADGEN_PORTS - 1,
@@ -197,11 +203,14 @@ pub fn trafgen(
             traffic.target().port()
         ),
     };
+    let l3 = match traffic.target().ip() {
+        IpAddr::V4(vip) => format!("ipv4(saddr={GEN_SRC}, daddr={vip}, ttl=64)"),
+        IpAddr::V6(vip) => format!("ipv6(saddr={GEN_SRC_V6}, daddr={vip}, hoplimit=64)"),
+    };
     let conf = format!(
-        "{{\n  eth(da={}, sa={}),\n  ipv4(saddr={GEN_SRC}, daddr={}, ttl=64),\n  {l4}\n}}\n",
+        "{{\n  eth(da={}, sa={}),\n  {l3},\n  {l4}\n}}\n",
         mac_str(lab.balancer.ns.mac(HOST_IF)),
         mac_str(client.ns.mac(HOST_IF)),
-        traffic.target().ip(),
     );
     let path = lab
         .dir
@@ -289,6 +298,8 @@ impl LiveGen {
         let client = lab.client();
         let target = traffic.target();
         let ip = match traffic {
+            // lb_loadgen moves the source port of IPv4 templates only.
+            Traffic::Syn6 => bail!("the live-frames generator sends IPv4 only"),
             Traffic::Syn => Ip::tcp(
                 IpAddr::V4(GEN_SRC),
                 LOADGEN_PORT_BASE,

@@ -81,7 +81,7 @@ fn pps_section(out: &mut String, pps: &PpsPhase) {
     out.push_str(
         "Small packets at the VIP through the program on the balancer's interface, into sinks on the hosts. \
          \"ns/pkt vs floor\" is the program's ns/packet over lb_floor's (parse, swap MACs, XDP_TX) with the same \
-         generator: the cost of balancing above the bare minimum.\n\n",
+         generator and address family (tcp6-syn: the IPv6 VIP): the cost of balancing above the bare minimum.\n\n",
     );
     let rows: Vec<Vec<String>> = pps_runs(pps)
         .iter()
@@ -124,7 +124,7 @@ fn pps_section(out: &mut String, pps: &PpsPhase) {
 /// stand in when a run left its strings empty (it did not run), so the row still says which run it is.
 pub(super) fn pps_runs(
     pps: &PpsPhase,
-) -> [(&PpsRun, &PpsRun, (&'static str, &'static str, &'static str)); 5] {
+) -> [(&PpsRun, &PpsRun, (&'static str, &'static str, &'static str)); 7] {
     [
         (
             &pps.trafgen_syn,
@@ -142,6 +142,11 @@ pub(super) fn pps_runs(
             ("live-frames", "tcp-syn", "lb_xdp"),
         ),
         (
+            &pps.trafgen_syn_v6,
+            &pps.floor_trafgen_syn_v6,
+            ("trafgen", "tcp6-syn", "lb_xdp"),
+        ),
+        (
             &pps.floor_trafgen_syn,
             &pps.floor_trafgen_syn,
             ("trafgen", "tcp-syn", "lb_floor"),
@@ -150,6 +155,11 @@ pub(super) fn pps_runs(
             &pps.floor_live_syn,
             &pps.floor_live_syn,
             ("live-frames", "tcp-syn", "lb_floor"),
+        ),
+        (
+            &pps.floor_trafgen_syn_v6,
+            &pps.floor_trafgen_syn_v6,
+            ("trafgen", "tcp6-syn", "lb_floor"),
         ),
     ]
 }
@@ -424,6 +434,8 @@ mod tests {
                 live_syn: pps("live-frames", "tcp-syn", "lb_xdp", 4_200_000.0, 2_150_000.0, 66.2),
                 floor_trafgen_syn: pps("trafgen", "tcp-syn", "lb_floor", 1_460_000.0, 1_455_000.0, 40.0),
                 floor_live_syn: pps("live-frames", "tcp-syn", "lb_floor", 4_300_000.0, 3_900_000.0, 0.0),
+                trafgen_syn_v6: pps("trafgen", "tcp6-syn", "lb_xdp", 1_300_000.0, 1_200_000.0, 72.0),
+                floor_trafgen_syn_v6: pps("trafgen", "tcp6-syn", "lb_floor", 1_400_000.0, 1_390_000.0, 45.0),
             },
             wrk: WrkPhase {
                 xdp: WrkBalancer {
@@ -538,6 +550,9 @@ mod tests {
         );
         assert!(row(&md, "| trafgen | udp | lb_xdp |").ends_with("| 1.21x |"));
         assert!(row(&md, "| trafgen | tcp-syn | lb_floor |").ends_with("| 1.00x |"));
+        // IPv6 against the IPv6 floor: 72 / 45.
+        assert!(row(&md, "| trafgen | tcp6-syn | lb_xdp |").ends_with("| 1.60x |"));
+        assert!(row(&md, "| trafgen | tcp6-syn | lb_floor |").ends_with("| 1.00x |"));
         // The live-frames floor measured 0 ns: no ratio, for the floor row too.
         let live = row(&md, "| live-frames | tcp-syn | lb_xdp |");
         assert!(live.contains("| 95.5 | n/a |"), "{live}");

@@ -46,17 +46,25 @@ pub struct PpsPhase {
     pub floor_trafgen_syn: PpsRun,
     /// The live-frames generator, TCP SYN, through lb_floor.
     pub floor_live_syn: PpsRun,
+    /// trafgen, TCP SYN to the IPv6 VIP, through lb_xdp (IPv6 in IPv6 to the backends).
+    #[serde(default)]
+    pub trafgen_syn_v6: PpsRun,
+    /// trafgen, TCP SYN to the IPv6 VIP, through lb_floor.
+    #[serde(default)]
+    pub floor_trafgen_syn_v6: PpsRun,
 }
 
 impl PpsPhase {
     /// Every run with its JSON field name, in report order.
-    pub fn named(&self) -> [(&'static str, &PpsRun); 5] {
+    pub fn named(&self) -> [(&'static str, &PpsRun); 7] {
         [
             ("trafgen_syn", &self.trafgen_syn),
             ("trafgen_udp", &self.trafgen_udp),
             ("live_syn", &self.live_syn),
+            ("trafgen_syn_v6", &self.trafgen_syn_v6),
             ("floor_trafgen_syn", &self.floor_trafgen_syn),
             ("floor_live_syn", &self.floor_live_syn),
+            ("floor_trafgen_syn_v6", &self.floor_trafgen_syn_v6),
         ]
     }
 }
