@@ -266,22 +266,24 @@ impl Drop for NsEnterGuard {
 /// Creates a veth pair with one end (`a_if`) in `a` and the other (`b_if`) in `b`, both up. The pair is created
 /// directly inside the namespaces, never in the root one.
 pub fn veth_pair(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
+    veth_pair_with_queues(a, a_if, b, b_if, 1);
+}
+
+/// [`veth_pair`] with `queues` transmit and receive queues on both ends: each receive queue has its own ring and
+/// NAPI context, as a NIC's RSS queues do.
+pub fn veth_pair_with_queues(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str, queues: usize) {
     assert!(
         a_if.len() <= 15 && b_if.len() <= 15,
         "interface names are at most 15 bytes: {a_if} {b_if}"
     );
-    a.ip(&[
-        "link",
-        "add",
-        a_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]);
+    let q = queues.to_string();
+    let per_end = ["numtxqueues", &q, "numrxqueues", &q];
+    let mut argv = vec!["link", "add", a_if];
+    argv.extend(per_end);
+    argv.extend(["type", "veth", "peer", "name", b_if]);
+    argv.extend(per_end);
+    argv.extend(["netns", b.name()]);
+    a.ip(&argv);
     a.link_up(a_if);
     b.link_up(b_if);
 }

@@ -21,7 +21,7 @@ use lb_userspace::dataplane::{Dataplane, LoadOptions, MapSizes};
 
 use crate::harness::guards::{self, BpffsDir, ChildGuard, TempDir};
 use crate::harness::lab_programs::LabPrograms;
-use crate::harness::netns::{self, NetNs, veth_pair};
+use crate::harness::netns::{self, NetNs, veth_pair_with_queues};
 use crate::harness::wait;
 use pki::LabPki;
 
@@ -165,7 +165,9 @@ impl Lab {
         switch.link_up("br0");
         let attach = |role: &str, v4: Ipv4Addr, v6: Ipv6Addr| plug(&switch, "br0", role, v4, v6);
 
-        let balancer = attach("lb", BALANCER_V4, BALANCER_V6);
+        // One queue per CPU on the balancer's cable, as a NIC's RSS would give it.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let balancer = plug_with_queues(&switch, "br0", "lb", BALANCER_V4, BALANCER_V6, cpus);
         // bpf_fib_lookup answers only for interfaces that forward (else BPF_FIB_LKUP_RET_FWD_DISABLED): a balancer
         // host must enable forwarding, for IPv6 too.
         balancer.ns.sysctl("net.ipv4.ip_forward", "1");
@@ -364,9 +366,21 @@ impl LabBackend {
 /// A host `role` in a namespace of its own, plugged into `bridge` of `switch` through port `p-<role>`, with `v4`/24
 /// and `v6`/64 on its port `eth0`.
 pub fn plug(switch: &NetNs, bridge: &str, role: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> LabHost {
+    plug_with_queues(switch, bridge, role, v4, v6, 1)
+}
+
+/// [`plug`] with `queues` queues on both ends of the host's cable.
+pub fn plug_with_queues(
+    switch: &NetNs,
+    bridge: &str,
+    role: &str,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    queues: usize,
+) -> LabHost {
     let ns = NetNs::new(role);
     let port = switch_port(role);
-    veth_pair(&ns, HOST_IF, switch, &port);
+    veth_pair_with_queues(&ns, HOST_IF, switch, &port, queues);
     switch.ip(&["link", "set", &port, "master", bridge]);
     ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
     ns.add_addr(HOST_IF, &format!("{v4}/{LAN_V4_PREFIX}"));

@@ -321,10 +321,11 @@ fn notes(r: &mut Results) {
     let many = &r.iperf3.xdp_many_flows;
     if many.ring_drops > 0 {
         r.notes.push(format!(
-            "Throughput: retransmissions follow frames dropped at full veth receive rings (256 frames, one queue per \
-             veth); in the many-flows run through lb_xdp {} of {} such drops were at the balancer's port, where bursts \
-             arrive faster than the program and the veth chain drain them on one CPU. Real NICs have deeper rings \
-             and one queue per core.",
+            "Throughput: retransmissions follow frames dropped at full veth receive rings (256 frames per queue; \
+             the balancer's cable has one queue per CPU, the other hosts' one); in the many-flows run through lb_xdp \
+             {} of {} such drops were at the balancer's port, where bursts arrive faster than the program and the \
+             veth chain drain them (a veth queue is drained on the CPU that sent into it). Real NICs have rings of \
+             thousands of frames.",
             many.balancer_ring_drops, many.ring_drops
         ));
     }
