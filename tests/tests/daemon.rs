@@ -236,6 +236,18 @@ fn checked_config(b: &Bare, backends: &[u8]) -> PathBuf {
     ))
 }
 
+/// A TCP check's server on the peer: connections to `addr` are accepted and closed, until the test process ends.
+fn accept_on_peer(b: &Bare, addr: &str) {
+    let listener = b
+        .peer
+        .run(|| TcpListener::bind(addr).expect("listen on the peer"));
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+}
+
 /// The pinned backend id of `addr` in the bench's VIP.
 fn backend_id(b: &Bare, addr: &str) -> Option<BackendId> {
     let ip: IpAddr = addr.parse().expect("address");
@@ -265,14 +277,7 @@ fn a_restart_keeps_down_backends_down_and_clears_stale_ones() {
     let b = Bare::new("lbdstate");
     // 198.18.0.12 answers TCP on the peer; .11 and .13 exist nowhere.
     b.peer.add_addr("eth0", "198.18.0.12/24");
-    let listener = b
-        .peer
-        .run(|| TcpListener::bind("198.18.0.12:80").expect("listen on the peer"));
-    std::thread::spawn(move || {
-        for c in listener.incoming() {
-            drop(c);
-        }
-    });
+    accept_on_peer(&b, "198.18.0.12:80");
     let mut lbd = b.start(&checked_config(&b, &[11, 12, 13]));
     let up_id = backend_id(&b, "198.18.0.12").expect("backend .12 programmed");
     b.wait_for(
@@ -325,14 +330,7 @@ fn a_failed_backend_is_handed_over_at_once_and_the_maglev_table_follows() {
     for o in [11, 12, 13] {
         b.peer.add_addr("eth0", &format!("198.18.0.{o}/24"));
     }
-    let listener = b
-        .peer
-        .run(|| TcpListener::bind("0.0.0.0:80").expect("listen on the peer"));
-    std::thread::spawn(move || {
-        for c in listener.incoming() {
-            drop(c);
-        }
-    });
+    accept_on_peer(&b, "0.0.0.0:80");
     let mut lbd = b.start(&checked_config(&b, &[11, 12, 13]));
     let id = |o: u8| backend_id(&b, &format!("198.18.0.{o}")).expect("programmed");
     let ip = |o: u8| format!("198.18.0.{o}").parse::<IpAddr>().unwrap();
@@ -725,14 +723,7 @@ fn below_the_panic_threshold_every_backend_stays_in_the_ring_and_lbd_says_so() {
     // Only 198.18.0.12 answers (on any address of the peer, so it can come and go with its address); .11, .13 and
     // .14 exist nowhere. One of four is 25%: at the default threshold, not yet panic.
     b.peer.add_addr("eth0", "198.18.0.12/24");
-    let listener = b
-        .peer
-        .run(|| TcpListener::bind("0.0.0.0:80").expect("listen on the peer"));
-    std::thread::spawn(move || {
-        for c in listener.incoming() {
-            drop(c);
-        }
-    });
+    accept_on_peer(&b, "0.0.0.0:80");
     let mut lbd = b.start(&checked_config(&b, &[11, 12, 13, 14]));
     let id = |o: u8| backend_id(&b, &format!("198.18.0.{o}")).expect("programmed");
     let all: BTreeSet<BackendId> = [11, 12, 13, 14].into_iter().map(id).collect();
